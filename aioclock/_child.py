@@ -1,0 +1,59 @@
+"""Set-up that every child process of the multi-process runtime performs first."""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import logging
+import os
+import signal
+import sys
+from multiprocessing.connection import Connection
+
+from aioclock._clock import reduce_timer_slack
+
+LOG_FORMAT = "%(asctime)s %(processName)s[%(process)d] %(levelname)s %(name)s: %(message)s"
+
+
+def _die_with_parent() -> None:
+    """Linux: have the kernel kill this process if its parent dies (belt and braces to EOF)."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() == 1:  # the parent died before the line above ran
+        os._exit(1)
+
+
+def prepare_child(log_level: int) -> None:
+    """Logging like the parent's, no Ctrl-C (the supervisor orchestrates), precise timers."""
+    _die_with_parent()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    root = logging.getLogger()
+    if not root.handlers:
+        logging.basicConfig(level=logging.WARNING, format=LOG_FORMAT)
+    logging.getLogger("aioclock").setLevel(log_level)
+    reduce_timer_slack()
+
+
+def lower_thread_priority(nice: int) -> None:
+    """Lower the calling thread's CPU priority (Linux nice is per thread) so CPU-bound sync tasks
+    yield the CPU to the dispatcher and to the workers' event loops."""
+    if nice <= 0 or not sys.platform.startswith("linux"):
+        return
+    try:
+        import threading
+
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
+    except OSError:
+        pass
+
+
+def take_fd(connection: Connection) -> int:
+    """The descriptor a `Connection` carried into this process, as a plain fd we own."""
+    fd = os.dup(connection.fileno())
+    connection.close()
+    return fd

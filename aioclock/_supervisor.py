@@ -1,0 +1,353 @@
+"""The multi-process runtime (`workers >= 1`), seen from the main process: the supervisor.
+
+It starts one dispatcher process and N worker processes, wires them with pipes, watches them
+(a worker that dies is replaced, a dispatcher that dies stops the app with `WorkerProcessError`),
+answers the API (stats, run now) through the dispatcher, and turns signals or cancellation into a
+graceful stop. It runs no task and keeps no deadline itself.
+
+Every child holds a pipe whose other end only the supervisor holds; when the supervisor dies,
+even by SIGKILL, the child reads EOF and exits (on Linux the kernel also kills it: PDEATHSIG).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import multiprocessing
+import os
+import pickle
+import socket
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
+from typing import TYPE_CHECKING, Any
+
+from aioclock._local import schedule_of
+from aioclock._protocol import (
+    Finished,
+    Frame,
+    FrameReader,
+    Ready,
+    RunNow,
+    RunNowDone,
+    Stats,
+    StatsRequest,
+    Stop,
+    TaskStats,
+    WorkerGone,
+    WorkerJoined,
+    encode,
+)
+from aioclock._signals import StopSignals
+from aioclock._task import Task
+from aioclock.dispatcher.process import dispatcher_main
+from aioclock.exceptions import TaskRunError, TaskTimeoutError, WorkerProcessError
+from aioclock.workers.process import WorkerSettings, worker_main
+
+if TYPE_CHECKING:
+    from aioclock.app import AioClock
+
+logger = logging.getLogger("aioclock")
+
+#: How long stopped children get to exit on their own before they are killed.
+EXIT_WAIT = 5.0
+
+
+def _check_picklable(app: AioClock) -> None:
+    for task in app._tasks:
+        task.check_reachable()
+    try:
+        pickle.dumps(app)
+    except Exception as error:
+        raise WorkerProcessError(
+            "the app cannot be sent to worker processes: its lifespan, dependency overrides and "
+            f"triggers must be importable module-level objects ({type(error).__name__}: {error})"
+        ) from error
+
+
+class Supervisor:
+    def __init__(self, app: AioClock) -> None:
+        self._app = app
+        self._tasks = app._task_table()
+        _check_picklable(app)
+        self._context = multiprocessing.get_context(app.start_method)
+        self._settings = WorkerSettings(
+            log_level=logging.getLogger("aioclock").getEffectiveLevel(),
+            sync_task_nice=app.sync_task_nice,
+            shutdown_timeout=app.shutdown_timeout,
+        )
+        self._dispatcher: BaseProcess | None = None
+        self._workers: dict[int, BaseProcess] = {}
+        self._lifelines: dict[int, int] = {}
+        self._ready: set[int] = set()
+        self._control: socket.socket | None = None
+        self._control_reader = FrameReader()
+        self._exits: dict[int, asyncio.Future[None]] = {}
+        self._finished: asyncio.Future[None] | None = None
+        self._dispatcher_done = False
+        self._fatal: BaseException | None = None
+        self._stopping = False
+        self._requests = itertools.count(1)
+        self._replies: dict[int, asyncio.Future[Any]] = {}
+        self._signals = StopSignals(self.request_stop, self.abort, app.handle_signals)
+
+    # -- serving ------------------------------------------------------------------------------
+
+    async def serve(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._finished = loop.create_future()
+        try:
+            self._start(loop)
+            self._signals.install(loop)
+            try:
+                await asyncio.shield(self._finished)
+            except asyncio.CancelledError:
+                logger.info("serve() cancelled: stopping gracefully")
+                self.request_stop()
+                await asyncio.shield(self._finished)
+                raise
+        finally:
+            self._signals.remove(loop)
+            await self._reap(loop)
+        if self._fatal is not None:
+            raise self._fatal
+
+    def _start(self, loop: asyncio.AbstractEventLoop) -> None:
+        parent_end, child_end = socket.socketpair()
+        self._control = parent_end
+        loop.add_reader(parent_end.fileno(), self._read_control)
+        links = [self._spawn_worker(loop, index) for index in range(self._app.workers)]
+        sync_tasks = frozenset(name for name, task in self._tasks.items() if not task.is_async)
+        carried = [
+            (index, Connection(fire, readable=False), Connection(done, writable=False))
+            for index, (fire, done) in enumerate(links)
+        ]
+        dispatcher = self._context.Process(
+            target=dispatcher_main,
+            name="aioclock-dispatcher",
+            args=(
+                schedule_of(self._tasks),
+                sync_tasks,
+                child_end,
+                carried,
+                self._settings.log_level,
+            ),
+        )
+        dispatcher.start()
+        child_end.close()
+        for _, fire, done in carried:
+            fire.close()
+            done.close()
+        self._dispatcher = dispatcher
+        self._watch_exit(loop, dispatcher, self._on_dispatcher_exit)
+        logger.info(
+            "started dispatcher (pid %s) and %d workers (pids %s)",
+            dispatcher.pid,
+            len(self._workers),
+            ", ".join(str(p.pid) for p in self._workers.values()),
+        )
+
+    def _spawn_worker(self, loop: asyncio.AbstractEventLoop, index: int) -> tuple[int, int]:
+        """Start worker `index`; return the ends the dispatcher needs: (fire write, done read)."""
+        fire_read, fire_write = os.pipe()
+        done_read, done_write = os.pipe()
+        lifeline_read, lifeline_write = os.pipe()
+        carried = (
+            Connection(fire_read, writable=False),
+            Connection(done_write, readable=False),
+            Connection(lifeline_read, writable=False),
+        )
+        process = self._context.Process(
+            target=worker_main,
+            name=f"aioclock-worker-{index}",
+            args=(index, self._app, *carried, self._settings),
+        )
+        process.start()
+        for connection in carried:
+            connection.close()
+        self._workers[index] = process
+        self._lifelines[index] = lifeline_write
+        self._watch_exit(loop, process, lambda p, i=index: self._on_worker_exit(i, p))
+        return fire_write, done_read
+
+    # -- process exits ------------------------------------------------------------------------
+
+    def _watch_exit(self, loop: asyncio.AbstractEventLoop, process: BaseProcess, then: Any) -> None:
+        exited: asyncio.Future[None] = loop.create_future()
+        self._exits[process.sentinel] = exited
+
+        def on_exit() -> None:
+            loop.remove_reader(process.sentinel)
+            process.join(0)
+            if not exited.done():
+                exited.set_result(None)
+            then(process)
+
+        loop.add_reader(process.sentinel, on_exit)
+
+    def _on_worker_exit(self, index: int, process: BaseProcess) -> None:
+        if self._workers.get(index) is not process:
+            return
+        code = process.exitcode
+        if self._stopping or self._dispatcher_done:
+            logger.debug("worker %d exited with code %s", index, code)
+            return
+        if index not in self._ready:
+            self._fail(
+                WorkerProcessError(f"worker {index} exited with code {code} before it was ready")
+            )
+            return
+        logger.error(
+            "worker %d (pid %s) died with exit code %s; replacing it", index, process.pid, code
+        )
+        self._ready.discard(index)
+        os.close(self._lifelines.pop(index))
+        self._send(WorkerGone(index, code))
+        fire_write, done_read = self._spawn_worker(asyncio.get_running_loop(), index)
+        assert self._control is not None
+        try:
+            socket.send_fds(self._control, [encode(WorkerJoined(index))], [fire_write, done_read])
+        except OSError:
+            logger.error("could not hand worker %d to the dispatcher", index)
+        os.close(fire_write)
+        os.close(done_read)
+
+    def _on_dispatcher_exit(self, process: BaseProcess) -> None:
+        if self._dispatcher_done:
+            return
+        self._fail(
+            WorkerProcessError(
+                f"the dispatcher process (pid {process.pid}) died with exit code "
+                f"{process.exitcode}; the app stopped because nothing keeps its schedule"
+            )
+        )
+
+    def _fail(self, error: BaseException) -> None:
+        logger.error("%s", error)
+        if self._fatal is None:
+            self._fatal = error
+        self._stopping = True
+        self._finish()
+
+    def _finish(self) -> None:
+        if self._finished is not None and not self._finished.done():
+            self._finished.set_result(None)
+
+    # -- the control channel ------------------------------------------------------------------
+
+    def _send(self, frame: Frame) -> None:
+        if self._control is None:
+            return
+        try:
+            self._control.sendall(encode(frame))
+        except OSError:
+            logger.debug("the dispatcher is not listening; dropped %s", type(frame).__name__)
+
+    def _read_control(self) -> None:
+        assert self._control is not None
+        try:
+            chunk = self._control.recv(65536)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            chunk = b""
+        if not chunk:
+            asyncio.get_running_loop().remove_reader(self._control.fileno())
+            return
+        for frame in self._control_reader.feed(chunk):
+            self._on_control_frame(frame)
+
+    def _on_control_frame(self, frame: Frame) -> None:
+        if isinstance(frame, Finished):
+            self._dispatcher_done = True
+            self._finish()
+        elif isinstance(frame, Ready):
+            self._ready.add(frame.worker)
+        elif isinstance(frame, (Stats, RunNowDone)):
+            reply = self._replies.pop(frame.request, None)
+            if reply is not None and not reply.done():
+                reply.set_result(frame)
+
+    async def _ask(self, make_frame: Any) -> Any:
+        request = next(self._requests)
+        reply: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._replies[request] = reply
+        self._send(make_frame(request))
+        try:
+            return await reply
+        finally:
+            self._replies.pop(request, None)
+
+    # -- what the API asks --------------------------------------------------------------------
+
+    async def stats(self) -> list[TaskStats]:
+        if self._dispatcher_done or self._fatal is not None:
+            return []
+        reply: Stats = await asyncio.wait_for(self._ask(StatsRequest), timeout=5)
+        return reply.tasks
+
+    async def run_now(self, task: Task) -> None:
+        """Fire `task` in a worker now; return when the run ended, raise if it did not succeed."""
+        reply: RunNowDone = await self._ask(lambda request: RunNow(task.name, request))
+        if reply.outcome == "timeout" and task.timeout is not None:
+            raise TaskTimeoutError(task.name, task.timeout)
+        if reply.outcome != "ok":
+            raise TaskRunError(task.name, reply.outcome, reply.error)
+
+    def request_stop(self) -> None:
+        """Stop firing; running tasks may finish, then shut-down tasks run and the app ends."""
+        if self._stopping:
+            return
+        self._stopping = True
+        self._send(Stop(grace=self._app.shutdown_timeout))
+
+    def abort(self) -> None:
+        """Stop at once: kill every child process."""
+        self._stopping = True
+        for process in self._children():
+            if process.is_alive():
+                process.kill()
+        self._finish()
+
+    # -- cleaning up --------------------------------------------------------------------------
+
+    def _children(self) -> list[BaseProcess]:
+        children = list(self._workers.values())
+        if self._dispatcher is not None:
+            children.append(self._dispatcher)
+        return children
+
+    @staticmethod
+    def _tell_worker(index: int, lifeline: int, frame: Frame) -> None:
+        try:
+            os.write(lifeline, encode(frame))
+        except OSError:
+            logger.debug("worker %d already gone", index)
+
+    async def _reap(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Stop every child, wait for it, kill what does not exit, and close our descriptors."""
+        self._stopping = True
+        grace = 0.0 if self._fatal is None else self._app.shutdown_timeout
+        for index, lifeline in list(self._lifelines.items()):
+            self._tell_worker(index, lifeline, Stop(grace=grace))
+        pending = [future for future in self._exits.values() if not future.done()]
+        if pending:
+            await asyncio.wait(pending, timeout=grace + EXIT_WAIT)
+        for process in self._children():
+            # Its pipes close a moment before the process can be reaped: give it that moment.
+            process.join(0.5)
+            if process.is_alive():
+                logger.warning("%s (pid %s) did not exit; killing it", process.name, process.pid)
+                process.kill()
+                process.join(1)
+        for sentinel in self._exits:
+            loop.remove_reader(sentinel)
+        for lifeline in self._lifelines.values():
+            os.close(lifeline)
+        self._lifelines.clear()
+        if self._control is not None:
+            loop.remove_reader(self._control.fileno())
+            self._control.close()
+            self._control = None
+        for reply in self._replies.values():
+            reply.cancel()

@@ -1,0 +1,70 @@
+"""A registered task: the user's function, its trigger and its options, named by a stable id."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aioclock.exceptions import TaskNotReachableError
+from aioclock.triggers import BaseTrigger
+
+#: Namespace of the UUIDs derived from task names (stable across processes and restarts).
+TASK_NAMESPACE = uuid.UUID("6f2b1c58-5a2e-4f55-9d63-2f0c1a7e4b10")
+
+
+def qualified_name(func: Callable[..., Any]) -> str:
+    """`module:qualname` of a function: how every process names the same task."""
+    module = getattr(func, "__module__", None) or "<unknown>"
+    return f"{module}:{getattr(func, '__qualname__', repr(func))}"
+
+
+@dataclass
+class Task:
+    """A function registered with `@app.task` or `@group.task`.
+
+    `name` is derived from the function's module and qualified name, so the dispatcher, the workers
+    and a restarted app all agree on it; `id` is the same name as a UUID (upstream's type).
+    """
+
+    func: Callable[..., Any]
+    trigger: BaseTrigger
+    timeout: float | None = None
+    max_instances: int = 1
+    name: str = ""
+    id: uuid.UUID = field(init=False)
+
+    def __post_init__(self) -> None:
+        if not self.name:
+            self.name = qualified_name(self.func)
+        self.id = uuid.uuid5(TASK_NAMESPACE, self.name)
+
+    @property
+    def is_async(self) -> bool:
+        return inspect.iscoroutinefunction(self.func)
+
+    def check_reachable(self) -> None:
+        """Raise `TaskNotReachableError` unless another process can import this function by name.
+
+        A worker process finds a task's function by importing its module and looking up its
+        qualified name; lambdas, nested functions and objects shadowed by another definition of the
+        same name cannot be found that way.
+        """
+        func = self.func
+        qualname = getattr(func, "__qualname__", "")
+        module_name = getattr(func, "__module__", None)
+        if not module_name or "<locals>" in qualname or "<lambda>" in qualname:
+            raise TaskNotReachableError(self.name, "it is a lambda or a nested function")
+        try:
+            target: Any = importlib.import_module(module_name)
+            for part in qualname.split("."):
+                target = getattr(target, part)
+        except (ImportError, AttributeError) as error:
+            raise TaskNotReachableError(self.name, f"lookup failed: {error}") from error
+        if target is not func:
+            raise TaskNotReachableError(
+                self.name, f"{module_name}.{qualname} names another object (is it decorated twice?)"
+            )

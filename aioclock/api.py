@@ -1,0 +1,171 @@
+"""Functions to inspect and drive an app from outside its schedule: a web API, a CLI, a test.
+
+Task ids are stable: each is a UUID derived from the task's module and qualified name, so the same
+task has the same id in every process and after a restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import uuid
+from collections.abc import Awaitable, Callable
+from datetime import datetime, timezone
+from typing import Any, TypeVar, Union
+
+from fast_depends import Provider, inject
+from pydantic import BaseModel, SerializeAsAny
+
+from aioclock._protocol import TaskStats
+from aioclock._task import Task
+from aioclock.app import AioClock, apps_owning
+from aioclock.exceptions import TaskIdNotFound
+from aioclock.triggers import BaseTrigger
+from aioclock.workers.runner import TaskRunner
+
+T = TypeVar("T")
+
+
+class TaskMetadata(BaseModel):
+    """What an app knows of one task.
+
+    `id` is stable across processes and restarts; `name` is `module:qualname`. The run figures are
+    filled while the app serves (zero before); lateness is how late runs started, in seconds.
+    """
+
+    id: uuid.UUID
+    trigger: Union[SerializeAsAny[BaseTrigger], Any]
+    task_name: str
+    name: str
+    next_due: Union[datetime, None] = None
+    runs: int = 0
+    failures: int = 0
+    timeouts: int = 0
+    missed: int = 0
+    last_error: Union[str, None] = None
+    lateness_p50: Union[float, None] = None
+    lateness_p99: Union[float, None] = None
+    lateness_max: Union[float, None] = None
+
+
+def find_task(app: AioClock, task_id: Union[uuid.UUID, str]) -> Task:
+    """The task with this UUID (or its string, or its `module:qualname` name)."""
+    wanted = str(task_id)
+    for task in app._tasks:
+        if str(task.id) == wanted or task.name == wanted:
+            return task
+    raise TaskIdNotFound(task_id)
+
+
+async def run_specific_task(task_id: Union[uuid.UUID, str], app: AioClock) -> Any:
+    """Run one task now, with its dependencies and its timeout, whatever its trigger.
+
+    In-process (`workers=0`) the task runs in the caller and its result is returned. With workers
+    it is fired in a worker process; this returns when that run has ended (None) and raises if it
+    failed or timed out.
+
+    Example:
+        ```python
+        from aioclock import AioClock, Once
+        from aioclock.api import run_specific_task
+
+        app = AioClock()
+
+        @app.task(trigger=Once())
+        async def main():
+            return "Hello World"
+
+        async def some_other_func():
+            assert await run_specific_task(app._tasks[0].id, app) == "Hello World"
+        ```
+    """
+    task = find_task(app, task_id)
+    runtime = app._runtime
+    if runtime is not None:
+        return await runtime.run_now(task)
+    runner = TaskRunner({task.name: task}, app.dependencies, on_done=lambda done: None)
+    return await runner.run_inline(task)
+
+
+async def run_with_injected_deps(func: Callable[..., Union[Awaitable[T], T]]) -> T:
+    """Call a task function with its dependencies injected (the owning app's overrides apply).
+
+    Example:
+        ```python
+        from aioclock import AioClock, Depends, Once
+        from aioclock.api import run_with_injected_deps
+
+        app = AioClock()
+
+        def some_dependency():
+            return 1
+
+        @app.task(trigger=Once())
+        async def main(bar: int = Depends(some_dependency)):
+            return bar
+
+        async def some_other_func():
+            assert await run_with_injected_deps(main) == 1
+        ```
+    """
+    owners = apps_owning(func)
+    provider = owners[0].dependencies if owners else Provider()
+    call = inject(func, dependency_provider=provider)
+    if inspect.iscoroutinefunction(func):
+        return await call()  # type: ignore[no-any-return]
+    return await asyncio.get_running_loop().run_in_executor(None, call)  # type: ignore[arg-type]
+
+
+async def get_metadata_of_all_tasks(app: AioClock) -> list[TaskMetadata]:
+    """Every task of the app with its trigger and, while it serves, its run statistics.
+
+    Example:
+        ```python
+        from aioclock import AioClock, Once
+        from aioclock.api import get_metadata_of_all_tasks
+
+        app = AioClock()
+
+        @app.task(trigger=Once())
+        async def main(): ...
+
+        async def some_other_func():
+            metadata = await get_metadata_of_all_tasks(app)
+            assert metadata[0].task_name == "main"
+        ```
+    """
+    stats: dict[str, TaskStats] = {}
+    runtime = app._runtime
+    if runtime is not None:
+        reported = runtime.stats()
+        if inspect.isawaitable(reported):
+            reported = await reported
+        stats = {entry.task: entry for entry in reported}
+    return [_metadata(task, stats.get(task.name)) for task in app._tasks]
+
+
+def _metadata(task: Task, stats: TaskStats | None) -> TaskMetadata:
+    metadata = TaskMetadata(
+        id=task.id,
+        trigger=task.trigger,
+        task_name=getattr(task.func, "__name__", task.name),
+        name=task.name,
+    )
+    if stats is None:
+        return metadata
+    next_due = None
+    if stats.next_due is not None:
+        next_due = datetime.fromtimestamp(stats.next_due, timezone.utc)
+    return metadata.model_copy(
+        update={
+            "next_due": next_due,
+            "runs": stats.runs,
+            "failures": stats.failures,
+            "timeouts": stats.timeouts,
+            "missed": stats.missed,
+            "last_error": stats.last_error,
+            "lateness_p50": stats.lateness_p50,
+            "lateness_p99": stats.lateness_p99,
+            "lateness_max": stats.lateness_max,
+        }
+    )

@@ -1,0 +1,1 @@
+"""The deadline engine and the dispatcher process that runs it (imports no task code)."""

@@ -1,0 +1,299 @@
+"""The deadline engine: a heap of (due time, task) and the rules that turn it into `Fire` frames.
+
+It performs no I/O and never reads the clock: every method takes `now` and returns the fires to
+send. The in-process runtime drives it from an event loop; the dispatcher process drives it from a
+`select` loop. Both feed it the `Done` frames their runners send back.
+
+Phases: start-up tasks run first (all at once); when every one of them is done the scheduled tasks
+are armed; when no trigger can fire again, or a stop is requested, the engine waits for the runs in
+flight, then fires the shut-down tasks, then reports `finished`.
+"""
+
+from __future__ import annotations
+
+import enum
+import heapq
+import logging
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+from aioclock._protocol import Done, Fire, TaskStats
+from aioclock.triggers import BaseTrigger, OnShutDown, OnStartUp
+
+logger = logging.getLogger(__name__)
+
+#: How many recent lateness samples each task keeps for its percentiles.
+LATENESS_WINDOW = 2048
+
+
+@dataclass(frozen=True)
+class ScheduledTask:
+    """What the engine needs to know of a task: no function, only its id and schedule."""
+
+    task_id: str
+    trigger: BaseTrigger
+    max_instances: int = 1
+
+
+@dataclass
+class _TaskState:
+    spec: ScheduledTask
+    running: int = 0
+    next_due: float | None = None
+    ended: bool = False
+    runs: int = 0
+    failures: int = 0
+    timeouts: int = 0
+    missed: int = 0
+    last_error: str | None = None
+    lateness: deque[float] = field(default_factory=lambda: deque(maxlen=LATENESS_WINDOW))
+    lateness_max: float | None = None
+
+    @property
+    def trigger(self) -> BaseTrigger:
+        return self.spec.trigger
+
+
+class Phase(enum.Enum):
+    STARTUP = "startup"
+    RUNNING = "running"
+    DRAINING = "draining"
+    SHUTDOWN = "shutdown"
+    FINISHED = "finished"
+
+
+class DeadlineEngine:
+    """Keeps every task's next due time and decides what to fire when.
+
+    Example:
+        >>> from aioclock import Every
+        >>> engine = DeadlineEngine([ScheduledTask("mod:tick", Every(seconds=1))])
+        >>> engine.start(now=100.0)
+        []
+        >>> engine.next_deadline()
+        101.0
+        >>> [fire.due for fire in engine.pop_due(now=101.0)]
+        [101.0]
+    """
+
+    def __init__(self, tasks: Iterable[ScheduledTask]) -> None:
+        self._states: dict[str, _TaskState] = {}
+        self._startup: list[str] = []
+        self._shutdown: list[str] = []
+        self._scheduled: list[str] = []
+        self._external: set[str] = set()
+        for spec in tasks:
+            spec.trigger._reset()  # a schedule starts afresh every time an app serves
+            if spec.task_id in self._states:
+                raise ValueError(f"task id {spec.task_id!r} is registered twice")
+            self._states[spec.task_id] = _TaskState(spec)
+            if isinstance(spec.trigger, OnStartUp):
+                self._startup.append(spec.task_id)
+            elif isinstance(spec.trigger, OnShutDown):
+                self._shutdown.append(spec.task_id)
+            elif spec.trigger._is_legacy():
+                self._external.add(spec.task_id)
+            else:
+                self._scheduled.append(spec.task_id)
+        self._heap: list[tuple[float, int, str]] = []
+        self._in_flight: dict[int, tuple[str, float]] = {}
+        self._seq = 0
+        self.phase = Phase.STARTUP
+
+    # -- the phases -------------------------------------------------------------------------
+
+    @property
+    def finished(self) -> bool:
+        return self.phase is Phase.FINISHED
+
+    @property
+    def external_tasks(self) -> list[str]:
+        """Tasks whose legacy trigger is driven from outside (see `fire_external`)."""
+        return sorted(self._external)
+
+    def start(self, now: float) -> list[Fire]:
+        """Fire the start-up tasks, or arm the schedule at once when there are none."""
+        if self._startup:
+            return [self._fire(task_id, now) for task_id in self._startup]
+        return self._enter_running(now)
+
+    def request_stop(self, now: float) -> list[Fire]:
+        """Stop firing scheduled tasks; shut-down tasks follow once the runs in flight end."""
+        if self.phase in (Phase.SHUTDOWN, Phase.FINISHED):
+            return []
+        self._heap.clear()
+        self._external.clear()
+        self.phase = Phase.DRAINING
+        return self._advance_phase(now)
+
+    def abort(self) -> None:
+        """Stop at once: nothing more fires, not even the shut-down tasks."""
+        self._heap.clear()
+        self._external.clear()
+        self.phase = Phase.FINISHED
+
+    def _enter_running(self, now: float) -> list[Fire]:
+        self.phase = Phase.RUNNING
+        for task_id in self._scheduled:
+            self._arm(self._states[task_id], now)
+        return self._advance_phase(now)
+
+    def _advance_phase(self, now: float) -> list[Fire]:
+        idle = not self._heap and not self._external and not self._in_flight
+        if self.phase is Phase.RUNNING and idle:
+            logger.info("no trigger can fire again")
+            self.phase = Phase.DRAINING
+        if self.phase is Phase.DRAINING and not self._in_flight:
+            self.phase = Phase.SHUTDOWN
+            fires = [self._fire(task_id, now) for task_id in self._shutdown]
+            if fires:
+                return fires
+        if self.phase is Phase.SHUTDOWN and not self._in_flight:
+            self.phase = Phase.FINISHED
+        return []
+
+    # -- deadlines ----------------------------------------------------------------------------
+
+    def next_deadline(self) -> float | None:
+        """When the engine next has something to fire, or None if only a `Done` can wake it."""
+        return self._heap[0][0] if self._heap else None
+
+    def pop_due(self, now: float) -> list[Fire]:
+        """Every occurrence due at or before `now`: fired, or skipped and counted as missed."""
+        fires: list[Fire] = []
+        heap = self._heap
+        while heap and heap[0][0] <= now:
+            due, _, task_id = heapq.heappop(heap)
+            state = self._states[task_id]
+            state.next_due = None
+            if state.running >= state.spec.max_instances:
+                state.missed += 1
+                logger.warning(
+                    "skipped %s due at %.6f: %d run(s) still in progress (missed runs: %d)",
+                    task_id,
+                    due,
+                    state.running,
+                    state.missed,
+                )
+            else:
+                fires.append(self._fire(task_id, due))
+            if not state.trigger.waits_for_completion:
+                self._arm(state, now)
+        if not heap:
+            fires += self._advance_phase(now)
+        return fires
+
+    def _arm(self, state: _TaskState, now: float) -> None:
+        trigger = state.trigger
+        due = trigger._advance(now)
+        if due is None:
+            state.ended = True
+            state.next_due = None
+            trigger.expected_trigger_time = None
+            logger.info("%s: trigger ended, no further runs", state.spec.task_id)
+            return
+        state.next_due = due
+        trigger.expected_trigger_time = datetime.fromtimestamp(due, timezone.utc)
+        self._seq += 1
+        heapq.heappush(self._heap, (due, self._seq, state.spec.task_id))
+
+    def _fire(self, task_id: str, due: float) -> Fire:
+        self._seq += 1
+        self._in_flight[self._seq] = (task_id, due)
+        self._states[task_id].running += 1
+        return Fire(task_id, self._seq, due)
+
+    # -- outside events -----------------------------------------------------------------------
+
+    def on_done(self, done: Done, now: float) -> list[Fire]:
+        """Record a finished run; re-arm a task that waits for completion; move the phases on."""
+        flight = self._in_flight.pop(done.seq, None)
+        if flight is None:
+            logger.warning("ignored Done for unknown run %d of %s", done.seq, done.task)
+            return []
+        task_id, due = flight
+        state = self._states[task_id]
+        state.running -= 1
+        self._record(state, done, due)
+        if self.phase is Phase.STARTUP:
+            if not self._in_flight:
+                return self._enter_running(now)
+            return []
+        if (
+            self.phase is Phase.RUNNING
+            and task_id in self._scheduled
+            and state.trigger.waits_for_completion
+            and not state.ended
+        ):
+            self._arm(state, now)
+        return self._advance_phase(now)
+
+    def _record(self, state: _TaskState, done: Done, due: float) -> None:
+        state.runs += 1
+        if done.outcome == "timeout":
+            state.timeouts += 1
+        elif done.outcome != "ok":
+            state.failures += 1
+        if done.error is not None:
+            state.last_error = done.error
+        lateness = done.started - due
+        state.lateness.append(lateness)
+        if state.lateness_max is None or lateness > state.lateness_max:
+            state.lateness_max = lateness
+
+    def run_now(self, task_id: str, now: float) -> Fire:
+        """Fire `task_id` at once, outside its schedule (it still counts as a run in progress)."""
+        if task_id not in self._states:
+            raise KeyError(task_id)
+        return self._fire(task_id, now)
+
+    def fire_external(self, task_id: str, now: float) -> list[Fire]:
+        """A legacy trigger driven from outside says `task_id` is due now."""
+        if task_id not in self._external or self.phase is not Phase.RUNNING:
+            return []
+        state = self._states[task_id]
+        if state.running >= state.spec.max_instances:
+            state.missed += 1
+            logger.warning("skipped %s: previous run still in progress", task_id)
+            return []
+        return [self._fire(task_id, now)]
+
+    def external_ended(self, task_id: str, now: float) -> list[Fire]:
+        """A legacy trigger's loop ended: it will not fire again."""
+        self._external.discard(task_id)
+        self._states[task_id].ended = True
+        return self._advance_phase(now)
+
+    # -- reporting ----------------------------------------------------------------------------
+
+    def stats(self) -> list[TaskStats]:
+        return [_snapshot(state) for state in self._states.values()]
+
+    def in_flight(self) -> dict[int, tuple[str, float]]:
+        """Runs fired and not yet done: sequence number -> (task id, due time)."""
+        return dict(self._in_flight)
+
+
+def _snapshot(state: _TaskState) -> TaskStats:
+    samples = sorted(state.lateness)
+    return TaskStats(
+        task=state.spec.task_id,
+        next_due=state.next_due,
+        runs=state.runs,
+        failures=state.failures,
+        timeouts=state.timeouts,
+        missed=state.missed,
+        last_error=state.last_error,
+        lateness_p50=_percentile(samples, 0.50),
+        lateness_p99=_percentile(samples, 0.99),
+        lateness_max=state.lateness_max,
+    )
+
+
+def _percentile(sorted_samples: list[float], fraction: float) -> float | None:
+    if not sorted_samples:
+        return None
+    index = min(len(sorted_samples) - 1, round(fraction * (len(sorted_samples) - 1)))
+    return sorted_samples[index]

@@ -1,0 +1,53 @@
+"""Every error AioClock raises on purpose derives from `BaseAioClockException`.
+
+`AioClockError` is the same class under the name the rest of the code uses.
+"""
+
+from __future__ import annotations
+
+
+class BaseAioClockException(Exception):
+    """Base exception for aioclock."""
+
+
+AioClockError = BaseAioClockException
+
+
+class TaskIdNotFound(BaseAioClockException, LookupError):
+    """No task with this id is registered in the app."""
+
+    def __init__(self, task_id: object = None) -> None:
+        super().__init__(f"no task with id {str(task_id)!r} is registered")
+        self.task_id = task_id
+
+
+class TaskTimeoutError(BaseAioClockException, TimeoutError):
+    """A task ran past its timeout and was cancelled (or its worker was replaced)."""
+
+    def __init__(self, task: str, timeout: float) -> None:
+        super().__init__(f"task {task!r} exceeded its timeout of {timeout:g} s")
+        self.task = task
+        self.timeout = timeout
+
+
+class TaskNotReachableError(BaseAioClockException, ValueError):
+    """A worker process could not import this task's function by its module and name."""
+
+    def __init__(self, task: str, reason: str) -> None:
+        super().__init__(
+            f"task {task!r} cannot run in a worker process: {reason}; define it at module level"
+        )
+        self.task = task
+
+
+class TaskRunError(BaseAioClockException, RuntimeError):
+    """A run requested with `run_specific_task` failed in a worker process."""
+
+    def __init__(self, task: str, outcome: str, error: str | None) -> None:
+        super().__init__(f"task {task!r} ended with outcome {outcome!r}: {error}")
+        self.task = task
+        self.outcome = outcome
+
+
+class WorkerProcessError(BaseAioClockException, RuntimeError):
+    """A process of the multi-process runtime failed in a way the app cannot recover from."""

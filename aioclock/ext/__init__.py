@@ -1,0 +1,1 @@
+"""Optional integrations (install their extras, e.g. `pip install aioclock[fastapi]`)."""

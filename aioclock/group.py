@@ -1,0 +1,89 @@
+"""`Group`: tasks declared apart from the app (like a router in a web framework), included later."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from aioclock._task import Task
+from aioclock.triggers import BaseTrigger
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _check_timeout(timeout: float | None) -> float | None:
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+        raise TypeError(f"timeout must be a number of seconds or None, got {timeout!r}")
+    if not math.isfinite(timeout) or timeout <= 0:
+        raise ValueError(f"timeout must be a finite number of seconds > 0, got {timeout!r}")
+    return float(timeout)
+
+
+def _check_max_instances(max_instances: int) -> int:
+    if isinstance(max_instances, bool) or not isinstance(max_instances, int) or max_instances < 1:
+        raise ValueError(f"max_instances must be an integer >= 1, got {max_instances!r}")
+    return max_instances
+
+
+class Group:
+    """A set of tasks registered together, then added to an app with `app.include_group`.
+
+    `timeout` applies to every task of the group that does not set its own; `limiter` (an
+    `anyio.CapacityLimiter`) bounds how many of its sync tasks run in threads at once.
+
+    Example:
+        ```python
+        from aioclock import AioClock, Every, Group
+
+        email = Group(timeout=30)
+
+        @email.task(trigger=Every(minutes=5))
+        async def send_digest():
+            ...
+
+        app = AioClock()
+        app.include_group(email)
+        ```
+    """
+
+    def __init__(self, *, timeout: float | None = None, limiter: Any = None) -> None:
+        self._tasks: list[Task] = []
+        self.timeout = _check_timeout(timeout)
+        self._limiter = limiter
+
+    def task(
+        self,
+        *,
+        trigger: BaseTrigger,
+        timeout: float | None = None,
+        max_instances: int = 1,
+    ) -> Callable[[F], F]:
+        """Register the decorated function to run whenever `trigger` fires.
+
+        The function is returned unchanged, so it stays callable as a plain function. Sync
+        functions run without blocking the event loop. `timeout` (seconds) wins over the group's;
+        `max_instances` is how many runs of this task may overlap (an occurrence due while that
+        many still run is skipped and counted as missed).
+        """
+        if not isinstance(trigger, BaseTrigger):
+            raise TypeError(f"trigger must be a BaseTrigger instance, got {trigger!r}")
+        own_timeout = _check_timeout(timeout)
+        instances = _check_max_instances(max_instances)
+
+        def register(func: F) -> F:
+            if not callable(func):
+                raise TypeError(f"@task decorates a function, got {func!r}")
+            self._tasks.append(
+                Task(
+                    func=func,
+                    trigger=trigger,
+                    timeout=own_timeout if own_timeout is not None else self.timeout,
+                    max_instances=instances,
+                )
+            )
+            return func
+
+        return register

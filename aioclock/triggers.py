@@ -1,0 +1,657 @@
+"""Triggers decide when a task is due. They are pure: given the time, they say when next, or never.
+
+A trigger is a pydantic model validated at construction. It answers `next_due(now, previous)`,
+in POSIX seconds (`time.time()`); the engine asks it, keeps the answer in its heap and sends the run
+when the time comes. Triggers never sleep and never read the clock, except in the methods kept for
+upstream compatibility (`trigger_next`, `get_waiting_time_till_next_trigger`).
+
+Kinds of schedule:
+
+- fixed-rate: `Every` (run k is due at start + k * period, whatever the runs cost);
+- calendar: `At`, `Cron` (wall-clock times in a time zone, right across daylight-saving changes);
+- after the previous run: `Forever`, `Every` with a period of 0 (`waits_for_completion`);
+- once: `Once`, `OnStartUp`, `OnShutDown`; and `OrTrigger`, the earliest of several.
+"""
+
+import asyncio
+import math
+import time
+from collections.abc import Iterator
+from datetime import datetime, timedelta, timezone, tzinfo
+from datetime import time as wall_time
+from enum import Enum
+from typing import Annotated, Any, Generic, Literal, TypeVar, Union
+
+from croniter import CroniterBadDateError, croniter
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    Field,
+    PositiveInt,
+    PrivateAttr,
+    SerializeAsAny,
+    TypeAdapter,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from aioclock._calendar import load_zone, next_instant
+
+__all__ = [
+    "At",
+    "BaseTrigger",
+    "Cron",
+    "Every",
+    "Forever",
+    "LoopController",
+    "OnShutDown",
+    "OnStartUp",
+    "Once",
+    "OrTrigger",
+    "TriggerT",
+    "Triggers",
+]
+
+TriggerTypeT = TypeVar("TriggerTypeT")
+
+
+class Triggers(str, Enum):
+    """The `type_` of each built-in trigger (upstream's names and values)."""
+
+    CRON = "CRON"
+    EVERY = "EVERY"
+    ONCE = "ONCE"
+    FOREVER = "FOREVER"
+    ON_START_UP = "ON_START_UP"
+    ON_SHUT_DOWN = "ON_SHUT_DOWN"
+    AT = "AT"
+    OR = "OR"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class BaseTrigger(BaseModel, Generic[TriggerTypeT]):
+    """Base class of all triggers. A custom trigger implements one pure method, `next_due`.
+
+    `next_due(now, previous)` gets the time now and the due time of the previous occurrence
+    (None before the first), both POSIX seconds, and returns the next due time, or None when the
+    trigger will never fire again. It must not read the clock, sleep or change the trigger.
+
+    Example, a trigger due at second 13 of every minute:
+
+    >>> from typing import Literal
+    >>> from aioclock.triggers import BaseTrigger
+    >>> class AtSecond13(BaseTrigger[Literal["AT_SECOND_13"]]):
+    ...     type_: Literal["AT_SECOND_13"] = "AT_SECOND_13"
+    ...
+    ...     def next_due(self, now: float, previous: float | None) -> float | None:
+    ...         after = now if previous is None else previous
+    ...         due = after // 60 * 60 + 13
+    ...         return due if due > after else due + 60
+    >>> trigger = AtSecond13()
+    >>> trigger.next_due(now=120.0, previous=None), trigger.next_due(now=140.0, previous=133.0)
+    (133.0, 193.0)
+
+    Use it like any other: `@app.task(trigger=AtSecond13())`. Subclass `LoopController` instead to
+    get `max_loop_count`. A subclass written against upstream's interface (it overrides
+    `trigger_next` and `get_waiting_time_till_next_trigger`, not `next_due`) still runs: the engine
+    drives it with upstream's loop (see `_is_legacy`).
+
+    Attributes:
+        type_: Name of the trigger, fixed by each subclass.
+        expected_trigger_time: When the next run is due (aware UTC); set by the engine, for the API.
+    """
+
+    type_: TriggerTypeT
+    expected_trigger_time: datetime | None = None
+
+    _previous: float | None = PrivateAttr(None)
+    _ended: bool = PrivateAttr(False)
+
+    def next_due(self, now: float, previous: float | None) -> float | None:
+        """The next due time (POSIX seconds), or None when the trigger will never fire again."""
+        raise NotImplementedError(f"{type(self).__name__} must implement next_due(now, previous)")
+
+    @property
+    def waits_for_completion(self) -> bool:
+        """True when the next occurrence is computed from the end of the previous run."""
+        return False
+
+    def should_trigger(self) -> bool:
+        """Whether the trigger can still fire."""
+        return not self._ended
+
+    # Engine-facing: private, but stable.
+
+    def _advance(self, now: float) -> float | None:
+        """Consume the next occurrence and return its due time; None once the trigger has ended."""
+        if self._ended or not self.should_trigger():
+            return None
+        due = self.next_due(now, self._previous)
+        if due is None:
+            self._ended = True
+            return None
+        self._commit(now, due)
+        return due
+
+    def _peek(self, now: float) -> float | None:
+        """The due time `_advance(now)` would return, consuming nothing."""
+        if self._ended or not self.should_trigger():
+            return None
+        return self.next_due(now, self._previous)
+
+    def _commit(self, now: float, due: float) -> None:
+        """Remember that the occurrence due at `due` was consumed (subclasses count it)."""
+        self._previous = due
+
+    def _reset(self) -> None:
+        """Forget every consumed occurrence: a fresh copy of the schedule."""
+        self._previous = None
+        self._ended = False
+
+    @classmethod
+    def _is_legacy(cls) -> bool:
+        """True for a class written against upstream's interface: it overrides `trigger_next` or
+        `get_waiting_time_till_next_trigger` below the class that provides `next_due`."""
+        provider = _owner(cls, "next_due")
+        return any(
+            owner is not provider and issubclass(owner, provider)
+            for owner in (
+                _owner(cls, "trigger_next"),
+                _owner(cls, "get_waiting_time_till_next_trigger"),
+            )
+        )
+
+    def _local_zone(self) -> tzinfo:
+        """The zone a naive datetime given to the compat methods is read in."""
+        return timezone.utc
+
+    # Upstream compatibility: these read the real clock and sleep.
+
+    async def trigger_next(self) -> None:
+        """Consume the next occurrence (counting it) and sleep until it is due."""
+        if _owner(type(self), "next_due") is BaseTrigger:
+            wait = await self.get_waiting_time_till_next_trigger()
+            now = time.time()
+            self._commit(now, now)
+        else:
+            now = time.time()
+            due = self._advance(now)
+            wait = None if due is None else due - now
+        if wait is not None and wait > 0:
+            await asyncio.sleep(wait)
+
+    async def get_waiting_time_till_next_trigger(self, now: datetime | None = None) -> float | None:
+        """Seconds from `now` (default: the real clock) until the next due; None if never again."""
+        if _owner(type(self), "next_due") is BaseTrigger:
+            return 0.0 if self.should_trigger() else None  # upstream LoopController's answer
+        if now is None:
+            instant = time.time()
+        elif now.tzinfo is None:
+            instant = now.replace(tzinfo=self._local_zone()).timestamp()
+        else:
+            instant = now.timestamp()
+        due = self._peek(instant)
+        return None if due is None else max(0.0, due - instant)
+
+
+class LoopController(BaseTrigger[TriggerTypeT], Generic[TriggerTypeT]):
+    """A trigger with `max_loop_count`: it stops after that many occurrences.
+
+    Every occurrence the trigger produces counts, including one the engine skips because the
+    previous run still runs.
+
+    >>> from aioclock.triggers import Every
+    >>> trigger = Every(seconds=10, max_loop_count=2)
+    >>> [trigger._advance(now) for now in (0.0, 10.0, 20.0)], trigger.should_trigger()
+    ([10.0, 20.0, None], False)
+
+    Attributes:
+        max_loop_count: How many times it fires at most; None for no limit.
+    """
+
+    max_loop_count: PositiveInt | None = None
+
+    _current_loop_count: int = PrivateAttr(0)
+
+    def _increment_loop_counter(self) -> None:
+        self._current_loop_count += 1
+
+    def should_trigger(self) -> bool:
+        if self.max_loop_count is not None and self._current_loop_count >= self.max_loop_count:
+            return False
+        return super().should_trigger()
+
+    def _commit(self, now: float, due: float) -> None:
+        super()._commit(now, due)
+        self._increment_loop_counter()
+
+    def _reset(self) -> None:
+        super()._reset()
+        self._current_loop_count = 0
+
+
+class Forever(BaseTrigger[Literal[Triggers.FOREVER]]):
+    """Runs again as soon as the previous run ended, for as long as the app runs.
+
+    >>> from aioclock.triggers import Forever
+    >>> trigger = Forever()
+    >>> trigger.waits_for_completion, trigger.next_due(now=50.0, previous=10.0)
+    (True, 50.0)
+
+    Usage: `@app.task(trigger=Forever())` instead of a `while True:` loop in the task.
+    """
+
+    type_: Literal[Triggers.FOREVER] = Triggers.FOREVER
+
+    @property
+    def waits_for_completion(self) -> bool:
+        return True
+
+    def next_due(self, now: float, previous: float | None) -> float | None:
+        return now
+
+
+class Once(LoopController[Literal[Triggers.ONCE]]):
+    """Runs once, as soon as the app starts, then never again.
+
+    >>> from aioclock.triggers import Once
+    >>> trigger = Once()
+    >>> trigger._advance(5.0), trigger._advance(6.0)
+    (5.0, None)
+    """
+
+    type_: Literal[Triggers.ONCE] = Triggers.ONCE
+    max_loop_count: Literal[1] = 1  # type: ignore[assignment]
+
+    def next_due(self, now: float, previous: float | None) -> float | None:
+        return now if previous is None else None
+
+
+class OnStartUp(LoopController[Literal[Triggers.ON_START_UP]]):
+    """Runs once when the app starts, before the other tasks (the engine recognises it by type).
+
+    >>> from aioclock.triggers import OnStartUp
+    >>> OnStartUp().next_due(now=5.0, previous=None)
+    5.0
+    """
+
+    type_: Literal[Triggers.ON_START_UP] = Triggers.ON_START_UP
+    max_loop_count: Literal[1] = 1  # type: ignore[assignment]
+
+    def next_due(self, now: float, previous: float | None) -> float | None:
+        return now if previous is None else None
+
+
+class OnShutDown(LoopController[Literal[Triggers.ON_SHUT_DOWN]]):
+    """Runs once when the app shuts down (the engine recognises it by type).
+
+    >>> from aioclock.triggers import OnShutDown
+    >>> OnShutDown().next_due(now=5.0, previous=None)
+    5.0
+    """
+
+    type_: Literal[Triggers.ON_SHUT_DOWN] = Triggers.ON_SHUT_DOWN
+    max_loop_count: Literal[1] = 1  # type: ignore[assignment]
+
+    def next_due(self, now: float, previous: float | None) -> float | None:
+        return now if previous is None else None
+
+
+def _check_unit(value: float | None, info: ValidationInfo) -> float | None:
+    if value is None:
+        return None
+    if math.isnan(value) or math.isinf(value):
+        raise ValueError(f"{info.field_name} must be a finite number, got {value!r}")
+    if value < 0:
+        raise ValueError(f"{info.field_name} must be >= 0, got {value!r}")
+    return value
+
+
+_TimeUnit = Annotated[Union[int, float, None], AfterValidator(_check_unit)]
+_UNIT_SECONDS = {"weeks": 604800, "days": 86400, "hours": 3600, "minutes": 60, "seconds": 1}
+
+
+class Every(LoopController[Literal[Triggers.EVERY]]):
+    """Runs at a fixed rate: run k is due at start + k * period, however long the runs take.
+
+    With `first_run_strategy="immediate"` the first run is due at start, with `"wait"` (the
+    default) one period later. A period of 0 runs again as soon as the previous run ended.
+
+    >>> from aioclock.triggers import Every
+    >>> trigger = Every(minutes=1, first_run_strategy="immediate")
+    >>> [trigger._advance(now) for now in (1000.0, 1000.5, 1077.0)]
+    [1000.0, 1060.0, 1120.0]
+
+    Usage: `@app.task(trigger=Every(seconds=3))`.
+
+    Attributes:
+        seconds, minutes, hours, days, weeks: The period is their sum; give at least one.
+        first_run_strategy: "wait" (first run one period after start) or "immediate".
+        max_loop_count: How many times it fires at most; None for no limit.
+    """
+
+    type_: Literal[Triggers.EVERY] = Triggers.EVERY
+    first_run_strategy: Literal["immediate", "wait"] = "wait"
+    seconds: _TimeUnit = None
+    minutes: _TimeUnit = None
+    hours: _TimeUnit = None
+    days: _TimeUnit = None
+    weeks: _TimeUnit = None
+    max_loop_count: PositiveInt | None = None
+
+    _anchor: float | None = PrivateAttr(None)  # start: run k is due at _anchor + k * period
+
+    @model_validator(mode="after")
+    def _check_period(self) -> "Every":
+        if all(getattr(self, unit) is None for unit in _UNIT_SECONDS):
+            raise ValueError("Every needs at least one of seconds, minutes, hours, days or weeks")
+        if not math.isfinite(self.to_seconds):
+            raise ValueError(f"the period of Every must be finite, got {self.to_seconds} seconds")
+        return self
+
+    @property
+    def to_seconds(self) -> float:
+        """The period in seconds."""
+        return sum((getattr(self, unit) or 0) * factor for unit, factor in _UNIT_SECONDS.items())
+
+    @property
+    def waits_for_completion(self) -> bool:
+        return self.to_seconds == 0
+
+    def next_due(self, now: float, previous: float | None) -> float | None:
+        period = self.to_seconds
+        if period == 0:
+            return now
+        if previous is None:
+            return now if self.first_run_strategy == "immediate" else now + period
+        if self._anchor is not None:  # stay on the grid: no error accumulates over many runs
+            k = round((previous - self._anchor) / period)
+            if self._anchor + k * period == previous:
+                return self._anchor + (k + 1) * period
+        return previous + period
+
+    def _commit(self, now: float, due: float) -> None:
+        if self._previous is None:
+            self._anchor = now
+        super()._commit(now, due)
+
+    def _reset(self) -> None:
+        super()._reset()
+        self._anchor = None
+
+
+def _check_zone(key: str) -> str:
+    load_zone(key)
+    return key
+
+
+def _check_clock_field(value: int, info: ValidationInfo) -> int:
+    highest = 23 if info.field_name == "hour" else 59
+    if not 0 <= value <= highest:
+        raise ValueError(f"{info.field_name} must be between 0 and {highest}, got {value!r}")
+    return value
+
+
+_TimeZone = Annotated[str, AfterValidator(_check_zone)]
+_ClockField = Annotated[int, AfterValidator(_check_clock_field)]
+_WEEKDAYS = {
+    "every monday": 0,
+    "every tuesday": 1,
+    "every wednesday": 2,
+    "every thursday": 3,
+    "every friday": 4,
+    "every saturday": 5,
+    "every sunday": 6,
+}
+
+
+class At(LoopController[Literal[Triggers.AT]]):
+    """Runs at a wall-clock time in a time zone, every day or on one weekday.
+
+    The first run is the first such time after the trigger starts (strictly after `now`). Across
+    daylight-saving changes it runs once a day: a time in the spring-forward gap runs at the
+    jump, a time in the repeated autumn hour runs on its first pass.
+
+    >>> from datetime import datetime, timezone
+    >>> from aioclock.triggers import At
+    >>> trigger = At(hour=2, minute=30, tz="Europe/Berlin")
+    >>> spring_eve = datetime(2026, 3, 28, 12, tzinfo=timezone.utc).timestamp()
+    >>> due = trigger.next_due(now=spring_eve, previous=None)
+    >>> datetime.fromtimestamp(due, timezone.utc).isoformat()  # 02:30 does not exist: 03:00 CEST
+    '2026-03-29T01:00:00+00:00'
+
+    Usage: `@app.task(trigger=At(hour=12, minute=30, at="every monday", tz="Asia/Kolkata"))`.
+
+    Attributes:
+        second, minute, hour: The wall-clock time (hour 0-23).
+        at: "every day" or "every monday" ... "every sunday".
+        tz: The IANA time zone, e.g. "Europe/Berlin".
+        max_loop_count: How many times it fires at most; None for no limit.
+    """
+
+    type_: Literal[Triggers.AT] = Triggers.AT
+    max_loop_count: PositiveInt | None = None
+    second: _ClockField = 0
+    minute: _ClockField = 0
+    hour: _ClockField = 0
+    at: Literal[
+        "every monday",
+        "every tuesday",
+        "every wednesday",
+        "every thursday",
+        "every friday",
+        "every saturday",
+        "every sunday",
+        "every day",
+    ] = "every day"
+    tz: _TimeZone
+
+    def next_due(self, now: float, previous: float | None) -> float | None:
+        after = now if previous is None else previous
+        return next_instant(load_zone(self.tz), after, self._candidates, fixed=True)
+
+    def _candidates(self, start: datetime) -> Iterator[datetime]:
+        clock = wall_time(self.hour, self.minute, self.second)
+        weekday = _WEEKDAYS.get(self.at)
+        day = start.date()
+        while True:
+            candidate = datetime.combine(day, clock)
+            if candidate > start and (weekday is None or day.weekday() == weekday):
+                yield candidate
+            day += timedelta(days=1)
+
+    def _local_zone(self) -> tzinfo:
+        return load_zone(self.tz)
+
+
+def _check_cron(expression: str) -> str:
+    fields = expression.split()
+    alias = len(fields) == 1 and fields[0].startswith("@")  # "@daily" and the like
+    if not alias and len(fields) not in (5, 6):
+        raise ValueError(
+            f"cron must have 5 fields, or 6 with seconds last, got {len(fields)} in {expression!r}"
+        )
+    if not croniter.is_valid(expression):
+        raise ValueError(f"invalid cron expression {expression!r}")
+    try:
+        croniter(expression, datetime(2000, 1, 1)).get_next(datetime)
+    except CroniterBadDateError:
+        raise ValueError(f"cron expression {expression!r} never fires") from None
+    return expression
+
+
+class Cron(LoopController[Literal[Triggers.CRON]]):
+    """Runs on a cron schedule in a time zone, parsed by croniter.
+
+    Five fields (minute hour day month weekday), or six with seconds as the LAST field
+    (croniter's default, as upstream); aliases such as "@daily" work too. The first run is the
+    first match strictly after `now`. Daylight-saving changes: if the hour field is fixed (no `*`,
+    no `/`) the job runs once a day, at the jump for a time in the spring gap and on the first pass
+    of the repeated autumn hour; with a wildcard or stepped hour the job keeps its real spacing
+    (times in the gap do not exist, times in the repeated hour happen twice).
+
+    >>> from datetime import datetime, timezone
+    >>> from aioclock.triggers import Cron
+    >>> trigger = Cron(cron="*/15 * * * *", tz="Europe/Berlin")
+    >>> autumn = datetime(2026, 10, 25, 0, 40, tzinfo=timezone.utc).timestamp()  # 02:40 CEST
+    >>> dues = [trigger._advance(autumn) for _ in range(3)]
+    >>> [datetime.fromtimestamp(due, timezone.utc).strftime("%H:%M") for due in dues]
+    ['00:45', '01:00', '01:15']
+
+    Usage: `@app.task(trigger=Cron(cron="0 12 * * *", tz="Asia/Kolkata"))`.
+
+    Attributes:
+        cron: The cron expression.
+        tz: The IANA time zone, e.g. "Europe/Berlin"; "UTC" by default.
+        max_loop_count: How many times it fires at most; None for no limit.
+    """
+
+    type_: Literal[Triggers.CRON] = Triggers.CRON
+    max_loop_count: PositiveInt | None = None
+    cron: Annotated[str, AfterValidator(_check_cron)]
+    tz: _TimeZone = "UTC"
+
+    @property
+    def _fixed_hour(self) -> bool:
+        fields = self.cron.split()
+        if len(fields) == 1:  # an alias: only @hourly has a wildcard hour
+            return fields[0] != "@hourly"
+        return "*" not in fields[1] and "/" not in fields[1]
+
+    def next_due(self, now: float, previous: float | None) -> float | None:
+        after = now if previous is None else previous
+        zone = load_zone(self.tz)
+        return next_instant(zone, after, self._candidates, fixed=self._fixed_hour)
+
+    def _candidates(self, start: datetime) -> Iterator[datetime]:
+        matches = croniter(self.cron, start)
+        try:
+            while True:
+                yield matches.get_next(datetime)
+        except CroniterBadDateError:  # no match within croniter's search limit
+            return
+
+    def _local_zone(self) -> tzinfo:
+        return load_zone(self.tz)
+
+
+_COINCIDENT = 1e-6  # inner dues this close (seconds) are one occurrence of an OrTrigger
+
+
+class OrTrigger(LoopController[Literal[Triggers.OR]]):
+    """Runs whenever any of its inner triggers is due.
+
+    Each inner trigger keeps its own schedule and its own `max_loop_count`; dues that coincide run
+    once. It ends when every inner trigger has ended, or at its own `max_loop_count`. Triggers
+    without a due time of their own (`Forever`, `Every` with a period of 0, start-up and shut-down
+    triggers, triggers written against upstream's interface) cannot be inner triggers.
+
+    >>> from aioclock.triggers import Every, OrTrigger
+    >>> trigger = OrTrigger(triggers=[Every(seconds=2), Every(seconds=3, max_loop_count=1)])
+    >>> [trigger._advance(now) for now in (0.0, 2.0, 3.0, 4.0)]
+    [2.0, 3.0, 4.0, 6.0]
+
+    Attributes:
+        triggers: The inner triggers, any `BaseTrigger` subclasses.
+        max_loop_count: How many times it fires at most; None for no limit.
+    """
+
+    type_: Literal[Triggers.OR] = Triggers.OR
+    triggers: list[SerializeAsAny[BaseTrigger]]  # type: ignore[type-arg]
+    max_loop_count: PositiveInt | None = None
+
+    _pending: list[float | None] = PrivateAttr(default_factory=list)  # armed due per inner
+
+    @field_validator("triggers", mode="before")
+    @classmethod
+    def _parse_dicts(cls, value: Any) -> Any:
+        if isinstance(value, list):
+            return [
+                _trigger_adapter().validate_python(t) if isinstance(t, dict) else t for t in value
+            ]
+        return value
+
+    @field_validator("triggers")
+    @classmethod
+    def _check_inner(cls, triggers: list[BaseTrigger[Any]]) -> list[BaseTrigger[Any]]:
+        if not triggers:
+            raise ValueError("triggers of OrTrigger must not be empty, got []")
+        seen: set[int] = set()
+        for inner in triggers:
+            name = type(inner).__name__
+            if isinstance(inner, (OnStartUp, OnShutDown)):
+                raise ValueError(f"OrTrigger cannot contain {name}: it runs outside the schedule")
+            if inner.waits_for_completion:
+                raise ValueError(
+                    f"OrTrigger cannot contain {inner!r}: it waits for the previous run to end"
+                )
+            if inner._is_legacy():
+                raise ValueError(
+                    f"OrTrigger cannot contain {name}: it implements trigger_next, not next_due"
+                )
+            if id(inner) in seen:
+                raise ValueError(f"OrTrigger cannot contain the same trigger twice: {inner!r}")
+            seen.add(id(inner))
+        return triggers
+
+    def should_trigger(self) -> bool:
+        if not super().should_trigger():
+            return False
+        pending = self._armed()
+        return any(
+            due is not None or inner.should_trigger()
+            for inner, due in zip(self.triggers, pending, strict=True)
+        )
+
+    def next_due(self, now: float, previous: float | None) -> float | None:
+        """The earliest inner due; the schedule lives in the inner triggers, not in `previous`."""
+        dues = [
+            inner._peek(now) if due is None else due
+            for inner, due in zip(self.triggers, self._armed(), strict=True)
+        ]
+        return min((due for due in dues if due is not None), default=None)
+
+    def _commit(self, now: float, due: float) -> None:
+        pending = self._armed()
+        for index, inner in enumerate(self.triggers):
+            if pending[index] is None:  # arm it: its schedule starts now and is kept from here
+                pending[index] = inner._advance(now)
+            armed = pending[index]
+            if armed is not None and armed - due <= _COINCIDENT:
+                pending[index] = None
+        super()._commit(now, due)
+
+    def _armed(self) -> list[float | None]:
+        if len(self._pending) != len(self.triggers):
+            self._pending = [None] * len(self.triggers)
+        return self._pending
+
+    def _reset(self) -> None:
+        super()._reset()
+        self._pending = []
+        for inner in self.triggers:
+            inner._reset()
+
+
+TriggerT = Annotated[
+    Union[Forever, Once, Every, At, OnStartUp, OnShutDown, Cron, OrTrigger],
+    Field(discriminator="type_"),
+]
+"""Any built-in trigger, told apart by `type_` (for parsing a trigger from a dict)."""
+
+_adapter: TypeAdapter[Any] | None = None
+
+
+def _trigger_adapter() -> TypeAdapter[Any]:
+    global _adapter
+    if _adapter is None:
+        _adapter = TypeAdapter(TriggerT)
+    return _adapter
+
+
+def _owner(cls: type, name: str) -> type:
+    """The class in `cls`'s MRO that defines `name`."""
+    return next(klass for klass in cls.__mro__ if name in vars(klass))

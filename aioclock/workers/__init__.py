@@ -1,0 +1,1 @@
+"""The task runner and the worker process that runs it."""

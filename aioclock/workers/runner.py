@@ -1,0 +1,166 @@
+"""The task runner: turns a `Fire` into a call of the user's function and answers a `Done`.
+
+It resolves fast-depends dependencies, runs async tasks on the event loop and sync tasks in a
+thread (so the loop keeps answering), enforces each task's timeout and reports how the run went.
+The in-process runtime and every worker process use this same class.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+import time
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractAsyncContextManager, AbstractContextManager, AsyncExitStack
+from typing import Any
+
+from fast_depends import Provider, inject
+
+from aioclock._protocol import Done, Fire, Outcome
+from aioclock._task import Task
+from aioclock.exceptions import TaskTimeoutError
+
+logger = logging.getLogger("aioclock")
+
+
+class TaskRunner:
+    """Runs fires concurrently and calls `on_done` with one `Done` per fire.
+
+    `on_sync_timeout` is called when a sync task outlives its timeout: a thread cannot be
+    cancelled, so a worker process replaces itself there; in-process the thread runs on and
+    only the run is reported as timed out.
+    """
+
+    def __init__(
+        self,
+        tasks: Mapping[str, Task],
+        provider: Provider,
+        on_done: Callable[[Done], None],
+        *,
+        executor: ThreadPoolExecutor | None = None,
+        on_sync_timeout: Callable[[Task], None] | None = None,
+    ) -> None:
+        self._tasks = tasks
+        self._provider = provider
+        self._on_done = on_done
+        self._executor = executor
+        self._on_sync_timeout = on_sync_timeout
+        self._injected: dict[str, Callable[..., Any]] = {}
+        self._running: dict[int, asyncio.Task[None]] = {}
+        self.sync_running = 0
+        for task in tasks.values():  # build the injectors now, not on the first (timed) run
+            self._injector(task)
+
+    @property
+    def running(self) -> int:
+        return len(self._running)
+
+    def running_tasks(self) -> list[asyncio.Task[None]]:
+        return list(self._running.values())
+
+    def cancel(self, seq: int) -> None:
+        """Cancel run `seq` if it is still going (it then reports `cancelled`)."""
+        run = self._running.get(seq)
+        if run is not None:
+            run.cancel()
+
+    def start(self, fire: Fire) -> None:
+        """Begin the run at once; its `Done` goes to `on_done` when it ends."""
+        run = asyncio.get_running_loop().create_task(self._run(fire))
+        self._running[fire.seq] = run
+        run.add_done_callback(lambda _: self._running.pop(fire.seq, None))
+
+    async def run_inline(self, task: Task) -> Any:
+        """Run `task` in the caller's task with its dependencies and timeout; return its result."""
+        return await self._call(task)
+
+    async def _run(self, fire: Fire) -> None:
+        started = time.time()
+        task = self._tasks.get(fire.task)
+        outcome: Outcome = "ok"
+        error: str | None = None
+        try:
+            if task is None:
+                raise LookupError(f"no task with id {fire.task!r} is registered in this process")
+            await self._call(task)
+        except TaskTimeoutError as timeout_error:
+            outcome, error = "timeout", str(timeout_error)
+            logger.error("%s", timeout_error)
+        except asyncio.CancelledError:
+            outcome, error = "cancelled", "cancelled while running (shutdown)"
+            logger.warning("task %s was cancelled while running", fire.task)
+            self._on_done(Done(fire.task, fire.seq, started, time.time(), outcome, error))
+            raise
+        except Exception as failure:
+            outcome, error = "failed", f"{type(failure).__name__}: {failure}"
+            logger.exception("task %s failed", fire.task)
+        self._on_done(Done(fire.task, fire.seq, started, time.time(), outcome, error))
+
+    def _injector(self, task: Task) -> Callable[..., Any]:
+        call = self._injected.get(task.name)
+        if call is None:
+            call = self._injected[task.name] = inject(task.func, dependency_provider=self._provider)
+        return call
+
+    async def _call(self, task: Task) -> Any:
+        call = self._injector(task)
+        if task.is_async:
+            return await _within(call(), task)
+        return await self._call_sync(call, task)
+
+    async def _call_sync(self, call: Callable[[], Any], task: Task) -> Any:
+        loop = asyncio.get_running_loop()
+        self.sync_running += 1
+        future = loop.run_in_executor(self._executor, call)
+        try:
+            return await _within(asyncio.shield(future), task)
+        except TaskTimeoutError:
+            if self._on_sync_timeout is not None:
+                self._on_sync_timeout(task)
+            raise
+        finally:
+            self.sync_running -= 1
+
+    async def cancel_all(self, grace: float) -> None:
+        """Wait up to `grace` seconds for the runs in progress, then cancel what is left."""
+        pending = list(self._running.values())
+        if not pending:
+            return
+        _, still_running = await asyncio.wait(pending, timeout=grace)
+        for run in still_running:
+            run.cancel()
+        if still_running:
+            logger.warning(
+                "cancelled %d run(s) still going after %.1f s", len(still_running), grace
+            )
+            await asyncio.wait(still_running)
+
+
+async def _within(awaitable: Any, task: Task) -> Any:
+    """Await with the task's timeout; past it, cancel and raise `TaskTimeoutError`."""
+    if task.timeout is None:
+        return await awaitable
+    try:
+        if sys.version_info >= (3, 11):
+            async with asyncio.timeout(task.timeout):
+                return await awaitable
+        return await asyncio.wait_for(awaitable, task.timeout)
+    except TimeoutError:
+        raise TaskTimeoutError(task.name, task.timeout) from None
+    except asyncio.TimeoutError:  # a distinct class before Python 3.11
+        raise TaskTimeoutError(task.name, task.timeout) from None
+
+
+async def enter_lifespan(app: Any, stack: AsyncExitStack) -> None:
+    """Enter `app.lifespan(app)`, sync or async, so that `stack` exits it."""
+    if app.lifespan is None:
+        return
+    context = app.lifespan(app)
+    if isinstance(context, AbstractAsyncContextManager) or hasattr(context, "__aenter__"):
+        await stack.enter_async_context(context)
+    elif isinstance(context, AbstractContextManager) or hasattr(context, "__enter__"):
+        stack.enter_context(context)
+    else:
+        raise TypeError(f"lifespan must return a context manager (sync or async), got {context!r}")

@@ -1,0 +1,451 @@
+"""The in-process runtime (`workers=0`): the behaviour aioclock 0.3 users rely on, done right."""
+
+import asyncio
+import contextlib
+import logging
+import threading
+import time
+import uuid
+
+import pytest
+
+from aioclock import (
+    AioClock,
+    At,
+    Depends,
+    Every,
+    Forever,
+    Group,
+    Once,
+    OnShutDown,
+    OnStartUp,
+)
+from aioclock._clock import FakeClock
+from aioclock._local import LocalRuntime
+from aioclock.api import (
+    get_metadata_of_all_tasks,
+    run_specific_task,
+    run_with_injected_deps,
+)
+from aioclock.exceptions import TaskIdNotFound, TaskTimeoutError
+from aioclock.triggers import BaseTrigger
+
+HANG_GUARD = 10
+
+
+async def serve_for(app, seconds):
+    """Serve `app` for `seconds`, then cancel it the way an embedding app would."""
+    serving = asyncio.create_task(app.serve())
+    await asyncio.sleep(seconds)
+    serving.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await asyncio.wait_for(serving, HANG_GUARD)
+
+
+async def serve_to_end(app):
+    await asyncio.wait_for(app.serve(), HANG_GUARD)
+
+
+# The example at the top of aioclock 0.3's README, with its periods shortened.
+events = []
+
+
+def more_useless_than_me():
+    return "I'm a dependency."
+
+
+readme_group = Group()
+
+
+@readme_group.task(trigger=Every(seconds=0.05))
+async def every():
+    events.append("every")
+
+
+@readme_group.task(trigger=Every(seconds=0.05))
+def even_sync_works():
+    events.append("sync")
+
+
+@readme_group.task(trigger=At(tz="UTC", hour=0, minute=0, second=0))
+async def at():
+    events.append("at")
+
+
+@readme_group.task(trigger=Forever())
+async def forever(val: str = Depends(more_useless_than_me)):
+    await asyncio.sleep(0.05)
+    events.append(("forever", val))
+
+
+@readme_group.task(trigger=Once())
+async def once():
+    events.append("once")
+
+
+async def test_upstream_readme_example_runs_unchanged():
+    events.clear()
+    app = AioClock()
+    app.include_group(readme_group)
+
+    @app.task(trigger=OnStartUp())
+    async def startup():
+        events.append("startup")
+
+    @app.task(trigger=OnShutDown())
+    async def shutdown():
+        events.append("shutdown")
+
+    await serve_for(app, 0.5)
+    assert events[0] == "startup"
+    assert events[-1] == "shutdown"
+    assert events.count("once") == 1
+    assert events.count("every") >= 5
+    assert events.count("sync") >= 5
+    assert ("forever", "I'm a dependency.") in events
+    assert "at" not in events  # midnight UTC did not come
+
+
+async def test_every_keeps_a_fixed_rate_with_a_40ms_body():
+    starts = []
+    app = AioClock()
+
+    @app.task(trigger=Every(seconds=0.1, max_loop_count=20))
+    async def probe():
+        starts.append(time.time())
+        await asyncio.sleep(0.04)
+
+    await serve_to_end(app)
+    assert len(starts) == 20
+    first = starts[0]
+    for k, started in enumerate(starts):
+        assert started - (first + k * 0.1) == pytest.approx(0, abs=0.015), k
+
+
+async def test_a_sync_task_does_not_block_the_event_loop():
+    sync_running = threading.Event()
+    seen_while_sync_ran = []
+    app = AioClock()
+
+    @app.task(trigger=Once())
+    def blocking():
+        sync_running.set()
+        time.sleep(0.3)
+        sync_running.clear()
+
+    @app.task(trigger=Every(seconds=0.02, max_loop_count=10))
+    async def probe():
+        seen_while_sync_ran.append(sync_running.is_set())
+
+    await serve_to_end(app)
+    assert any(seen_while_sync_ran)
+
+
+async def test_a_failing_task_is_logged_with_its_traceback_and_the_app_goes_on(caplog):
+    runs = []
+    app = AioClock()
+
+    @app.task(trigger=Every(seconds=0.01, max_loop_count=3))
+    async def broken():
+        runs.append(1)
+        raise ValueError("boom")
+
+    with caplog.at_level(logging.ERROR, logger="aioclock"):
+        await serve_to_end(app)
+    assert len(runs) == 3
+    failures = [r for r in caplog.records if "failed" in r.getMessage()]
+    assert len(failures) == 3
+    assert failures[0].exc_info is not None
+    assert "ValueError: boom" in caplog.text
+
+
+async def test_timeouts_cancel_the_run_and_log_task_timeout_error(caplog):
+    finished = []
+    group = Group(timeout=0.05)
+
+    @group.task(trigger=Once())
+    async def slow_in_group():
+        await asyncio.sleep(1)
+        finished.append("group")
+
+    @group.task(trigger=Once(), timeout=2)
+    async def own_timeout_wins():
+        await asyncio.sleep(0.1)
+        finished.append("own")
+
+    app = AioClock()
+    app.include_group(group)
+    with caplog.at_level(logging.ERROR, logger="aioclock"):
+        await serve_to_end(app)
+    assert finished == ["own"]
+    assert "exceeded its timeout of 0.05 s" in caplog.text
+    assert "slow_in_group" in caplog.text
+
+
+def answer():
+    return "real"
+
+
+async def test_overrides_apply_per_app_and_from_the_next_run_on():
+    seen = {"a": [], "b": []}
+    app_a, app_b = AioClock(), AioClock()
+
+    @app_a.task(trigger=Every(seconds=0.01, max_loop_count=6))
+    async def task_a(value: str = Depends(answer)):
+        seen["a"].append(value)
+        if len(seen["a"]) == 3:
+            app_a.override_dependencies(original=answer, override=lambda: "late override")
+
+    @app_b.task(trigger=Every(seconds=0.01, max_loop_count=3))
+    async def task_b(value: str = Depends(answer)):
+        seen["b"].append(value)
+
+    app_b.override_dependencies(original=answer, override=lambda: "b only")
+    await asyncio.gather(serve_to_end(app_a), serve_to_end(app_b))
+    assert seen["a"] == ["real"] * 3 + ["late override"] * 3
+    assert seen["b"] == ["b only"] * 3
+
+
+async def test_generator_dependencies_are_torn_down_after_each_run():
+    log = []
+
+    def resource():
+        log.append("open")
+        yield "conn"
+        log.append("close")
+
+    app = AioClock()
+
+    @app.task(trigger=Every(seconds=0.01, max_loop_count=2))
+    def uses_resource(conn: str = Depends(resource)):
+        log.append(conn)
+
+    await serve_to_end(app)
+    assert log == ["open", "conn", "close"] * 2
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+async def test_lifespan_wraps_every_task(kind):
+    log = []
+
+    if kind == "async":
+
+        @contextlib.asynccontextmanager
+        async def lifespan(app):
+            log.append("enter")
+            yield app
+            log.append("exit")
+    else:
+
+        @contextlib.contextmanager
+        def lifespan(app):
+            log.append("enter")
+            yield app
+            log.append("exit")
+
+    app = AioClock(lifespan=lifespan)
+
+    @app.task(trigger=Once())
+    async def work():
+        log.append("work")
+
+    await serve_to_end(app)
+    assert log == ["enter", "work", "exit"]
+
+
+async def test_first_signal_drains_gracefully_and_second_stops_at_once():
+    log = []
+    app = AioClock(handle_signals=False)
+    started = asyncio.Event()
+
+    @app.task(trigger=Once())
+    async def long_job():
+        started.set()
+        await asyncio.sleep(0.2)
+        log.append("long job finished")
+
+    @app.task(trigger=OnShutDown())
+    async def shutdown():
+        log.append("shutdown")
+
+    runtime = LocalRuntime(app)
+    serving = asyncio.create_task(runtime.serve())
+    await asyncio.wait_for(started.wait(), HANG_GUARD)
+    runtime._signals.handle_stop(15)
+    await asyncio.wait_for(serving, HANG_GUARD)
+    assert log == ["long job finished", "shutdown"]
+
+    log.clear()
+    started.clear()
+    runtime = LocalRuntime(app)
+    serving = asyncio.create_task(runtime.serve())
+    await asyncio.wait_for(started.wait(), HANG_GUARD)
+    runtime._signals.handle_stop(15)
+    runtime._signals.handle_stop(2)
+    await asyncio.wait_for(serving, HANG_GUARD)
+    assert log == []
+
+
+async def test_shutdown_timeout_bounds_the_wait_for_running_tasks(caplog):
+    app = AioClock(shutdown_timeout=0.05, handle_signals=False)
+    started = asyncio.Event()
+
+    @app.task(trigger=Once())
+    async def stuck():
+        started.set()
+        await asyncio.sleep(30)
+
+    serving = asyncio.create_task(app.serve())
+    await asyncio.wait_for(started.wait(), HANG_GUARD)
+    serving.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(serving, HANG_GUARD)
+    assert "cancelled 1 run(s) still going" in caplog.text
+
+
+async def test_serve_returns_when_no_trigger_can_fire_again():
+    app = AioClock()
+
+    @app.task(trigger=Once())
+    async def one_shot():
+        return None
+
+    await serve_to_end(app)
+
+
+async def test_fake_clock_runs_an_hour_of_schedule_instantly_on_the_grid():
+    clock = FakeClock(start=1_000_000.0)
+    seen = []
+    app = AioClock()
+
+    @app.task(trigger=Every(minutes=6, max_loop_count=10))
+    async def report():
+        seen.append(clock.now())
+
+    await asyncio.wait_for(LocalRuntime(app, clock=clock).serve(), HANG_GUARD)
+    assert seen == [1_000_000.0 + 360 * k for k in range(1, 11)]
+
+
+class EveryTick(BaseTrigger):
+    """A trigger written against aioclock 0.3's interface: it overrides trigger_next."""
+
+    type_: str = "EveryTick"
+    fired: int = 0
+
+    def should_trigger(self) -> bool:
+        return self.fired < 3
+
+    async def trigger_next(self) -> None:
+        self.fired += 1
+        await asyncio.sleep(0.01)
+
+    async def get_waiting_time_till_next_trigger(self, now=None):
+        return 0.01
+
+
+async def test_a_trigger_written_for_upstream_still_runs():
+    runs = []
+    app = AioClock()
+
+    @app.task(trigger=EveryTick())
+    async def legacy():
+        runs.append(1)
+
+    await serve_to_end(app)
+    assert len(runs) == 3
+
+
+async def plain_task():
+    return "result"
+
+
+async def test_run_specific_task_returns_the_result_and_honours_the_timeout():
+    app = AioClock()
+    app.task(trigger=Every(hours=1))(plain_task)
+
+    @app.task(trigger=Every(hours=1), timeout=0.05)
+    async def too_slow():
+        await asyncio.sleep(5)
+
+    assert await run_specific_task(app._tasks[0].id, app) == "result"
+    assert await run_specific_task(str(app._tasks[0].id), app) == "result"
+    with pytest.raises(TaskTimeoutError):
+        await run_specific_task(app._tasks[1].id, app)
+    with pytest.raises(TaskIdNotFound, match="no task with id"):
+        await run_specific_task(uuid.uuid4(), app)
+
+
+async def test_task_ids_are_stable_and_decorated_functions_stay_callable():
+    first, second = AioClock(), AioClock()
+    first.task(trigger=Once())(plain_task)
+    second.task(trigger=Once())(plain_task)
+    assert first._tasks[0].id == second._tasks[0].id
+    assert first._tasks[0].name == f"{__name__}:plain_task"
+    assert await plain_task() == "result"
+
+
+async def test_run_with_injected_deps_uses_the_owning_apps_overrides():
+    app = AioClock()
+
+    @app.task(trigger=Once())
+    def wants_answer(value: str = Depends(answer)):
+        return value
+
+    assert await run_with_injected_deps(wants_answer) == "real"
+    app.override_dependencies(original=answer, override=lambda: "fake")
+    assert await run_with_injected_deps(wants_answer) == "fake"
+
+
+async def test_metadata_reports_triggers_and_run_statistics():
+    app = AioClock()
+
+    @app.task(trigger=Every(seconds=0.01, max_loop_count=5))
+    async def counted():
+        return None
+
+    before = await get_metadata_of_all_tasks(app)
+    assert (before[0].task_name, before[0].runs) == ("counted", 0)
+    serving = asyncio.create_task(app.serve())
+    while True:
+        metadata = await get_metadata_of_all_tasks(app)
+        if metadata[0].runs >= 3:
+            break
+        await asyncio.sleep(0.01)
+    await asyncio.wait_for(serving, HANG_GUARD)
+    assert metadata[0].lateness_max is not None
+    assert isinstance(metadata[0].trigger, Every)
+
+
+def test_a_function_registered_twice_is_refused_at_serve():
+    app = AioClock()
+    app.task(trigger=Once())(plain_task)
+    app.task(trigger=Every(seconds=1))(plain_task)
+    with pytest.raises(ValueError, match="registered twice"):
+        asyncio.run(app.serve())
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"workers": -1}, "workers must be an integer >= 0, got -1"),
+        ({"start_method": "thread"}, "start_method must be"),
+        ({"shutdown_timeout": -2}, "shutdown_timeout must be a finite number"),
+        ({"sync_task_nice": 40}, "sync_task_nice must be an integer from 0 to 19, got 40"),
+    ],
+)
+def test_bad_app_options_are_named(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        AioClock(**kwargs)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"timeout": 0}, "timeout must be a finite number of seconds > 0, got 0"),
+        ({"timeout": float("nan")}, "timeout must be a finite number"),
+        ({"max_instances": 0}, "max_instances must be an integer >= 1, got 0"),
+    ],
+)
+def test_bad_task_options_are_named(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        AioClock().task(trigger=Once(), **kwargs)
