@@ -13,8 +13,17 @@ logger = logging.getLogger(__name__)
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
+def _is_default_sigint(handler: object) -> bool:
+    # asyncio.run() (3.11+) installs its own Ctrl-C handler that only cancels the main task.
+    runner = getattr(getattr(handler, "func", None), "__self__", None)
+    asyncio_runner = getattr(asyncio, "Runner", None)
+    return handler is signal.default_int_handler or (
+        asyncio_runner is not None and isinstance(runner, asyncio_runner)
+    )
+
+
 def _nobody_else_handles_signals() -> bool:
-    return signal.getsignal(signal.SIGINT) is signal.default_int_handler and signal.getsignal(
+    return _is_default_sigint(signal.getsignal(signal.SIGINT)) and signal.getsignal(
         signal.SIGTERM
     ) in (signal.SIG_DFL, None)
 

@@ -178,7 +178,9 @@ class Supervisor:
 
         def on_exit() -> None:
             loop.remove_reader(process.sentinel)
-            process.join(0)
+            # The sentinel closes a moment before the process can be reaped; wait that moment
+            # so that the exit code is known.
+            process.join(1.0)
             if not exited.done():
                 exited.set_result(None)
             then(process)

@@ -96,8 +96,8 @@ class BaseTrigger(BaseModel, Generic[TriggerTypeT]):
 
     Use it like any other: `@app.task(trigger=AtSecond13())`. Subclass `LoopController` instead to
     get `max_loop_count`. A subclass written against upstream's interface (it overrides
-    `trigger_next` and `get_waiting_time_till_next_trigger`, not `next_due`) still runs: the engine
-    drives it with upstream's loop (see `_is_legacy`).
+    `trigger_next`, and perhaps `get_waiting_time_till_next_trigger`, but not `next_due`) still
+    runs: the engine drives it with upstream's loop (see `_is_legacy`).
 
     Attributes:
         type_: Name of the trigger, fixed by each subclass.
@@ -585,15 +585,16 @@ class OrTrigger(LoopController[Literal[Triggers.OR]]):
             if isinstance(inner, (OnStartUp, OnShutDown)):
                 raise ValueError(f"OrTrigger cannot contain {name}: it runs outside the schedule")
             if inner.waits_for_completion:
-                raise ValueError(
-                    f"OrTrigger cannot contain {inner!r}: it waits for the previous run to end"
-                )
+                reason = "it waits for the previous run to end"
+                raise ValueError(f"OrTrigger cannot contain {_short(inner)}: {reason}")
             if inner._is_legacy():
                 raise ValueError(
                     f"OrTrigger cannot contain {name}: it implements trigger_next, not next_due"
                 )
             if id(inner) in seen:
-                raise ValueError(f"OrTrigger cannot contain the same trigger twice: {inner!r}")
+                raise ValueError(
+                    f"OrTrigger cannot contain the same trigger twice: {_short(inner)}"
+                )
             seen.add(id(inner))
         return triggers
 
@@ -650,6 +651,12 @@ def _trigger_adapter() -> TypeAdapter[Any]:
     if _adapter is None:
         _adapter = TypeAdapter(TriggerT)
     return _adapter
+
+
+def _short(trigger: BaseTrigger[Any]) -> str:
+    """`Every(seconds=0)`: the class and the fields given, for messages."""
+    fields = trigger.model_dump(exclude_defaults=True, exclude={"type_"})
+    return f"{type(trigger).__name__}({', '.join(f'{k}={v!r}' for k, v in fields.items())})"
 
 
 def _owner(cls: type, name: str) -> type:

@@ -122,10 +122,13 @@ class Dispatcher:
         for fd in writable:
             self._flush(fd)
         for fd in readable:
-            if fd == control_fd:
-                self._read_control()
-            else:
-                self._read_worker(fd)
+            try:
+                if fd == control_fd:
+                    self._read_control()
+                else:
+                    self._read_worker(fd)
+            except Exception:  # a bug here must not stop the schedule: log it and go on
+                logger.exception("dispatcher failed to handle input on fd %d", fd)
         if not readable and deadline is not None:
             while time.time() < deadline:  # the last ~0.2 ms: spin for an on-time wake-up
                 pass
@@ -178,7 +181,10 @@ class Dispatcher:
     # -- frames from the workers --------------------------------------------------------------
 
     def _read_worker(self, fd: int) -> None:
-        reader, link = self._readers[fd]
+        entry = self._readers.get(fd)
+        if entry is None:  # closed by a control frame handled earlier in this same wake-up
+            return
+        reader, link = entry
         try:
             chunk = os.read(fd, 65536)
         except BlockingIOError:

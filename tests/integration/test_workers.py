@@ -1,0 +1,236 @@
+"""`AioClock(workers=N)` with real processes: where tasks run, and how each fault ends."""
+
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from aioclock import AioClock, Every, Once, OnShutDown, OnStartUp
+from aioclock.api import get_metadata_of_all_tasks, run_specific_task
+from aioclock.exceptions import TaskNotReachableError, WorkerProcessError
+
+from . import worker_tasks as tasks
+from .conftest import wait_until_gone
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
+HANG_GUARD = 30
+
+
+@contextlib.asynccontextmanager
+async def serving(app):
+    """Serve `app` in the background; cancel it (a graceful stop) on the way out."""
+    task = asyncio.create_task(app.serve())
+    try:
+        yield task
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.wait_for(task, HANG_GUARD)
+
+
+async def stats_of(app, name):
+    metadata = await get_metadata_of_all_tasks(app)
+    return next(m for m in metadata if m.task_name == name)
+
+
+def runtime_pids(app):
+    runtime = app._runtime
+    return runtime._dispatcher.pid, {p.pid for p in runtime._workers.values()}
+
+
+async def test_tasks_run_in_worker_processes_never_in_main_or_dispatcher(events):
+    app = AioClock(workers=2)
+    app.task(trigger=Every(seconds=0.05))(tasks.probe)
+    async with serving(app):
+        await events.wait_for(lambda e: len([x for x in e if x["name"] == "probe"]) >= 10)
+        dispatcher_pid, worker_pids = runtime_pids(app)
+    probe_pids = {event["pid"] for event in events.named("probe")}
+    assert probe_pids <= worker_pids
+    assert os.getpid() not in probe_pids
+    assert dispatcher_pid not in probe_pids
+
+
+async def test_cpu_bound_jobs_run_in_parallel_on_different_workers(events):
+    app = AioClock(workers=2)
+    app.task(trigger=Once())(tasks.cpu_job)
+    app.task(trigger=Once())(tasks.cpu_job_2)
+    await asyncio.wait_for(app.serve(), HANG_GUARD)  # returns: no trigger can fire again
+    first, second = events.named("cpu_job")
+    assert first["pid"] != second["pid"]
+    overlap = min(first["finished"], second["finished"]) - max(first["started"], second["started"])
+    assert overlap > 0.25  # each burns 0.5 s of CPU: they ran at the same time
+
+
+async def test_startup_first_shutdown_last_lifespan_in_every_worker(events):
+    app = AioClock(workers=2, lifespan=tasks.lifespan)
+    app.task(trigger=OnStartUp())(tasks.startup)
+    app.task(trigger=Once())(tasks.probe)
+    app.task(trigger=OnShutDown())(tasks.shutdown)
+    await asyncio.wait_for(app.serve(), HANG_GUARD)
+    names = [event["name"] for event in events.read() if not event["name"].startswith("life")]
+    assert names == ["startup", "probe", "shutdown"]
+    enters = {event["pid"] for event in events.named("lifespan:enter")}
+    exits = {event["pid"] for event in events.named("lifespan:exit")}
+    assert len(enters) == 2
+    assert enters == exits
+
+
+async def test_overrides_made_before_serve_hold_in_every_worker(events):
+    app = AioClock(workers=2)
+    app.task(trigger=Every(seconds=0.02, max_loop_count=6))(tasks.uses_greeting)
+    app.override_dependencies(original=tasks.greeting, override=tasks.fake_greeting)
+    await asyncio.wait_for(app.serve(), HANG_GUARD)
+    values = {event["value"] for event in events.named("uses_greeting")}
+    assert values == {"overridden"}
+
+
+async def test_a_killed_worker_is_replaced_and_its_run_reported_failed(events):
+    app = AioClock(workers=2)
+    app.task(trigger=Once())(tasks.sleeper)
+    app.task(trigger=Every(seconds=0.05))(tasks.probe)
+    async with serving(app):
+        await events.wait_for(lambda e: any(x["name"] == "sleeper" for x in e))
+        (sleeping,) = events.named("sleeper")
+        os.kill(sleeping["pid"], signal.SIGKILL)
+        await events.wait_for(lambda e: _probe_after(e, sleeping["time"] + 1.5))
+        sleeper_stats = await stats_of(app, "sleeper")
+        _, worker_pids = runtime_pids(app)
+    assert sleeping["pid"] not in worker_pids
+    assert len(worker_pids) == 2
+    assert sleeper_stats.failures == 1
+    assert "exit code -9" in sleeper_stats.last_error
+
+
+def _probe_after(events, moment):
+    return any(event["name"] == "probe" and event["time"] > moment for event in events)
+
+
+async def test_a_sync_task_past_its_timeout_is_reported_and_its_worker_replaced(events):
+    app = AioClock(workers=2)
+    app.task(trigger=Once(), timeout=0.3)(tasks.sleeper)
+    app.task(trigger=Every(seconds=0.05))(tasks.probe)
+    async with serving(app):
+        await events.wait_for(lambda e: any(x["name"] == "sleeper" for x in e))
+        (sleeping,) = events.named("sleeper")
+        assert wait_until_gone({sleeping["pid"]}, timeout=5) == set()
+        await events.wait_for(lambda e: _probe_after(e, sleeping["time"] + 1.5))
+        sleeper_stats = await stats_of(app, "sleeper")
+        _, worker_pids = runtime_pids(app)
+    assert sleeper_stats.timeouts == 1
+    assert "exceeded its timeout of 0.3 s" in sleeper_stats.last_error
+    assert sleeping["pid"] not in worker_pids and len(worker_pids) == 2
+
+
+async def test_a_killed_dispatcher_stops_the_app_with_a_clear_error(events):
+    app = AioClock(workers=1)
+    app.task(trigger=Every(seconds=0.05))(tasks.probe)
+    serve = asyncio.create_task(app.serve())
+    await events.wait_for(lambda e: len(e) >= 3)
+    dispatcher_pid, _ = runtime_pids(app)
+    os.kill(dispatcher_pid, signal.SIGKILL)
+    with pytest.raises(WorkerProcessError, match="dispatcher process .* died with exit code -9"):
+        await asyncio.wait_for(serve, HANG_GUARD)
+
+
+async def test_garbage_on_the_pipes_is_dropped_and_the_app_keeps_running(events, caplog):
+    app = AioClock(workers=1)
+    app.task(trigger=Every(seconds=0.05))(tasks.probe)
+    async with serving(app):
+        await events.wait_for(lambda e: len(e) >= 3)
+        runtime = app._runtime
+        runtime._control.sendall(b"\x00\x00\x00\x05\xc1\xc1\xc1\xc1\xc1")  # to the dispatcher
+        for lifeline in runtime._lifelines.values():  # to every worker
+            os.write(lifeline, b"\x00\x00\x00\x03\xff\xfe\xfd")
+        seen = len(events.named("probe"))
+        await events.wait_for(lambda e: len([x for x in e if x["name"] == "probe"]) >= seen + 5)
+        probe_stats = await stats_of(app, "probe")
+    assert probe_stats.runs >= seen
+
+
+async def test_run_specific_task_fires_in_a_worker_and_metadata_reports_lateness(events):
+    app = AioClock(workers=1)
+    app.task(trigger=Every(hours=1))(tasks.startup)
+    app.task(trigger=Every(seconds=0.05))(tasks.probe)
+    async with serving(app):
+        await events.wait_for(lambda e: len(e) >= 5)
+        await asyncio.wait_for(run_specific_task(app._tasks[0].id, app), HANG_GUARD)
+        probe_stats = await stats_of(app, "probe")
+    (ran,) = events.named("startup")
+    assert ran["pid"] != os.getpid()
+    assert probe_stats.runs >= 5
+    assert probe_stats.lateness_p99 is not None and probe_stats.lateness_p99 >= 0
+    assert probe_stats.next_due is not None
+
+
+def make_nested_app():
+    def nested():
+        return None
+
+    app = AioClock(workers=1)
+    app.task(trigger=Once())(nested)
+    return app
+
+
+def test_a_task_a_worker_cannot_import_is_refused_before_any_process_starts():
+    app = make_nested_app()
+    with pytest.raises(TaskNotReachableError, match="make_nested_app.<locals>.nested"):
+        asyncio.run(app.serve())
+
+
+SCRIPT = textwrap.dedent(
+    """
+    import asyncio, sys
+    sys.path.insert(0, {root!r})
+    from aioclock import AioClock, Every, Once, OnShutDown
+    from tests.integration import worker_tasks as tasks
+
+    app = AioClock(workers=2)
+    app.task(trigger=Once())(tasks.long_async)
+    app.task(trigger=Every(seconds=0.1))(tasks.probe)
+    app.task(trigger=OnShutDown())(tasks.shutdown)
+
+    if __name__ == "__main__":
+        asyncio.run(app.serve())
+    """
+)
+
+
+def start_script(tmp_path):
+    script = tmp_path / "app.py"
+    script.write_text(SCRIPT.format(root=str(Path(__file__).resolve().parents[2])))
+    return subprocess.Popen([sys.executable, str(script)], stderr=subprocess.PIPE)
+
+
+async def test_sigterm_drains_running_tasks_then_runs_shutdown(events, tmp_path):
+    process = start_script(tmp_path)
+    try:
+        await events.wait_for(lambda e: any(x["name"] == "long_async:start" for x in e))
+        process.send_signal(signal.SIGTERM)
+        code = await asyncio.wait_for(asyncio.to_thread(process.wait), HANG_GUARD)
+    finally:
+        process.kill()
+        process.wait()
+        process.stderr.close()
+    names = [event["name"] for event in events.read()]
+    assert code == 0
+    assert names.index("long_async:end") < names.index("shutdown") == len(names) - 1
+    child_pids = {event["pid"] for event in events.read()}
+    assert wait_until_gone(child_pids, timeout=5) == set()
+
+
+async def test_children_exit_by_themselves_when_the_main_process_is_killed(events, tmp_path):
+    process = start_script(tmp_path)
+    try:
+        await events.wait_for(lambda e: len({x["pid"] for x in e}) >= 2)
+        children = {event["pid"] for event in events.read()}
+        process.kill()
+        process.wait()
+    finally:
+        process.stderr.close()
+    assert wait_until_gone(children, timeout=2.0) == set()

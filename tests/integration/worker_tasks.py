@@ -1,0 +1,80 @@
+"""Module-level tasks for the multi-process tests: worker processes import them by name.
+
+Each task appends one JSON line per event to the file named by $AIOCLOCK_TEST_EVENTS, so the test
+can see what ran, in which process and when.
+"""
+
+import asyncio
+import contextlib
+import json
+import os
+import time
+
+from aioclock import Depends
+
+
+def record(name: str, **fields) -> None:
+    line = json.dumps({"name": name, "pid": os.getpid(), "time": time.time(), **fields})
+    fd = os.open(os.environ["AIOCLOCK_TEST_EVENTS"], os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+    try:
+        os.write(fd, line.encode() + b"\n")
+    finally:
+        os.close(fd)
+
+
+def burn(seconds: float) -> None:
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        pass
+
+
+async def probe() -> None:
+    record("probe")
+
+
+def cpu_job() -> None:
+    started = time.time()
+    burn(0.5)
+    record("cpu_job", started=started, finished=time.time())
+
+
+def cpu_job_2() -> None:
+    cpu_job()
+
+
+def sleeper() -> None:
+    record("sleeper")
+    time.sleep(30)
+
+
+async def long_async() -> None:
+    record("long_async:start")
+    await asyncio.sleep(1.0)
+    record("long_async:end")
+
+
+async def startup() -> None:
+    record("startup")
+
+
+async def shutdown() -> None:
+    record("shutdown")
+
+
+def greeting() -> str:
+    return "real"
+
+
+def fake_greeting() -> str:
+    return "overridden"
+
+
+def uses_greeting(value: str = Depends(greeting)) -> None:
+    record("uses_greeting", value=value)
+
+
+@contextlib.asynccontextmanager
+async def lifespan(app):
+    record("lifespan:enter")
+    yield app
+    record("lifespan:exit")
