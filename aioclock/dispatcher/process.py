@@ -122,16 +122,19 @@ class Dispatcher:
         for fd in writable:
             self._flush(fd)
         for fd in readable:
-            try:
-                if fd == control_fd:
-                    self._read_control()
-                else:
-                    self._read_worker(fd)
-            except Exception:  # a bug here must not stop the schedule: log it and go on
-                logger.exception("dispatcher failed to handle input on fd %d", fd)
+            self._read(fd, control_fd)
         if not readable and deadline is not None:
             while time.time() < deadline:  # the last ~0.2 ms: spin for an on-time wake-up
                 pass
+
+    def _read(self, fd: int, control_fd: int) -> None:
+        try:
+            if fd == control_fd:
+                self._read_control()
+            else:
+                self._read_worker(fd)
+        except Exception:  # a bug here must not stop the schedule: log it and go on
+            logger.exception("dispatcher failed to handle input on fd %d", fd)
 
     def _flush(self, fd: int) -> None:
         for link in self.router.workers.values():
