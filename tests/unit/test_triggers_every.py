@@ -1,0 +1,204 @@
+"""Every (fixed rate), Once, Forever, OnStartUp, OnShutDown and the loop counter."""
+
+import time
+
+import pytest
+
+from aioclock.triggers import (
+    At,
+    BaseTrigger,
+    Cron,
+    Every,
+    Forever,
+    Once,
+    OnShutDown,
+    OnStartUp,
+    OrTrigger,
+)
+
+START = 1_767_225_600.123  # 2026-01-01 00:00:00.123 UTC
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "seconds"),
+    [
+        ({"seconds": 3}, 3),
+        ({"seconds": 0.25}, 0.25),
+        ({"minutes": 1.5}, 90),
+        ({"hours": 2}, 7200),
+        ({"days": 1}, 86400),
+        ({"weeks": 1}, 604800),
+        ({"weeks": 1, "days": 1, "hours": 1, "minutes": 1, "seconds": 1}, 694861),
+        ({"seconds": 0}, 0),
+    ],
+)
+def test_every_to_seconds(kwargs: dict, seconds: float) -> None:
+    assert Every(**kwargs).to_seconds == seconds
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "now", "previous", "expected"),
+    [
+        ({"seconds": 10}, 100.0, None, 110.0),  # wait: one period after start
+        ({"seconds": 10, "first_run_strategy": "immediate"}, 100.0, None, 100.0),
+        ({"seconds": 10}, 100.0, 110.0, 120.0),  # then previous + period
+        ({"seconds": 10}, 135.0, 110.0, 120.0),  # even when late: fixed rate, no drift
+        ({"seconds": 10}, 101.0, 110.0, 120.0),  # even when early
+        ({"minutes": 1}, 0.0, None, 60.0),
+        ({"seconds": 0}, 100.0, None, 100.0),  # period 0: due when asked (end of last run)
+        ({"seconds": 0}, 250.0, 100.0, 250.0),
+    ],
+)
+def test_every_table(kwargs: dict, now: float, previous: float | None, expected: float) -> None:
+    assert Every(**kwargs).next_due(now, previous) == expected
+
+
+@pytest.mark.parametrize("period", [0.1, 1 / 3, 7.3, 90.0, 86400.0])
+@pytest.mark.parametrize("strategy", ["immediate", "wait"])
+def test_every_fixed_rate_grid_has_no_drift(period: float, strategy: str) -> None:
+    """Run k is due at exactly start + k * period over 10k runs, however late the engine asks."""
+    trigger = Every(seconds=period, first_run_strategy=strategy)
+    first_k = 0 if strategy == "immediate" else 1
+    now = START
+    for k in range(first_k, first_k + 10_000):
+        due = trigger._advance(now)
+        assert due == START + k * period
+        now = due + 0.37 * period  # runs cost time; the grid does not move
+
+
+def test_every_wait_and_immediate_with_engine() -> None:
+    wait = Every(seconds=5)
+    immediate = Every(seconds=5, first_run_strategy="immediate")
+    assert [wait._advance(t) for t in (100.0, 105.2, 110.9)] == [105.0, 110.0, 115.0]
+    assert [immediate._advance(t) for t in (100.0, 100.3, 105.1)] == [100.0, 105.0, 110.0]
+
+
+def test_every_zero_period_waits_for_completion() -> None:
+    trigger = Every(seconds=0, max_loop_count=3)
+    assert trigger.waits_for_completion
+    assert not Every(seconds=1).waits_for_completion
+    assert [trigger._advance(t) for t in (1.0, 4.5, 4.6, 9.0)] == [1.0, 4.5, 4.6, None]
+
+
+@pytest.mark.parametrize("trigger", [Every(seconds=0), Forever()])
+def test_waits_for_completion_triggers(trigger: BaseTrigger) -> None:
+    assert trigger.waits_for_completion
+    assert [trigger._advance(t) for t in (10.0, 12.5, 12.5, 40.0)] == [10.0, 12.5, 12.5, 40.0]
+
+
+def test_every_max_loop_count() -> None:
+    trigger = Every(seconds=1, max_loop_count=3)
+    assert [trigger._advance(0.0) for _ in range(5)] == [1.0, 2.0, 3.0, None, None]
+    assert trigger._current_loop_count == 3
+    assert not trigger.should_trigger()
+    assert trigger._peek(10.0) is None
+
+
+def test_every_previous_off_the_grid() -> None:
+    """A previous the trigger did not produce: one period after it."""
+    trigger = Every(seconds=10)
+    trigger._advance(0.0)
+    assert trigger.next_due(50.0, 33.3) == pytest.approx(43.3)
+
+
+@pytest.mark.parametrize(
+    ("trigger", "expected"),
+    [
+        (Once(), [7.0, None, None]),
+        (OnStartUp(), [7.0, None, None]),
+        (OnShutDown(), [7.0, None, None]),
+        (Forever(), [7.0, 7.0, 7.0]),
+    ],
+    ids=["once", "startup", "shutdown", "forever"],
+)
+def test_once_like_and_forever(trigger: BaseTrigger, expected: list) -> None:
+    assert [trigger._advance(7.0) for _ in expected] == expected
+
+
+@pytest.mark.parametrize("cls", [Once, OnStartUp, OnShutDown])
+def test_once_like_table(cls: type) -> None:
+    trigger = cls()
+    assert trigger.next_due(5.0, None) == 5.0
+    assert trigger.next_due(9.0, 5.0) is None
+    assert trigger.max_loop_count == 1
+    assert not trigger.waits_for_completion
+
+
+def test_peek_consumes_nothing() -> None:
+    trigger = Every(seconds=10, max_loop_count=1)
+    assert trigger._peek(0.0) == 10.0
+    assert trigger._peek(3.0) == 13.0
+    assert trigger._current_loop_count == 0
+    assert trigger._advance(3.0) == 13.0
+    assert trigger._peek(3.0) is None
+
+
+def test_counting_is_per_occurrence_produced() -> None:
+    """An occurrence counts when `_advance` produces it, whether or not the engine runs it."""
+    trigger = Every(seconds=1, max_loop_count=2)
+    trigger._advance(0.0)
+    assert trigger._current_loop_count == 1
+    trigger._increment_loop_counter()  # upstream's counter is the same counter
+    assert not trigger.should_trigger()
+    assert trigger._advance(0.0) is None
+
+
+@pytest.mark.parametrize(
+    "factory",
+    [
+        lambda: Every(seconds=2, max_loop_count=2),
+        lambda: Once(),
+        lambda: At(hour=3, tz="UTC", max_loop_count=2),
+        lambda: Cron(cron="*/5 * * * *", max_loop_count=2),
+        lambda: OrTrigger(triggers=[Every(seconds=3), Every(seconds=2, max_loop_count=1)]),
+    ],
+    ids=["every", "once", "at", "cron", "or"],
+)
+def test_reset_starts_the_schedule_afresh(factory) -> None:
+    trigger, fresh = factory(), factory()
+    before = [trigger._advance(100.0) for _ in range(3)]
+    trigger._reset()
+    assert [trigger._advance(100.0) for _ in range(3)] == before
+    assert [fresh._advance(100.0) for _ in range(3)] == before
+
+
+def test_custom_trigger_ended_by_next_due_stays_ended() -> None:
+    class Twice(BaseTrigger[str]):
+        type_: str = "TWICE"
+
+        def next_due(self, now: float, previous: float | None) -> float | None:
+            if previous is None:
+                return now + 1
+            return previous + 1 if previous < now + 2 else None
+
+    trigger = Twice()
+    assert [trigger._advance(10.0) for _ in range(4)] == [11.0, 12.0, None, None]
+    assert not trigger.should_trigger()
+    trigger._reset()
+    assert trigger._advance(10.0) == 11.0
+
+
+@pytest.mark.parametrize(
+    "trigger",
+    [
+        Every(seconds=5),
+        Every(seconds=0),
+        Once(),
+        Forever(),
+        OnStartUp(),
+        OnShutDown(),
+        At(hour=2, minute=30, tz="Europe/Berlin"),
+        Cron(cron="*/15 * * * *", tz="America/New_York"),
+        OrTrigger(triggers=[Every(seconds=5), Cron(cron="* * * * *")]),
+    ],
+    ids=lambda t: type(t).__name__,
+)
+def test_next_due_never_reads_the_clock(trigger: BaseTrigger, monkeypatch) -> None:
+    def no_clock() -> float:
+        raise AssertionError("a trigger read the clock")
+
+    monkeypatch.setattr(time, "time", no_clock)
+    monkeypatch.setattr(time, "monotonic", no_clock)
+    due = trigger._advance(START)
+    assert due is not None and due >= START
+    trigger._peek(START)
