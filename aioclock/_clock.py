@@ -67,8 +67,8 @@ class RealClock:
             coarse = deadline - time.time() - PRECISE_TAIL
             if coarse > 0:
                 handle = loop.call_later(coarse, _resolve, future)
-            else:
-                future.set_result(None)
+            else:  # due already: still let the loop run once, so that runs can start
+                loop.call_soon(_resolve, future)
         try:
             await future
         finally:

@@ -28,6 +28,8 @@ class Task:
 
     `name` is derived from the function's module and qualified name, so the dispatcher, the workers
     and a restarted app all agree on it; `id` is the same name as a UUID (upstream's type).
+    `limiter` (an `anyio.CapacityLimiter`, from the task's group) bounds how many sync tasks
+    sharing it run in threads at once; it stays in this process (see `__getstate__`).
     """
 
     func: Callable[..., Any]
@@ -35,6 +37,7 @@ class Task:
     timeout: float | None = None
     max_instances: int = 1
     name: str = ""
+    limiter: Any = field(default=None, repr=False, compare=False)
     id: uuid.UUID = field(init=False)
 
     def __post_init__(self) -> None:
@@ -45,6 +48,12 @@ class Task:
     @property
     def is_async(self) -> bool:
         return inspect.iscoroutinefunction(self.func)
+
+    def __getstate__(self) -> dict[str, Any]:
+        # A limiter bounds threads of one process: a worker process runs without it.
+        state = self.__dict__.copy()
+        state["limiter"] = None
+        return state
 
     def check_reachable(self) -> None:
         """Raise `TaskNotReachableError` unless another process can import this function by name.

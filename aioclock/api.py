@@ -60,9 +60,10 @@ def find_task(app: AioClock, task_id: Union[uuid.UUID, str]) -> Task:
 async def run_specific_task(task_id: Union[uuid.UUID, str], app: AioClock) -> Any:
     """Run one task now, with its dependencies and its timeout, whatever its trigger.
 
-    In-process (`workers=0`) the task runs in the caller and its result is returned. With workers
-    it is fired in a worker process; this returns when that run has ended (None) and raises if it
-    failed or timed out.
+    In-process (`workers=0`) the task runs in the caller: its result is returned and its own
+    exception raised. With workers it is fired in a worker process; this returns None when that
+    run has ended, or raises `TaskRunError` if it failed. Either way a run past the task's timeout
+    raises `TaskTimeoutError`, and an unknown id `TaskIdNotFound`.
 
     Example:
         ```python

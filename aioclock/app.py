@@ -8,6 +8,7 @@ from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager, AbstractContextManager
 from typing import TYPE_CHECKING, Any, Literal, TypeVar, Union
 
+import anyio
 from fast_depends import Provider
 
 from aioclock._task import Task
@@ -59,6 +60,10 @@ class AioClock:
     `handle_signals`: True installs SIGINT/SIGTERM handlers for a graceful stop (a second signal
     stops at once), False leaves signals alone (for apps embedded in a server that handles them),
     None (default) installs them only when nobody else has.
+    `limiter` (an `anyio.CapacityLimiter`) bounds how many of the sync tasks registered with
+    `@app.task` run in threads at once (a `Group` takes its own). It holds in the current process
+    only: worker processes (`workers >= 1`) do not get it, and each runs its sync tasks in its own
+    thread pool.
     `start_method` is how worker processes start ("spawn" by default). `sync_task_nice` (Linux,
     workers >= 1): the nice value of the threads that run sync tasks in workers, so CPU-bound
     jobs yield the CPU to the dispatcher and to the workers' event loops; 0 keeps them equal.
@@ -68,7 +73,7 @@ class AioClock:
         self,
         *,
         lifespan: Lifespan | None = None,
-        limiter: Any = None,
+        limiter: anyio.CapacityLimiter | None = None,
         workers: int = 0,
         start_method: StartMethod = "spawn",
         shutdown_timeout: float = 10.0,
@@ -102,8 +107,8 @@ class AioClock:
         self.shutdown_timeout = float(shutdown_timeout)
         self.handle_signals = handle_signals
         self.sync_task_nice = sync_task_nice
-        self._limiter = limiter
         self._app_group = Group(limiter=limiter)
+        self._limiter = self._app_group._limiter
         self._groups: list[Group] = []
         self._overrides: list[tuple[Callable[..., Any], Callable[..., Any]]] = []
         self._provider = Provider()
@@ -123,7 +128,8 @@ class AioClock:
 
         The function is returned unchanged and stays callable as a plain function. Async
         functions run on the event loop, sync ones in a thread so they never block it.
-        `timeout` (seconds): a run past it is cancelled and logged as `TaskTimeoutError`.
+        `timeout` (seconds): a run past it is logged as `TaskTimeoutError`; an async run is
+        cancelled, a sync run's thread cannot be (it runs on in-process; a worker replaces itself).
         `max_instances`: how many runs of this task may overlap (default 1); an occurrence due
         while that many still run is skipped, logged and counted as missed.
 

@@ -6,6 +6,8 @@ import math
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+import anyio
+
 from aioclock._task import Task
 from aioclock.triggers import BaseTrigger
 
@@ -22,6 +24,12 @@ def _check_timeout(timeout: float | None) -> float | None:
     return float(timeout)
 
 
+def _check_limiter(limiter: Any) -> anyio.CapacityLimiter | None:
+    if limiter is not None and not isinstance(limiter, anyio.CapacityLimiter):
+        raise TypeError(f"limiter must be an anyio.CapacityLimiter or None, got {limiter!r}")
+    return limiter
+
+
 def _check_max_instances(max_instances: int) -> int:
     if isinstance(max_instances, bool) or not isinstance(max_instances, int) or max_instances < 1:
         raise ValueError(f"max_instances must be an integer >= 1, got {max_instances!r}")
@@ -32,7 +40,10 @@ class Group:
     """A set of tasks registered together, then added to an app with `app.include_group`.
 
     `timeout` applies to every task of the group that does not set its own; `limiter` (an
-    `anyio.CapacityLimiter`) bounds how many of its sync tasks run in threads at once.
+    `anyio.CapacityLimiter`) bounds how many of its sync tasks run in threads at once (a group
+    without one is not bounded by the app's limiter, as in aioclock 0.3). A limiter holds in one
+    process only: with `workers >= 1` it is not sent to the worker processes, and each worker
+    runs its sync tasks in its own thread pool.
 
     Example:
         ```python
@@ -49,10 +60,12 @@ class Group:
         ```
     """
 
-    def __init__(self, *, timeout: float | None = None, limiter: Any = None) -> None:
+    def __init__(
+        self, *, timeout: float | None = None, limiter: anyio.CapacityLimiter | None = None
+    ) -> None:
         self._tasks: list[Task] = []
         self.timeout = _check_timeout(timeout)
-        self._limiter = limiter
+        self._limiter = _check_limiter(limiter)
 
     def task(
         self,
@@ -82,8 +95,17 @@ class Group:
                     trigger=trigger,
                     timeout=own_timeout if own_timeout is not None else self.timeout,
                     max_instances=instances,
+                    limiter=self._limiter,
                 )
             )
             return func
 
         return register
+
+    # -- crossing into worker processes -------------------------------------------------------
+
+    def __getstate__(self) -> dict[str, Any]:
+        # A limiter bounds the threads of one process; each worker uses its own thread pool.
+        state = self.__dict__.copy()
+        state["_limiter"] = None
+        return state

@@ -180,14 +180,16 @@ class DeadlineEngine:
             else:
                 fires.append(self._fire(task_id, due))
             if not state.trigger.waits_for_completion:
-                self._arm(state, now)
+                self._arm(state, now, skip_past=True)
         if not heap:
             fires += self._advance_phase(now)
         return fires
 
-    def _arm(self, state: _TaskState, now: float) -> None:
+    def _arm(self, state: _TaskState, now: float, skip_past: bool = False) -> None:
         trigger = state.trigger
         due = trigger._advance(now)
+        if skip_past and due is not None and due < now:
+            due = self._skip_past(state, due, now)
         if due is None:
             state.ended = True
             state.next_due = None
@@ -198,6 +200,22 @@ class DeadlineEngine:
         trigger.expected_trigger_time = datetime.fromtimestamp(due, timezone.utc)
         self._seq += 1
         heapq.heappush(self._heap, (due, self._seq, state.spec.task_id))
+
+    def _skip_past(self, state: _TaskState, due: float | None, now: float) -> float | None:
+        """The engine fell behind (a stall, a suspended machine): rather than firing a burst of
+        runs that are all late, skip the occurrences already past and count them as missed."""
+        skipped = 0
+        while due is not None and due < now:
+            skipped += 1
+            due = state.trigger._advance(now)
+        state.missed += skipped
+        logger.warning(
+            "%s: %d occurrence(s) were already past due when re-armed; skipped (missed runs: %d)",
+            state.spec.task_id,
+            skipped,
+            state.missed,
+        )
+        return due
 
     def _fire(self, task_id: str, due: float) -> Fire:
         self._seq += 1

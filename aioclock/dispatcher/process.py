@@ -17,7 +17,7 @@ from collections import deque
 from collections.abc import Iterable
 from multiprocessing.connection import Connection
 
-from aioclock._child import prepare_child, take_fd
+from aioclock._child import prepare_child, settle_garbage_collector, take_fd
 from aioclock._protocol import (
     Cancel,
     Done,
@@ -57,7 +57,9 @@ def dispatcher_main(
     """Entry point of the dispatcher process (module level, so every start method finds it)."""
     prepare_child(log_level)
     worker_links = [(index, take_fd(fire), take_fd(done)) for index, fire, done in links]
-    Dispatcher(schedule, sync_tasks, control, worker_links).run()
+    dispatcher = Dispatcher(schedule, sync_tasks, control, worker_links)
+    settle_garbage_collector()
+    dispatcher.run()
 
 
 class Dispatcher:
@@ -147,6 +149,10 @@ class Dispatcher:
     # -- routing ------------------------------------------------------------------------------
 
     def _route(self, fires: list[Fire]) -> None:
+        if len(fires) > 1:
+            # Sending a fire wakes a worker that may take this CPU for a while: light (async)
+            # runs go out first so that a batch of CPU-bound jobs cannot delay them.
+            fires.sort(key=lambda fire: fire.task in self._sync_tasks)
         for fire in fires:
             link = self.router.pick()
             if link is None:

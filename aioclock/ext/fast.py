@@ -5,23 +5,28 @@ Requires the extra: `pip install 'aioclock[fastapi]'`.
 
 from __future__ import annotations
 
+import logging
 from typing import Union
 
-from aioclock.api import TaskMetadata, get_metadata_of_all_tasks, run_specific_task
+from aioclock.api import TaskMetadata, find_task, get_metadata_of_all_tasks, run_specific_task
 from aioclock.app import AioClock
-from aioclock.exceptions import TaskIdNotFound
+from aioclock.exceptions import TaskIdNotFound, TaskRunError, TaskTimeoutError
 
 try:
     from fastapi import APIRouter, HTTPException
 except ImportError as error:  # pragma: no cover - depends on the environment
     raise ImportError("aioclock.ext.fast needs FastAPI: pip install 'aioclock[fastapi]'") from error
 
+logger = logging.getLogger(__name__)
+
 
 def make_fastapi_router(aioclock: AioClock, router: Union[APIRouter, None] = None) -> APIRouter:
     """Add `GET /tasks` and `POST /task/{task_id}` for `aioclock` to `router` (or a new one).
 
-    `task_id` is a task's stable UUID (or its `module:qualname` name). Running an unknown task
-    answers 404.
+    `task_id` is a task's stable UUID (or its `module:qualname` name). `POST /task/{task_id}`
+    runs the task now (in a worker process when `workers >= 1`) and answers when the run ended:
+    200 if it succeeded, 404 for an unknown id, 504 if it ran past its timeout and 500 if it
+    failed; the error's `detail` names the task and what went wrong.
 
     Example:
         ```python
@@ -62,8 +67,18 @@ def make_fastapi_router(aioclock: AioClock, router: Union[APIRouter, None] = Non
     @router.post("/task/{task_id}")
     async def run_task(task_id: str) -> None:
         try:
-            await run_specific_task(task_id, aioclock)
+            task = find_task(aioclock, task_id)
         except TaskIdNotFound as missing:
             raise HTTPException(status_code=404, detail=str(missing)) from None
+        try:
+            await run_specific_task(task.id, aioclock)
+        except TaskTimeoutError as timeout:
+            raise HTTPException(status_code=504, detail=str(timeout)) from None
+        except TaskRunError as failure:  # failed in a worker process, which logged it
+            raise HTTPException(status_code=500, detail=str(failure)) from None
+        except Exception as failure:  # the task's own exception, raised in this process
+            logger.exception("task %s failed when run through the API", task.name)
+            detail = f"task {task.name!r} failed: {type(failure).__name__}: {failure}"
+            raise HTTPException(status_code=500, detail=detail) from None
 
     return router

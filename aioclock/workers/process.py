@@ -17,7 +17,12 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING
 
-from aioclock._child import lower_thread_priority, prepare_child, take_fd
+from aioclock._child import (
+    lower_thread_priority,
+    prepare_child,
+    settle_garbage_collector,
+    take_fd,
+)
 from aioclock._protocol import Cancel, Done, Fire, FrameReader, Ready, Stop, encode
 from aioclock._task import Task
 from aioclock.workers.runner import TaskRunner, enter_lifespan
@@ -100,6 +105,7 @@ class Worker:
             os.set_blocking(self._lifeline_fd, False)
             loop.add_reader(self._fire_fd, self._read_fires)
             loop.add_reader(self._lifeline_fd, self._read_lifeline)
+            settle_garbage_collector()
             self._send(Ready(self.index, os.getpid()))
             grace = await self._stopped
             loop.remove_reader(self._fire_fd)

@@ -30,7 +30,8 @@ class TaskRunner:
 
     `on_sync_timeout` is called when a sync task outlives its timeout: a thread cannot be
     cancelled, so a worker process replaces itself there; in-process the thread runs on and
-    only the run is reported as timed out.
+    only the run is reported as timed out. A sync task with a `limiter` (`Task.limiter`) waits
+    for one of its tokens before it gets a thread.
     """
 
     def __init__(
@@ -111,9 +112,28 @@ class TaskRunner:
         return await self._call_sync(call, task)
 
     async def _call_sync(self, call: Callable[[], Any], task: Task) -> Any:
+        limiter = task.limiter
+        if limiter is None:
+            return await self._in_thread(call, task)
+        # Waiting for a thread slot is not part of the run's timeout. The slot is given back when
+        # the thread ends: a thread past its timeout runs on, and still counts against the limiter.
+        borrower = object()
+        await limiter.acquire_on_behalf_of(borrower)
+        return await self._in_thread(call, task, lambda: limiter.release_on_behalf_of(borrower))
+
+    async def _in_thread(
+        self, call: Callable[[], Any], task: Task, on_thread_end: Callable[[], None] | None = None
+    ) -> Any:
         loop = asyncio.get_running_loop()
+        try:
+            future = loop.run_in_executor(self._executor, call)
+        except BaseException:
+            if on_thread_end is not None:
+                on_thread_end()
+            raise
+        if on_thread_end is not None:
+            future.add_done_callback(lambda _: on_thread_end())
         self.sync_running += 1
-        future = loop.run_in_executor(self._executor, call)
         try:
             return await _within(asyncio.shield(future), task)
         except TaskTimeoutError:

@@ -149,3 +149,15 @@ def test_run_now_fires_outside_the_schedule_and_rejects_unknown_tasks():
 def test_a_task_id_registered_twice_is_refused():
     with pytest.raises(ValueError, match="registered twice"):
         DeadlineEngine([ScheduledTask("m:t", Once()), ScheduledTask("m:t", Once())])
+
+
+def test_after_a_stall_past_occurrences_are_skipped_not_fired_in_a_burst(caplog):
+    engine = DeadlineEngine([ScheduledTask("m:t", Every(seconds=1))])
+    engine.start(T0)
+    (first,) = engine.pop_due(T0 + 1)
+    engine.on_done(done(first), T0 + 1)
+    fires = engine.pop_due(T0 + 100.5)  # the process was suspended for 99 s
+    assert [fire.due - T0 for fire in fires] == [2]  # one late run, not 98
+    assert engine.next_deadline() == T0 + 101
+    assert engine.stats()[0].missed == 98
+    assert "already past due" in caplog.text
