@@ -121,17 +121,20 @@ class BaseTrigger(BaseModel, Generic[TriggerTypeT]):
 
     def should_trigger(self) -> bool:
         """Whether the trigger can still fire."""
-        return not self._ended
+        return not self.__pydantic_private__["_ended"]
 
-    # Engine-facing: private, but stable.
+    # Engine-facing: private, but stable. The hot paths read private attributes through
+    # `__pydantic_private__`: pydantic's attribute fallback costs microseconds per read, and the
+    # dispatcher calls these once per fire.
 
     def _advance(self, now: float) -> float | None:
         """Consume the next occurrence and return its due time; None once the trigger has ended."""
-        if self._ended or not self.should_trigger():
+        private = self.__pydantic_private__
+        if private["_ended"] or not self.should_trigger():
             return None
-        due = self.next_due(now, self._previous)
+        due = self.next_due(now, private["_previous"])
         if due is None:
-            self._ended = True
+            private["_ended"] = True
             return None
         self._commit(now, due)
         return due
@@ -144,7 +147,7 @@ class BaseTrigger(BaseModel, Generic[TriggerTypeT]):
 
     def _commit(self, now: float, due: float) -> None:
         """Remember that the occurrence due at `due` was consumed (subclasses count it)."""
-        self._previous = due
+        self.__pydantic_private__["_previous"] = due
 
     def _reset(self) -> None:
         """Forget every consumed occurrence: a fresh copy of the schedule."""
@@ -217,12 +220,14 @@ class LoopController(BaseTrigger[TriggerTypeT], Generic[TriggerTypeT]):
     _current_loop_count: int = PrivateAttr(0)
 
     def _increment_loop_counter(self) -> None:
-        self._current_loop_count += 1
+        self.__pydantic_private__["_current_loop_count"] += 1
 
     def should_trigger(self) -> bool:
-        if self.max_loop_count is not None and self._current_loop_count >= self.max_loop_count:
+        private = self.__pydantic_private__
+        limit = self.max_loop_count
+        if limit is not None and private["_current_loop_count"] >= limit:
             return False
-        return super().should_trigger()
+        return not private["_ended"]
 
     def _commit(self, now: float, due: float) -> None:
         super()._commit(now, due)
@@ -343,6 +348,7 @@ class Every(LoopController[Literal[Triggers.EVERY]]):
     max_loop_count: PositiveInt | None = None
 
     _anchor: float | None = PrivateAttr(None)  # start: run k is due at _anchor + k * period
+    _period: float = PrivateAttr(0.0)  # to_seconds, cached by _check_period and _reset
 
     @model_validator(mode="after")
     def _check_period(self) -> "Every":
@@ -350,6 +356,7 @@ class Every(LoopController[Literal[Triggers.EVERY]]):
             raise ValueError("Every needs at least one of seconds, minutes, hours, days or weeks")
         if not math.isfinite(self.to_seconds):
             raise ValueError(f"the period of Every must be finite, got {self.to_seconds} seconds")
+        self._period = self.to_seconds
         return self
 
     @property
@@ -359,28 +366,33 @@ class Every(LoopController[Literal[Triggers.EVERY]]):
 
     @property
     def waits_for_completion(self) -> bool:
-        return self.to_seconds == 0
+        return self.__pydantic_private__["_period"] == 0
 
     def next_due(self, now: float, previous: float | None) -> float | None:
-        period = self.to_seconds
+        private = self.__pydantic_private__
+        period = private["_period"]
         if period == 0:
             return now
         if previous is None:
             return now if self.first_run_strategy == "immediate" else now + period
-        if self._anchor is not None:  # stay on the grid: no error accumulates over many runs
-            k = round((previous - self._anchor) / period)
-            if self._anchor + k * period == previous:
-                return self._anchor + (k + 1) * period
+        anchor = private["_anchor"]
+        if anchor is not None:  # stay on the grid: no error accumulates over many runs
+            k = round((previous - anchor) / period)
+            if anchor + k * period == previous:
+                return anchor + (k + 1) * period
         return previous + period
 
     def _commit(self, now: float, due: float) -> None:
-        if self._previous is None:
-            self._anchor = now
+        private = self.__pydantic_private__
+        if private["_previous"] is None:
+            private["_anchor"] = now
         super()._commit(now, due)
 
     def _reset(self) -> None:
+        """Forget consumed occurrences; re-read the period (its fields may have changed)."""
         super()._reset()
         self._anchor = None
+        self._period = self.to_seconds
 
 
 def _check_zone(key: str) -> str:

@@ -40,6 +40,7 @@ class ScheduledTask:
 @dataclass
 class _TaskState:
     spec: ScheduledTask
+    scheduled: bool = False  # armed by the engine (not a lifecycle or legacy-driven task)
     running: int = 0
     next_due: float | None = None
     ended: bool = False
@@ -78,7 +79,10 @@ class DeadlineEngine:
         [101.0]
     """
 
-    def __init__(self, tasks: Iterable[ScheduledTask]) -> None:
+    def __init__(self, tasks: Iterable[ScheduledTask], *, publish_due_times: bool = True) -> None:
+        # In-process, each trigger's `expected_trigger_time` (upstream's field) is kept current;
+        # the dispatcher process skips that work, nobody there can read it.
+        self._publish_due_times = publish_due_times
         self._states: dict[str, _TaskState] = {}
         self._startup: list[str] = []
         self._shutdown: list[str] = []
@@ -97,6 +101,7 @@ class DeadlineEngine:
                 self._external.add(spec.task_id)
             else:
                 self._scheduled.append(spec.task_id)
+                self._states[spec.task_id].scheduled = True
         self._heap: list[tuple[float, int, str]] = []
         self._in_flight: dict[int, tuple[str, float]] = {}
         self._seq = 0
@@ -197,7 +202,8 @@ class DeadlineEngine:
             logger.info("%s: trigger ended, no further runs", state.spec.task_id)
             return
         state.next_due = due
-        trigger.expected_trigger_time = datetime.fromtimestamp(due, timezone.utc)
+        if self._publish_due_times:  # a plain field write: no validation happens on assignment
+            trigger.__dict__["expected_trigger_time"] = datetime.fromtimestamp(due, timezone.utc)
         self._seq += 1
         heapq.heappush(self._heap, (due, self._seq, state.spec.task_id))
 
@@ -241,7 +247,7 @@ class DeadlineEngine:
             return []
         if (
             self.phase is Phase.RUNNING
-            and task_id in self._scheduled
+            and state.scheduled
             and state.trigger.waits_for_completion
             and not state.ended
         ):

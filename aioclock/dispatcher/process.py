@@ -70,7 +70,7 @@ class Dispatcher:
         control: socket.socket,
         worker_links: list[tuple[int, int, int]],
     ) -> None:
-        self.engine = DeadlineEngine(schedule)
+        self.engine = DeadlineEngine(schedule, publish_due_times=False)
         self.router = Router()
         self._sync_tasks = sync_tasks
         self._control = control
