@@ -18,9 +18,10 @@ import multiprocessing
 import os
 import pickle
 import socket
+import sys
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Union
 
 from aioclock._local import schedule_of
 from aioclock._protocol import (
@@ -40,7 +41,7 @@ from aioclock._protocol import (
 )
 from aioclock._signals import StopSignals
 from aioclock._task import Task
-from aioclock.dispatcher.process import dispatcher_main
+from aioclock.dispatcher.launch import DispatcherPayload, DispatcherProcess, main_script_path
 from aioclock.exceptions import TaskRunError, TaskTimeoutError, WorkerProcessError
 from aioclock.workers.process import WorkerSettings, worker_main
 
@@ -48,6 +49,8 @@ if TYPE_CHECKING:
     from aioclock.app import AioClock
 
 logger = logging.getLogger("aioclock")
+
+Child = Union[BaseProcess, DispatcherProcess]
 
 #: How long stopped children get to exit on their own before they are killed.
 EXIT_WAIT = 5.0
@@ -76,7 +79,7 @@ class Supervisor:
             sync_task_nice=app.sync_task_nice,
             shutdown_timeout=app.shutdown_timeout,
         )
-        self._dispatcher: BaseProcess | None = None
+        self._dispatcher: DispatcherProcess | None = None
         self._workers: dict[int, BaseProcess] = {}
         self._lifelines: dict[int, int] = {}
         self._ready: set[int] = set()
@@ -117,27 +120,20 @@ class Supervisor:
         self._control = parent_end
         loop.add_reader(parent_end.fileno(), self._read_control)
         links = [self._spawn_worker(loop, index) for index in range(self._app.workers)]
-        sync_tasks = frozenset(name for name, task in self._tasks.items() if not task.is_async)
-        carried = [
-            (index, Connection(fire, readable=False), Connection(done, writable=False))
-            for index, (fire, done) in enumerate(links)
-        ]
-        dispatcher = self._context.Process(
-            target=dispatcher_main,
-            name="aioclock-dispatcher",
-            args=(
-                schedule_of(self._tasks),
-                sync_tasks,
-                child_end,
-                carried,
-                self._settings.log_level,
-            ),
+        payload = DispatcherPayload(
+            sys_path=list(sys.path),
+            main_path=main_script_path(),
+            log_level=self._settings.log_level,
+            control_fd=child_end.fileno(),
+            links=[(index, fire, done) for index, (fire, done) in enumerate(links)],
+            sync_tasks=frozenset(name for name, task in self._tasks.items() if not task.is_async),
+            schedule=pickle.dumps(schedule_of(self._tasks)),
         )
-        dispatcher.start()
+        dispatcher = DispatcherProcess(payload)
         child_end.close()
-        for _, fire, done in carried:
-            fire.close()
-            done.close()
+        for fire, done in links:
+            os.close(fire)
+            os.close(done)
         self._dispatcher = dispatcher
         self._watch_exit(loop, dispatcher, self._on_dispatcher_exit)
         logger.info(
@@ -172,7 +168,7 @@ class Supervisor:
 
     # -- process exits ------------------------------------------------------------------------
 
-    def _watch_exit(self, loop: asyncio.AbstractEventLoop, process: BaseProcess, then: Any) -> None:
+    def _watch_exit(self, loop: asyncio.AbstractEventLoop, process: Child, then: Any) -> None:
         exited: asyncio.Future[None] = loop.create_future()
         self._exits[process.sentinel] = exited
 
@@ -191,6 +187,7 @@ class Supervisor:
         if self._workers.get(index) is not process:
             return
         code = process.exitcode
+        self._read_control()  # a Finished frame may be waiting: then this exit is expected
         if self._stopping or self._dispatcher_done:
             logger.debug("worker %d exited with code %s", index, code)
             return
@@ -214,7 +211,7 @@ class Supervisor:
         os.close(fire_write)
         os.close(done_read)
 
-    def _on_dispatcher_exit(self, process: BaseProcess) -> None:
+    def _on_dispatcher_exit(self, process: Child) -> None:
         if self._dispatcher_done:
             return
         self._fail(
@@ -246,9 +243,10 @@ class Supervisor:
             logger.debug("the dispatcher is not listening; dropped %s", type(frame).__name__)
 
     def _read_control(self) -> None:
-        assert self._control is not None
+        if self._control is None:
+            return
         try:
-            chunk = self._control.recv(65536)
+            chunk = self._control.recv(65536, socket.MSG_DONTWAIT)
         except (BlockingIOError, InterruptedError):
             return
         except OSError:
@@ -313,8 +311,8 @@ class Supervisor:
 
     # -- cleaning up --------------------------------------------------------------------------
 
-    def _children(self) -> list[BaseProcess]:
-        children = list(self._workers.values())
+    def _children(self) -> list[Child]:
+        children: list[Child] = list(self._workers.values())
         if self._dispatcher is not None:
             children.append(self._dispatcher)
         return children
@@ -347,6 +345,8 @@ class Supervisor:
         for lifeline in self._lifelines.values():
             os.close(lifeline)
         self._lifelines.clear()
+        if self._dispatcher is not None:
+            self._dispatcher.close()
         if self._control is not None:
             loop.remove_reader(self._control.fileno())
             self._control.close()

@@ -10,14 +10,17 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
+import runpy
 import select
 import socket
+import sys
 import time
+import types
 from collections import deque
 from collections.abc import Iterable
-from multiprocessing.connection import Connection
 
-from aioclock._child import prepare_child, settle_garbage_collector, take_fd
+from aioclock._child import prepare_child, settle_garbage_collector
 from aioclock._protocol import (
     Cancel,
     Done,
@@ -39,6 +42,7 @@ from aioclock._protocol import (
     encode,
 )
 from aioclock.dispatcher.engine import DeadlineEngine, ScheduledTask
+from aioclock.dispatcher.launch import DispatcherPayload
 from aioclock.dispatcher.router import Router, WorkerLink
 
 logger = logging.getLogger(__name__)
@@ -47,19 +51,30 @@ logger = logging.getLogger(__name__)
 SPIN_BEFORE_DEADLINE = 0.0002
 
 
-def dispatcher_main(
-    schedule: list[ScheduledTask],
-    sync_tasks: frozenset[str],
-    control: socket.socket,
-    links: list[tuple[int, Connection, Connection]],
-    log_level: int,
-) -> None:
-    """Entry point of the dispatcher process (module level, so every start method finds it)."""
-    prepare_child(log_level)
-    worker_links = [(index, take_fd(fire), take_fd(done)) for index, fire, done in links]
-    dispatcher = Dispatcher(schedule, sync_tasks, control, worker_links)
+def run_from_payload(payload: DispatcherPayload) -> None:
+    """Entry point of the dispatcher process: set up, load the schedule, run until finished."""
+    prepare_child(payload.log_level)
+    sys.path[:] = payload.sys_path
+    schedule = _load_schedule(payload)
+    control = socket.socket(fileno=payload.control_fd)
+    dispatcher = Dispatcher(schedule, payload.sync_tasks, control, payload.links)
     settle_garbage_collector()
     dispatcher.run()
+
+
+def _load_schedule(payload: DispatcherPayload) -> list[ScheduledTask]:
+    try:
+        return pickle.loads(payload.schedule)
+    except AttributeError:
+        if payload.main_path is None:
+            raise
+    # A trigger class is defined in the main script: import it (as multiprocessing does for its
+    # children, under a name that keeps its `if __name__ == "__main__":` block from running).
+    main = runpy.run_path(payload.main_path, run_name="__mp_main__")
+    module = types.ModuleType("__mp_main__")
+    module.__dict__.update(main)
+    sys.modules["__main__"] = sys.modules["__mp_main__"] = module
+    return pickle.loads(payload.schedule)
 
 
 class Dispatcher:
@@ -107,8 +122,9 @@ class Dispatcher:
                 self._cancel_in_flight()
         if self._supervisor_gone:
             return
-        self._stop_workers()
+        # The supervisor learns first that the exits which follow are expected.
         self._tell_supervisor(Finished())
+        self._stop_workers()
         logger.info("dispatcher finished")
 
     def _sleep(self, control_fd: int) -> None:

@@ -201,9 +201,12 @@ SCRIPT = textwrap.dedent(
 )
 
 
+REPOSITORY_ROOT = str(Path(__file__).resolve().parents[2])
+
+
 def start_script(tmp_path):
     script = tmp_path / "app.py"
-    script.write_text(SCRIPT.format(root=str(Path(__file__).resolve().parents[2])))
+    script.write_text(SCRIPT.format(root=REPOSITORY_ROOT))
     return subprocess.Popen([sys.executable, str(script)], stderr=subprocess.PIPE)
 
 
@@ -234,3 +237,65 @@ async def test_children_exit_by_themselves_when_the_main_process_is_killed(event
     finally:
         process.stderr.close()
     assert wait_until_gone(children, timeout=2.0) == set()
+
+
+MAIN_SCRIPT = textwrap.dedent(
+    """
+    import asyncio, sys
+    sys.path.insert(0, {root!r})
+    from aioclock import AioClock, Every
+    from aioclock.triggers import BaseTrigger
+    from tests.integration import worker_tasks as tasks
+
+    tasks.record("module imported")
+
+
+    class ThreeTimes(BaseTrigger):
+        type_: str = "ThreeTimes"
+
+        def next_due(self, now, previous):
+            return now + 0.02 if now < self.deadline else None
+
+        deadline: float = 0.0
+
+
+    app = AioClock(workers=1)
+    trigger = {trigger}
+    app.task(trigger=trigger)(tasks.probe)
+
+
+    async def main():
+        serving = asyncio.create_task(app.serve())
+        while app._runtime is None or app._runtime._dispatcher is None:
+            await asyncio.sleep(0.01)
+        tasks.record("dispatcher", dispatcher_pid=app._runtime._dispatcher.pid)
+        await serving
+
+
+    if __name__ == "__main__":
+        asyncio.run(main())
+    """
+)
+
+
+@pytest.mark.parametrize(
+    ("trigger", "dispatcher_imports_main"),
+    [
+        ("Every(seconds=0.02, max_loop_count=3)", False),
+        ("ThreeTimes(deadline=__import__('time').time() + 3)", True),
+    ],
+)
+async def test_the_dispatcher_imports_the_main_script_only_for_a_trigger_defined_there(
+    events, tmp_path, trigger, dispatcher_imports_main
+):
+    script = tmp_path / "main_app.py"
+    script.write_text(MAIN_SCRIPT.format(root=REPOSITORY_ROOT, trigger=trigger))
+    result = await asyncio.wait_for(
+        asyncio.to_thread(subprocess.run, [sys.executable, str(script)], capture_output=True),
+        HANG_GUARD,
+    )
+    assert result.returncode == 0, result.stderr.decode()[-2000:]
+    (dispatcher,) = events.named("dispatcher")
+    importers = {event["pid"] for event in events.named("module imported")}
+    assert (dispatcher["dispatcher_pid"] in importers) is dispatcher_imports_main
+    assert len(events.named("probe")) >= 3

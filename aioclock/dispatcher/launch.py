@@ -1,0 +1,87 @@
+"""Starting the dispatcher in a fresh interpreter that imports only what the triggers need.
+
+A multiprocessing "spawn" child re-imports the user's main script (its module-level code runs
+again). Workers need that, since task functions live there; the dispatcher does not, so it is a
+plain `python -m aioclock.dispatcher` subprocess that reads its schedule from stdin. Only when a
+trigger's class is defined in the main script is that script imported, to unpickle it.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import subprocess
+import sys
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class DispatcherPayload:
+    """What the dispatcher process reads from stdin: descriptors are inherited by number."""
+
+    sys_path: list[str]
+    main_path: str | None
+    log_level: int
+    control_fd: int
+    links: list[tuple[int, int, int]]  # (worker index, fire write fd, done read fd)
+    sync_tasks: frozenset[str]
+    schedule: bytes  # pickled list[ScheduledTask], unpickled once sys.path is in place
+
+
+class DispatcherProcess:
+    """The dispatcher as a child process, with the parts of `multiprocessing.Process` we use."""
+
+    name = "aioclock-dispatcher"
+
+    def __init__(self, payload: DispatcherPayload) -> None:
+        sentinel_read, sentinel_write = os.pipe()
+        inherited = [payload.control_fd, sentinel_write]
+        for _, fire_fd, done_fd in payload.links:
+            inherited += [fire_fd, done_fd]
+        self._popen = subprocess.Popen(
+            [sys.executable, "-m", "aioclock.dispatcher"],
+            stdin=subprocess.PIPE,
+            pass_fds=inherited,
+        )
+        os.close(sentinel_write)
+        #: Readable (EOF) once the process has exited: only the child holds the write end.
+        self.sentinel = sentinel_read
+        assert self._popen.stdin is not None
+        try:
+            self._popen.stdin.write(pickle.dumps(payload))
+            self._popen.stdin.close()
+        except BrokenPipeError:  # it died at start-up; its exit code tells the supervisor
+            pass
+
+    @property
+    def pid(self) -> int:
+        return self._popen.pid
+
+    @property
+    def exitcode(self) -> int | None:
+        return self._popen.poll()
+
+    def is_alive(self) -> bool:
+        return self._popen.poll() is None
+
+    def join(self, timeout: float | None = None) -> None:
+        try:
+            self._popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return
+
+    def kill(self) -> None:
+        if self.is_alive():
+            self._popen.kill()
+
+    def close(self) -> None:
+        os.close(self.sentinel)
+
+
+def main_script_path() -> str | None:
+    """The path of the running main script, if there is one (not for `python -m` or a REPL)."""
+    main = sys.modules.get("__main__")
+    if main is None or getattr(main, "__spec__", None) is not None:
+        return None
+    path = getattr(main, "__file__", None)
+    return os.path.abspath(path) if path else None
