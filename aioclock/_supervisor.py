@@ -19,6 +19,7 @@ import os
 import pickle
 import socket
 import sys
+import time
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from typing import TYPE_CHECKING, Any, Union
@@ -28,6 +29,8 @@ from aioclock._protocol import (
     Finished,
     Frame,
     FrameReader,
+    Ping,
+    Pong,
     Ready,
     RunNow,
     RunNowDone,
@@ -51,6 +54,10 @@ if TYPE_CHECKING:
 logger = logging.getLogger("aioclock")
 
 Child = Union[BaseProcess, DispatcherProcess]
+
+#: The dispatcher is pinged this often, and killed if it has not answered for LIVENESS_TIMEOUT.
+PING_INTERVAL = 1.0
+LIVENESS_TIMEOUT = 5.0
 
 #: How long stopped children get to exit on their own before they are killed.
 EXIT_WAIT = 5.0
@@ -91,6 +98,8 @@ class Supervisor:
         self._fatal: BaseException | None = None
         self._stopping = False
         self._requests = itertools.count(1)
+        self._last_pong = time.monotonic()
+        self._pinger: asyncio.TimerHandle | None = None
         self._replies: dict[int, asyncio.Future[Any]] = {}
         self._signals = StopSignals(self.request_stop, self.abort, app.handle_signals)
 
@@ -136,6 +145,8 @@ class Supervisor:
             os.close(done)
         self._dispatcher = dispatcher
         self._watch_exit(loop, dispatcher, self._on_dispatcher_exit)
+        self._last_pong = time.monotonic()
+        self._pinger = loop.call_later(PING_INTERVAL, self._check_liveness, loop)
         logger.info(
             "started dispatcher (pid %s) and %d workers (pids %s)",
             dispatcher.pid,
@@ -182,6 +193,19 @@ class Supervisor:
             then(process)
 
         loop.add_reader(process.sentinel, on_exit)
+
+    def _check_liveness(self, loop: asyncio.AbstractEventLoop) -> None:
+        """A dispatcher that stops answering (stuck, not dead) is killed; its exit fails the app."""
+        dispatcher = self._dispatcher
+        if dispatcher is None or self._dispatcher_done or not dispatcher.is_alive():
+            return
+        silent = time.monotonic() - self._last_pong
+        if silent > LIVENESS_TIMEOUT:
+            logger.error("the dispatcher has not answered for %.1f s: killing it", silent)
+            dispatcher.kill()
+            return
+        self._send(Ping(next(self._requests)))
+        self._pinger = loop.call_later(PING_INTERVAL, self._check_liveness, loop)
 
     def _on_worker_exit(self, index: int, process: BaseProcess) -> None:
         if self._workers.get(index) is not process:
@@ -263,6 +287,8 @@ class Supervisor:
             self._finish()
         elif isinstance(frame, Ready):
             self._ready.add(frame.worker)
+        elif isinstance(frame, Pong):
+            self._last_pong = time.monotonic()
         elif isinstance(frame, (Stats, RunNowDone)):
             reply = self._replies.pop(frame.request, None)
             if reply is not None and not reply.done():
@@ -327,6 +353,8 @@ class Supervisor:
     async def _reap(self, loop: asyncio.AbstractEventLoop) -> None:
         """Stop every child, wait for it, kill what does not exit, and close our descriptors."""
         self._stopping = True
+        if self._pinger is not None:
+            self._pinger.cancel()
         grace = 0.0 if self._fatal is None else self._app.shutdown_timeout
         for index, lifeline in list(self._lifelines.items()):
             self._tell_worker(index, lifeline, Stop(grace=grace))

@@ -9,6 +9,7 @@ supervisor is gone, and the dispatcher exits at once.
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import os
 import pickle
 import runpy
@@ -42,7 +43,7 @@ from aioclock._protocol import (
     encode,
 )
 from aioclock.dispatcher.engine import DeadlineEngine, ScheduledTask
-from aioclock.dispatcher.launch import DispatcherPayload
+from aioclock.dispatcher.launch import DispatcherPayload, DispatcherProcess
 from aioclock.dispatcher.router import Router, WorkerLink
 
 logger = logging.getLogger(__name__)
@@ -53,6 +54,7 @@ SPIN_BEFORE_DEADLINE = 0.0002
 
 def run_from_payload(payload: DispatcherPayload) -> None:
     """Entry point of the dispatcher process: set up, load the schedule, run until finished."""
+    multiprocessing.current_process().name = DispatcherProcess.name  # for log records
     prepare_child(payload.log_level)
     sys.path[:] = payload.sys_path
     schedule = _load_schedule(payload)

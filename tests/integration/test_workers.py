@@ -299,3 +299,18 @@ async def test_the_dispatcher_imports_the_main_script_only_for_a_trigger_defined
     importers = {event["pid"] for event in events.named("module imported")}
     assert (dispatcher["dispatcher_pid"] in importers) is dispatcher_imports_main
     assert len(events.named("probe")) >= 3
+
+
+async def test_a_dispatcher_that_stops_answering_is_killed_and_the_app_fails(events, monkeypatch):
+    from aioclock import _supervisor
+
+    monkeypatch.setattr(_supervisor, "PING_INTERVAL", 0.1)
+    monkeypatch.setattr(_supervisor, "LIVENESS_TIMEOUT", 0.5)
+    app = AioClock(workers=1)
+    app.task(trigger=Every(seconds=0.05))(tasks.probe)
+    serve = asyncio.create_task(app.serve())
+    await events.wait_for(lambda e: len(e) >= 3)
+    dispatcher_pid, _ = runtime_pids(app)
+    os.kill(dispatcher_pid, signal.SIGSTOP)  # alive, but silent
+    with pytest.raises(WorkerProcessError, match="dispatcher process .* died with exit code -9"):
+        await asyncio.wait_for(serve, HANG_GUARD)
