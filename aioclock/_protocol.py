@@ -213,17 +213,13 @@ class Outbox:
         return len(self._pending)
 
     def send(self, frame: Frame) -> None:
-        """Write now if the pipe takes it, else queue the rest for `flush`."""
-        data = encode(frame)
-        if self._pending:
-            self._pending += data
-            return
-        try:
-            written = os.write(self.fd, data)
-        except BlockingIOError:
-            written = 0
-        if written < len(data):
-            self._pending += data[written:]
+        """Write now, as far as the pipe takes it; the rest waits for `flush`."""
+        self.queue(frame)
+        self.flush()
+
+    def queue(self, frame: Frame) -> None:
+        """Add a frame to the next `flush`, so that several frames travel in one write."""
+        self._pending += encode(frame)
 
     def flush(self) -> None:
         """Write what is queued, as far as the pipe takes it (call when it is writable)."""

@@ -83,7 +83,7 @@ class Supervisor:
         self._context = multiprocessing.get_context(app.start_method)
         self._settings = WorkerSettings(
             log_level=logging.getLogger("aioclock").getEffectiveLevel(),
-            sync_task_nice=app.sync_task_nice,
+            sync_task_priority=app.sync_task_priority,
             shutdown_timeout=app.shutdown_timeout,
         )
         self._dispatcher: DispatcherProcess | None = None

@@ -23,6 +23,7 @@ Lifespan = Callable[
     ["AioClock"], Union[AbstractAsyncContextManager[Any], AbstractContextManager[Any]]
 ]
 StartMethod = Literal["spawn", "forkserver", "fork"]
+SyncTaskPriority = Literal["idle", "low", "normal"]
 
 _apps: weakref.WeakSet[AioClock] = weakref.WeakSet()
 
@@ -64,9 +65,12 @@ class AioClock:
     `@app.task` run in threads at once (a `Group` takes its own). It holds in the current process
     only: worker processes (`workers >= 1`) do not get it, and each runs its sync tasks in its own
     thread pool.
-    `start_method` is how worker processes start ("spawn" by default). `sync_task_nice` (Linux,
-    workers >= 1): the nice value of the threads that run sync tasks in workers, so CPU-bound
-    jobs yield the CPU to the dispatcher and to the workers' event loops; 0 keeps them equal.
+    `start_method` is how worker processes start ("spawn" by default).
+    `sync_task_priority` (Linux, `workers >= 1`): the CPU priority of the threads that run sync
+    tasks in workers. "idle" (default, SCHED_IDLE) gives them every cycle nothing else wants and
+    lets the dispatcher and the workers' event loops preempt them at once, so CPU-bound jobs
+    cannot delay the schedule; on a machine saturated by other programs they may then get
+    little CPU. "low" (nice 10) shares the CPU with them; "normal" leaves them as they are.
     """
 
     def __init__(
@@ -78,7 +82,7 @@ class AioClock:
         start_method: StartMethod = "spawn",
         shutdown_timeout: float = 10.0,
         handle_signals: bool | None = None,
-        sync_task_nice: int = 10,
+        sync_task_priority: SyncTaskPriority = "idle",
     ) -> None:
         if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
             raise ValueError(f"workers must be an integer >= 0, got {workers!r}")
@@ -93,20 +97,16 @@ class AioClock:
                 "shutdown_timeout must be a finite number of seconds >= 0, "
                 f"got {shutdown_timeout!r}"
             )
-        if (
-            isinstance(sync_task_nice, bool)
-            or not isinstance(sync_task_nice, int)
-            or not (0 <= sync_task_nice <= 19)
-        ):
+        if sync_task_priority not in ("idle", "low", "normal"):
             raise ValueError(
-                f"sync_task_nice must be an integer from 0 to 19, got {sync_task_nice!r}"
+                f"sync_task_priority must be 'idle', 'low' or 'normal', got {sync_task_priority!r}"
             )
         self.lifespan = lifespan
         self.workers = workers
         self.start_method = start_method
         self.shutdown_timeout = float(shutdown_timeout)
         self.handle_signals = handle_signals
-        self.sync_task_nice = sync_task_nice
+        self.sync_task_priority = sync_task_priority
         self._app_group = Group(limiter=limiter)
         self._limiter = self._app_group._limiter
         self._groups: list[Group] = []

@@ -48,6 +48,7 @@ from aioclock.dispatcher.router import Router, WorkerLink
 
 logger = logging.getLogger(__name__)
 
+
 #: Wake this long before a deadline and spin the rest: select() itself wakes ~50-100 us late.
 SPIN_BEFORE_DEADLINE = 0.0002
 
@@ -159,28 +160,44 @@ class Dispatcher:
     def _flush(self, fd: int) -> None:
         for link in self.router.workers.values():
             if link.outbox.fd == fd:
-                try:
-                    link.outbox.flush()
-                except OSError:
-                    link.alive = False
+                self._flush_link(link)
 
     # -- routing ------------------------------------------------------------------------------
 
     def _route(self, fires: list[Fire]) -> None:
+        """Give each fire a worker, then write them: one write per worker, light runs first.
+
+        CPU-bound (sync) fires choose their workers first, so that the light fires of the same
+        batch land on workers whose GIL no CPU-bound thread is about to hold. Light fires are
+        written first: each write wakes a worker, which may take this CPU for a while.
+        """
+        sync_tasks = self._sync_tasks
         if len(fires) > 1:
-            # Sending a fire wakes a worker that may take this CPU for a while: light (async)
-            # runs go out first so that a batch of CPU-bound jobs cannot delay them.
-            fires.sort(key=lambda fire: fire.task in self._sync_tasks)
+            fires.sort(key=lambda fire: fire.task not in sync_tasks)
+        assigned: list[tuple[bool, WorkerLink, Fire]] = []
         for fire in fires:
             link = self.router.pick()
             if link is None:
                 self._waiting.append(fire)
                 continue
-            self.router.assign(link, fire.seq, fire.task in self._sync_tasks)
-            try:
-                link.outbox.send(fire)
-            except OSError:  # the worker is gone; its runs are reported when the supervisor says so
-                link.alive = False
+            is_sync = fire.task in sync_tasks
+            self.router.assign(link, fire.seq, is_sync)
+            assigned.append((is_sync, link, fire))
+        if len(assigned) > 1:
+            assigned.sort(key=lambda entry: entry[0])
+        touched: dict[int, WorkerLink] = {}
+        for _, link, fire in assigned:
+            link.outbox.queue(fire)
+            touched[link.index] = link
+        for link in touched.values():
+            self._flush_link(link)
+
+    @staticmethod
+    def _flush_link(link: WorkerLink) -> None:
+        try:
+            link.outbox.flush()
+        except OSError:  # the worker is gone; its runs are reported when the supervisor says so
+            link.alive = False
 
     def _route_waiting(self) -> None:
         if self._waiting and self.router.available():

@@ -39,7 +39,7 @@ EXIT_SYNC_TIMEOUT = 70
 @dataclass(frozen=True)
 class WorkerSettings:
     log_level: int
-    sync_task_nice: int
+    sync_task_priority: str
     shutdown_timeout: float
 
 
@@ -90,7 +90,7 @@ class Worker:
         executor = ThreadPoolExecutor(
             thread_name_prefix=f"aioclock-worker-{self.index}-sync",
             initializer=lower_thread_priority,
-            initargs=(self._settings.sync_task_nice,),
+            initargs=(self._settings.sync_task_priority,),
         )
         self._runner = TaskRunner(
             self._app._task_table(),

@@ -314,3 +314,16 @@ async def test_a_dispatcher_that_stops_answering_is_killed_and_the_app_fails(eve
     os.kill(dispatcher_pid, signal.SIGSTOP)  # alive, but silent
     with pytest.raises(WorkerProcessError, match="dispatcher process .* died with exit code -9"):
         await asyncio.wait_for(serve, HANG_GUARD)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="thread policies are Linux's")
+@pytest.mark.parametrize(
+    ("priority", "policy", "nice"),
+    [("idle", os.SCHED_IDLE if hasattr(os, "SCHED_IDLE") else 5, 0), ("low", 0, 10)],
+)
+async def test_sync_tasks_run_at_the_chosen_cpu_priority(events, priority, policy, nice):
+    app = AioClock(workers=1, sync_task_priority=priority)
+    app.task(trigger=Once())(tasks.report_scheduling)
+    await asyncio.wait_for(app.serve(), HANG_GUARD)
+    (report,) = events.named("report_scheduling")
+    assert (report["policy"], report["nice"]) == (policy, nice)

@@ -78,3 +78,15 @@ async def lifespan(app):
     record("lifespan:enter")
     yield app
     record("lifespan:exit")
+
+
+def report_scheduling() -> None:
+    """Record the CPU policy and nice value of the thread running this sync task."""
+    import threading
+
+    thread = threading.get_native_id()
+    record(
+        "report_scheduling",
+        policy=os.sched_getscheduler(thread),
+        nice=os.getpriority(os.PRIO_PROCESS, thread),
+    )

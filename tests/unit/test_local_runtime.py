@@ -430,7 +430,7 @@ def test_a_function_registered_twice_is_refused_at_serve():
         ({"workers": -1}, "workers must be an integer >= 0, got -1"),
         ({"start_method": "thread"}, "start_method must be"),
         ({"shutdown_timeout": -2}, "shutdown_timeout must be a finite number"),
-        ({"sync_task_nice": 40}, "sync_task_nice must be an integer from 0 to 19, got 40"),
+        ({"sync_task_priority": "high"}, "sync_task_priority must be 'idle', 'low' or 'normal'"),
     ],
 )
 def test_bad_app_options_are_named(kwargs, message):
