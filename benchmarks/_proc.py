@@ -1,0 +1,52 @@
+"""Process-tree facts read from /proc (Linux); everything degrades to None elsewhere."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+@dataclass(frozen=True)
+class Member:
+    """One live process of a session: pid, resident memory now and its peak, in bytes."""
+
+    pid: int
+    rss: int
+    peak_rss: int
+
+
+def session_members(sid: int) -> list[Member] | None:
+    """Live processes whose session id is ``sid`` (the harness starts each run in a new one)."""
+    if not os.path.isdir("/proc"):
+        return None
+    members = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", encoding="ascii", errors="replace") as fh:
+                fields = fh.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        # after "pid (comm)": state ppid pgrp session ...; rss is field 24 of the whole line
+        if fields[0] != "Z" and int(fields[3]) == sid:
+            rss = int(fields[21]) * _PAGE
+            members.append(Member(int(entry), rss, max(rss, _peak_rss(entry))))
+    return members
+
+
+def _peak_rss(pid: str) -> int:
+    """The process's own high-water RSS (VmHWM), which starts afresh at exec.
+
+    (``ru_maxrss`` of an exec'd child would instead start from the launching process's RSS.)
+    """
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii", errors="replace") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        pass
+    return 0

@@ -1,0 +1,132 @@
+"""Scenario for AioClock: this project (any ``workers``) and aioclock 0.3 from PyPI.
+
+The harness runs this file by path. Worker processes of this project import it again, so the
+app and its tasks are built at module level from the config, and serving stays under the
+``__main__`` guard. aioclock 0.3 has no ``workers`` argument: the config then says ``None``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable
+from typing import Any
+
+T_IMPORT = time.time()
+
+import _common  # noqa: E402  (a sibling file: the script's folder is on sys.path)
+
+from aioclock import AioClock, Every, Forever, Once  # noqa: E402
+
+CONFIG = _common.CONFIG
+app = AioClock() if CONFIG["workers"] is None else AioClock(workers=CONFIG["workers"])
+
+
+def _task(name: str, trigger: Any, func: Callable[..., Any]) -> None:
+    """Register ``func`` under the module-level name ``name``, as a decorator would."""
+    globals()[name] = app.task(trigger=trigger)(_common.define(globals(), name, func))
+
+
+def _probe(index: int) -> Callable[[], Any]:
+    async def run() -> None:
+        _common.probe(index)
+
+    return run
+
+
+def _cpu_job(index: int) -> Callable[[], None]:
+    def run() -> None:
+        _common.cpu_job(index)
+
+    return run
+
+
+async def _noop() -> None:
+    await asyncio.sleep(0)  # a real async task yields at least once
+    _common.tick()
+
+
+async def _idle() -> None:
+    return None
+
+
+async def _marker() -> None:
+    _common.mark_started()
+
+
+def _register() -> None:
+    bench = CONFIG["bench"]
+    if bench in ("jitter", "scale"):
+        for i in range(CONFIG["probes"]):
+            _task(f"probe_{i}", Every(seconds=CONFIG["period"]), _probe(i))
+    if bench == "jitter":
+        for j in range(CONFIG["cpu_jobs"]):
+            _task(f"cpu_job_{j}", Every(seconds=CONFIG["cpu_period"]), _cpu_job(j))
+    elif bench == "throughput":
+        for i in range(CONFIG["tasks"]):
+            forever = CONFIG["trigger"] == "forever"
+            trigger = Forever() if forever else Every(seconds=CONFIG["period"])
+            _task(f"noop_{i}", trigger, _copy(_noop))
+    elif bench == "scale":
+        for i in range(CONFIG["idle_tasks"]):
+            trigger = Every(seconds=CONFIG["idle_period"], first_run_strategy="wait")
+            _task(f"idle_{i}", trigger, _copy(_idle))
+        _task("marker", Once(), _marker)
+
+
+def _copy(func: Callable[..., Any]) -> Callable[..., Any]:
+    """A distinct function object with the same code, so each task has its own name."""
+
+    async def run() -> None:
+        await func()
+
+    return run
+
+
+_register()
+T_REGISTERED = time.time()
+
+
+async def _serve_for() -> tuple[float, float]:
+    """Serve for the measured time, then cancel serve() and let it shut down."""
+    t_serve = time.time()
+    serving = asyncio.ensure_future(app.serve())
+    measuring = asyncio.ensure_future(_common.measure())
+    await asyncio.wait({serving, measuring}, return_when=asyncio.FIRST_COMPLETED)
+    t_stop = time.time()
+    if serving.done():
+        measuring.cancel()
+        serving.result()
+        raise RuntimeError("serve() returned before the end of the run")
+    serving.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await serving
+    return t_serve, t_stop
+
+
+def _version() -> str:
+    from importlib import metadata
+
+    import aioclock
+
+    try:
+        return metadata.version("aioclock")
+    except metadata.PackageNotFoundError:
+        return str(getattr(aioclock, "__version__", "checkout"))
+
+
+if __name__ == "__main__":
+    import aioclock
+
+    t_serve, t_stop = asyncio.run(_serve_for())
+    _common.write_meta(
+        library="aioclock",
+        version=_version(),
+        module_file=aioclock.__file__,
+        t_import=T_IMPORT,
+        t_registered=T_REGISTERED,
+        t_serve=t_serve,
+        t_stop=t_stop,
+        t_end=time.time(),
+    )
