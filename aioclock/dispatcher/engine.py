@@ -24,6 +24,9 @@ from aioclock.triggers import BaseTrigger, OnShutDown, OnStartUp
 
 logger = logging.getLogger(__name__)
 
+#: Skipped occurrences of one task are logged at most this often (seconds), as a summary.
+MISSED_LOG_INTERVAL = 5.0
+
 #: How many recent lateness samples each task keeps for its percentiles.
 LATENESS_WINDOW = 2048
 
@@ -51,6 +54,8 @@ class _TaskState:
     last_error: str | None = None
     lateness: deque[float] = field(default_factory=lambda: deque(maxlen=LATENESS_WINDOW))
     lateness_max: float | None = None
+    missed_logged_at: float | None = None
+    missed_unlogged: int = 0
 
     @property
     def trigger(self) -> BaseTrigger:
@@ -174,14 +179,7 @@ class DeadlineEngine:
             state = self._states[task_id]
             state.next_due = None
             if state.running >= state.spec.max_instances:
-                state.missed += 1
-                logger.warning(
-                    "skipped %s due at %.6f: %d run(s) still in progress (missed runs: %d)",
-                    task_id,
-                    due,
-                    state.running,
-                    state.missed,
-                )
+                self._count_missed(state, 1, now, "its previous run was still in progress")
             else:
                 fires.append(self._fire(task_id, due))
             if not state.trigger.waits_for_completion:
@@ -214,14 +212,26 @@ class DeadlineEngine:
         while due is not None and due < now:
             skipped += 1
             due = state.trigger._advance(now)
-        state.missed += skipped
+        self._count_missed(state, skipped, now, "they were already past due when re-armed")
+        return due
+
+    def _count_missed(self, state: _TaskState, count: int, now: float, reason: str) -> None:
+        """Count skipped occurrences; log the first at once, then a summary at most every
+        MISSED_LOG_INTERVAL seconds per task (an overloaded app must not flood its log)."""
+        state.missed += count
+        state.missed_unlogged += count
+        last = state.missed_logged_at
+        if last is not None and now - last < MISSED_LOG_INTERVAL:
+            return
         logger.warning(
-            "%s: %d occurrence(s) were already past due when re-armed; skipped (missed runs: %d)",
+            "skipped %d occurrence(s) of %s: %s (missed runs in all: %d)",
+            state.missed_unlogged,
             state.spec.task_id,
-            skipped,
+            reason,
             state.missed,
         )
-        return due
+        state.missed_logged_at = now
+        state.missed_unlogged = 0
 
     def _fire(self, task_id: str, due: float) -> Fire:
         self._seq += 1
@@ -279,8 +289,7 @@ class DeadlineEngine:
             return []
         state = self._states[task_id]
         if state.running >= state.spec.max_instances:
-            state.missed += 1
-            logger.warning("skipped %s: previous run still in progress", task_id)
+            self._count_missed(state, 1, now, "its previous run was still in progress")
             return []
         return [self._fire(task_id, now)]
 
