@@ -12,6 +12,7 @@ even by SIGKILL, the child reads EOF and exits (on Linux the kernel also kills i
 from __future__ import annotations
 
 import asyncio
+import io
 import itertools
 import logging
 import multiprocessing
@@ -46,6 +47,7 @@ from aioclock._signals import StopSignals
 from aioclock._task import Task
 from aioclock.dispatcher.launch import DispatcherPayload, DispatcherProcess, main_script_path
 from aioclock.exceptions import TaskRunError, TaskTimeoutError, WorkerProcessError
+from aioclock.triggers import BaseTrigger
 from aioclock.workers.process import WorkerSettings, worker_main
 
 if TYPE_CHECKING:
@@ -63,23 +65,40 @@ LIVENESS_TIMEOUT = 5.0
 EXIT_WAIT = 5.0
 
 
-def _check_picklable(app: AioClock) -> None:
+class _WorkerPickler(pickle.Pickler):
+    """Pickles the app for the workers without its triggers: only the dispatcher needs them,
+    and rebuilding 100,000 pydantic triggers in every worker cost a second each."""
+
+    def reducer_override(self, obj: Any) -> Any:
+        if isinstance(obj, BaseTrigger):
+            return _trigger_kept_by_the_dispatcher, ()
+        return NotImplemented
+
+
+def _trigger_kept_by_the_dispatcher() -> None:
+    return None
+
+
+def worker_payload(app: AioClock) -> bytes:
+    """The app as every worker receives it, pickled once; refuses what a worker cannot import."""
     for task in app._tasks:
         task.check_reachable()
+    buffer = io.BytesIO()
     try:
-        pickle.dumps(app)
+        _WorkerPickler(buffer, protocol=pickle.HIGHEST_PROTOCOL).dump(app)
     except Exception as error:
         raise WorkerProcessError(
-            "the app cannot be sent to worker processes: its lifespan, dependency overrides and "
-            f"triggers must be importable module-level objects ({type(error).__name__}: {error})"
+            "the app cannot be sent to worker processes: its lifespan and dependency overrides "
+            f"must be importable module-level objects ({type(error).__name__}: {error})"
         ) from error
+    return buffer.getvalue()
 
 
 class Supervisor:
     def __init__(self, app: AioClock) -> None:
         self._app = app
         self._tasks = app._task_table()
-        _check_picklable(app)
+        self._app_payload = worker_payload(app)
         self._context = multiprocessing.get_context(app.start_method)
         self._settings = WorkerSettings(
             log_level=logging.getLogger("aioclock").getEffectiveLevel(),
@@ -167,7 +186,7 @@ class Supervisor:
         process = self._context.Process(
             target=worker_main,
             name=f"aioclock-worker-{index}",
-            args=(index, self._app, *carried, self._settings),
+            args=(index, self._app_payload, *carried, self._settings),
         )
         process.start()
         for connection in carried:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import pickle
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
@@ -45,7 +46,7 @@ class WorkerSettings:
 
 def worker_main(
     index: int,
-    app: AioClock,
+    app_payload: bytes,
     fire: Connection,
     done: Connection,
     lifeline: Connection,
@@ -53,6 +54,9 @@ def worker_main(
 ) -> None:
     """Entry point of a worker process (module level, so every start method finds it)."""
     prepare_child(settings.log_level)
+    # Unpickling imports the user's modules: every task function is found by module and name.
+    # The tasks come without their triggers (the dispatcher keeps those).
+    app: AioClock = pickle.loads(app_payload)
     worker = Worker(index, app, take_fd(fire), take_fd(done), take_fd(lifeline), settings)
     try:
         asyncio.run(worker.serve())
