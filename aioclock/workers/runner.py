@@ -105,7 +105,7 @@ class TaskRunner:
         if call is None:
             # A function without parameters has nothing to inject: fast-depends would build a
             # pydantic model for it (milliseconds each, minutes for 100,000 tasks) for nothing.
-            if inspect.signature(task.func).parameters:
+            if _takes_arguments(task.func):
                 call = inject(task.func, dependency_provider=self._provider)
             else:
                 call = task.func
@@ -163,6 +163,14 @@ class TaskRunner:
                 "cancelled %d run(s) still going after %.1f s", len(still_running), grace
             )
             await asyncio.wait(still_running)
+
+
+def _takes_arguments(func: Callable[..., Any]) -> bool:
+    code = getattr(func, "__code__", None)
+    if code is None or not inspect.isfunction(func):  # partials, callables: ask inspect
+        return bool(inspect.signature(func).parameters)
+    varargs = inspect.CO_VARARGS | inspect.CO_VARKEYWORDS
+    return bool(code.co_argcount or code.co_kwonlyargcount or code.co_flags & varargs)
 
 
 async def _within(awaitable: Any, task: Task) -> Any:
