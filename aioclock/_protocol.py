@@ -163,6 +163,16 @@ def decode_body(body: bytes) -> Frame | None:
         return None
 
 
+def read_available(fd: int, size: int = 65536) -> bytes | None:
+    """What a non-blocking pipe holds now: None if nothing, b"" at end of file (or on error)."""
+    try:
+        return os.read(fd, size)
+    except BlockingIOError:
+        return None
+    except OSError:
+        return b""
+
+
 class FrameReader:
     """Reassembles length-prefixed frames from the chunks a non-blocking pipe delivers."""
 

@@ -259,7 +259,14 @@ class Forever(BaseTrigger[Literal[Triggers.FOREVER]]):
         return now
 
 
-class Once(LoopController[Literal[Triggers.ONCE]]):
+class _OneShot:
+    """`next_due` of the triggers that fire once, as soon as they are armed."""
+
+    def next_due(self, now: float, previous: float | None) -> float | None:
+        return now if previous is None else None
+
+
+class Once(_OneShot, LoopController[Literal[Triggers.ONCE]]):
     """Runs once, as soon as the app starts, then never again.
 
     >>> from aioclock.triggers import Once
@@ -271,11 +278,8 @@ class Once(LoopController[Literal[Triggers.ONCE]]):
     type_: Literal[Triggers.ONCE] = Triggers.ONCE
     max_loop_count: Literal[1] = 1  # type: ignore[assignment]
 
-    def next_due(self, now: float, previous: float | None) -> float | None:
-        return now if previous is None else None
 
-
-class OnStartUp(LoopController[Literal[Triggers.ON_START_UP]]):
+class OnStartUp(_OneShot, LoopController[Literal[Triggers.ON_START_UP]]):
     """Runs once when the app starts, before the other tasks (the engine recognises it by type).
 
     >>> from aioclock.triggers import OnStartUp
@@ -286,11 +290,8 @@ class OnStartUp(LoopController[Literal[Triggers.ON_START_UP]]):
     type_: Literal[Triggers.ON_START_UP] = Triggers.ON_START_UP
     max_loop_count: Literal[1] = 1  # type: ignore[assignment]
 
-    def next_due(self, now: float, previous: float | None) -> float | None:
-        return now if previous is None else None
 
-
-class OnShutDown(LoopController[Literal[Triggers.ON_SHUT_DOWN]]):
+class OnShutDown(_OneShot, LoopController[Literal[Triggers.ON_SHUT_DOWN]]):
     """Runs once when the app shuts down (the engine recognises it by type).
 
     >>> from aioclock.triggers import OnShutDown
@@ -300,9 +301,6 @@ class OnShutDown(LoopController[Literal[Triggers.ON_SHUT_DOWN]]):
 
     type_: Literal[Triggers.ON_SHUT_DOWN] = Triggers.ON_SHUT_DOWN
     max_loop_count: Literal[1] = 1  # type: ignore[assignment]
-
-    def next_due(self, now: float, previous: float | None) -> float | None:
-        return now if previous is None else None
 
 
 def _check_unit(value: float | None, info: ValidationInfo) -> float | None:

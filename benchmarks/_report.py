@@ -118,3 +118,44 @@ def write_outputs(
     if plot(png_path):
         written.append(png_path)
     return written
+
+
+@dataclass(frozen=True)
+class Report:
+    """One benchmark's results, ready to print and write."""
+
+    benchmark: str
+    machine: Mapping[str, Any]
+    notes: Sequence[str]
+    columns: Sequence[Column]
+    rows: Sequence[Mapping[str, Any]]
+    legend: str
+    runs: Sequence[Mapping[str, Any]]
+    command: Sequence[str]
+    options: Mapping[str, Any]
+
+
+def publish(report: Report, out_dir: Path, plot: Callable[[Path, str], bool]) -> None:
+    """Print the table, then write the JSON, the text and the figure of `report`."""
+    text = "\n".join(
+        [
+            header(report.benchmark, report.machine, report.notes),
+            table(report.columns, report.rows),
+            report.legend,
+            failures(report.runs),
+        ]
+    ).rstrip()
+    print("\n" + text)
+    document = {
+        "benchmark": report.benchmark,
+        "command": ["python", "-m", f"benchmarks.{report.benchmark}", *report.command],
+        "machine": report.machine,
+        "options": {**report.options, "out": str(out_dir)},
+        "summary": report.rows,
+        "runs": report.runs,
+    }
+    title = f"{report.benchmark} -- {report.notes[0]}\n{report.notes[1]}"
+    written = write_outputs(
+        out_dir, report.benchmark, document, text, lambda path: plot(path, title)
+    )
+    print("wrote " + ", ".join(str(p) for p in written))

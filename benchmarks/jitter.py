@@ -93,34 +93,22 @@ def main(argv: Sequence[str] | None = None) -> int:
             for system in systems:
                 tags = {"case": case, "repeat": rep}
                 runs.append(_cli.run_one(system, config, args, _measure.jitter, tags))
-    rows = _report.median_rows(runs, ("system", "case"), METRICS)
-    text = "\n".join(
-        [
-            _report.header("jitter", machine, notes),
-            _report.table(COLUMNS, rows),
-            LEGEND,
-            _report.failures(runs),
-        ]
-    ).rstrip()
-    print("\n" + text)
     samples: dict[str, dict[str, list[float]]] = {}
     for run in runs:
         pooled = samples.setdefault(run["case"], {}).setdefault(run["system"], [])
         pooled.extend(run["raw"].get("lateness_ms", []))
-    document = {
-        "benchmark": "jitter",
-        "command": ["python", "-m", "benchmarks.jitter", *(argv or sys.argv[1:])],
-        "machine": machine,
-        "options": {**vars(args), "out": str(args.out), "cpu_loops": loops},
-        "summary": rows,
-        "runs": runs,
-    }
-    title = f"jitter -- {notes[0]}\n{notes[1]}"
-    written = _report.write_outputs(
-        args.out, "jitter", document, text,
-        lambda path: _plots.lateness_cdf(path, samples, title),
-    )  # fmt: skip
-    print("wrote " + ", ".join(str(p) for p in written))
+    report = _report.Report(
+        benchmark="jitter",
+        machine=machine,
+        notes=notes,
+        columns=COLUMNS,
+        rows=_report.median_rows(runs, ("system", "case"), METRICS),
+        legend=LEGEND,
+        runs=runs,
+        command=argv or sys.argv[1:],
+        options={**vars(args), "cpu_loops": loops},
+    )
+    _report.publish(report, args.out, lambda path, title: _plots.lateness_cdf(path, samples, title))
     return _cli.exit_code(runs)
 
 

@@ -88,29 +88,18 @@ def main(argv: Sequence[str] | None = None) -> int:
                 tags = {"tasks": size, "repeat": rep}
                 runs.append(_cli.run_one(system, config, args, _measure.scale, tags))
     rows = _report.median_rows(runs, ("system", "tasks"), METRICS)
-    text = "\n".join(
-        [
-            _report.header("scale", machine, notes),
-            _report.table(COLUMNS, rows),
-            LEGEND,
-            _report.failures(runs),
-        ]
-    ).rstrip()
-    print("\n" + text)
-    document = {
-        "benchmark": "scale",
-        "command": ["python", "-m", "benchmarks.scale", *(argv or sys.argv[1:])],
-        "machine": machine,
-        "options": {**vars(args), "out": str(args.out)},
-        "summary": rows,
-        "runs": runs,
-    }
-    title = f"scale -- {notes[0]}\n{notes[1]}"
-    written = _report.write_outputs(
-        args.out, "scale", document, text,
-        lambda path: _plots.by_size(path, rows, PANELS, title),
-    )  # fmt: skip
-    print("wrote " + ", ".join(str(p) for p in written))
+    report = _report.Report(
+        benchmark="scale",
+        machine=machine,
+        notes=notes,
+        columns=COLUMNS,
+        rows=rows,
+        legend=LEGEND,
+        runs=runs,
+        command=argv or sys.argv[1:],
+        options=vars(args),
+    )
+    _report.publish(report, args.out, lambda path, title: _plots.by_size(path, rows, PANELS, title))
     return _cli.exit_code(runs)
 
 

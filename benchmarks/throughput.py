@@ -94,35 +94,27 @@ def main(argv: Sequence[str] | None = None) -> int:
                 runs.append(
                     _cli.run_one(_applicable(system, case), config, args, _measure.throughput, tags)
                 )
-    rows = _report.median_rows(runs, ("system", "case"), METRICS)
-    text = "\n".join(
-        [
-            _report.header("throughput", machine, notes),
-            _report.table(COLUMNS, rows),
-            LEGEND,
-            _report.failures(runs),
-        ]
-    ).rstrip()
-    print("\n" + text)
     rates: dict[str, dict[str, list[float]]] = {}
     for run in runs:
         if run["status"] == "ok":
             by_system = rates.setdefault(run["case"], {})
             by_system.setdefault(run["system"], []).append(run["metrics"]["runs_per_s"])
-    document = {
-        "benchmark": "throughput",
-        "command": ["python", "-m", "benchmarks.throughput", *(argv or sys.argv[1:])],
-        "machine": machine,
-        "options": {**vars(args), "out": str(args.out)},
-        "summary": rows,
-        "runs": runs,
-    }
-    title = f"throughput -- {notes[0]}\n{notes[1]}"
-    written = _report.write_outputs(
-        args.out, "throughput", document, text,
-        lambda path: _plots.bars(path, rates, "completed runs per second", title),
-    )  # fmt: skip
-    print("wrote " + ", ".join(str(p) for p in written))
+    report = _report.Report(
+        benchmark="throughput",
+        machine=machine,
+        notes=notes,
+        columns=COLUMNS,
+        rows=_report.median_rows(runs, ("system", "case"), METRICS),
+        legend=LEGEND,
+        runs=runs,
+        command=argv or sys.argv[1:],
+        options=vars(args),
+    )
+    _report.publish(
+        report,
+        args.out,
+        lambda path, title: _plots.bars(path, rates, "completed runs per second", title),
+    )
     return _cli.exit_code(runs)
 
 

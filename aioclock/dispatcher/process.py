@@ -41,6 +41,7 @@ from aioclock._protocol import (
     WorkerGone,
     WorkerJoined,
     encode,
+    read_available,
 )
 from aioclock.dispatcher.engine import DeadlineEngine, ScheduledTask
 from aioclock.dispatcher.launch import DispatcherPayload, DispatcherProcess
@@ -229,12 +230,9 @@ class Dispatcher:
         if entry is None:  # closed by a control frame handled earlier in this same wake-up
             return
         reader, link = entry
-        try:
-            chunk = os.read(fd, 65536)
-        except BlockingIOError:
+        chunk = read_available(fd)
+        if chunk is None:
             return
-        except OSError:
-            chunk = b""
         if not chunk:
             logger.info("worker %d closed its pipe", link.index)
             link.alive = False

@@ -24,7 +24,16 @@ from aioclock._child import (
     settle_garbage_collector,
     take_fd,
 )
-from aioclock._protocol import Cancel, Done, Fire, FrameReader, Ready, Stop, encode
+from aioclock._protocol import (
+    Cancel,
+    Done,
+    Fire,
+    FrameReader,
+    Ready,
+    Stop,
+    encode,
+    read_available,
+)
 from aioclock._task import Task
 from aioclock.workers.runner import TaskRunner, enter_lifespan
 
@@ -118,9 +127,8 @@ class Worker:
         executor.shutdown(wait=False, cancel_futures=True)
 
     def _read_fires(self) -> None:
-        try:
-            chunk = os.read(self._fire_fd, 65536)
-        except BlockingIOError:
+        chunk = read_available(self._fire_fd)
+        if chunk is None:
             return
         if not chunk:
             # The dispatcher is gone; the supervisor decides what happens next.
@@ -139,9 +147,8 @@ class Worker:
                 logger.warning("worker %d ignored %s", self.index, type(frame).__name__)
 
     def _read_lifeline(self) -> None:
-        try:
-            chunk = os.read(self._lifeline_fd, 4096)
-        except BlockingIOError:
+        chunk = read_available(self._lifeline_fd)
+        if chunk is None:
             return
         if not chunk:
             logger.warning("worker %d: the supervisor is gone, exiting", self.index)
