@@ -22,10 +22,11 @@ def _is_default_sigint(handler: object) -> bool:
     )
 
 
-def _nobody_else_handles_signals() -> bool:
-    return _is_default_sigint(signal.getsignal(signal.SIGINT)) and signal.getsignal(
-        signal.SIGTERM
-    ) in (signal.SIG_DFL, None)
+def _is_default(signum: int, handler: object) -> bool:
+    """Nobody chose what this signal does (an ignored signal was chosen: keep it ignored)."""
+    if signum == signal.SIGINT:
+        return _is_default_sigint(handler)
+    return handler in (signal.SIG_DFL, None)
 
 
 class StopSignals:
@@ -40,26 +41,31 @@ class StopSignals:
         self._graceful = graceful
         self._immediate = immediate
         self._mode = mode
-        self._installed: list[signal.Signals] = []
+        self._installed: dict[int, object] = {}  # signal -> the handler it had before
         self.received = 0
 
     def install(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Install the handlers if `mode` asks for it (None: only if nobody else handles them)."""
+        """Install the handlers if `mode` asks for it; None: for each signal nobody else handles
+        or ignores (an app embedded in a server, or started in the background, keeps those)."""
         if self._mode is False or threading.current_thread() is not threading.main_thread():
             return
-        if self._mode is None and not _nobody_else_handles_signals():
-            logger.debug("stop signals are handled elsewhere; leaving them alone")
-            return
         for signum in STOP_SIGNALS:
+            previous = signal.getsignal(signum)
+            if self._mode is None and not _is_default(signum, previous):
+                logger.debug("%s is handled elsewhere; leaving it alone", signum.name)
+                continue
             try:
                 loop.add_signal_handler(signum, self.handle_stop, signum)
             except (NotImplementedError, RuntimeError):  # not supported on this platform/loop
                 continue
-            self._installed.append(signum)
+            self._installed[signum] = previous
 
     def remove(self, loop: asyncio.AbstractEventLoop) -> None:
-        for signum in self._installed:
+        """Remove our handlers and put back what each signal did before."""
+        for signum, previous in self._installed.items():
             loop.remove_signal_handler(signum)
+            if previous is not None:
+                signal.signal(signum, previous)  # type: ignore[arg-type]
         self._installed.clear()
 
     def handle_stop(self, signum: int) -> None:

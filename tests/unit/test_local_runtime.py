@@ -449,3 +449,36 @@ def test_bad_app_options_are_named(kwargs, message):
 def test_bad_task_options_are_named(kwargs, message):
     with pytest.raises(ValueError, match=message):
         AioClock().task(trigger=Once(), **kwargs)
+
+
+@pytest.mark.parametrize(
+    ("sigint", "sigterm", "expected"),
+    [
+        ("default", "default", {"SIGINT", "SIGTERM"}),
+        ("ignored", "default", {"SIGTERM"}),  # started in the background: Ctrl-C stays ignored
+        ("custom", "custom", set()),  # embedded in a server that handles both
+    ],
+)
+def test_signals_are_taken_only_where_nobody_else_decided(sigint, sigterm, expected):
+    import signal
+
+    from aioclock._signals import StopSignals
+
+    def custom(signum, frame):
+        return None
+
+    choices = {"default": None, "ignored": signal.SIG_IGN, "custom": custom}
+    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    signal.signal(signal.SIGINT, choices[sigint] or signal.default_int_handler)
+    signal.signal(signal.SIGTERM, choices[sigterm] or signal.SIG_DFL)
+    loop = asyncio.new_event_loop()
+    try:
+        stop = StopSignals(lambda: None, lambda: None, mode=None)
+        stop.install(loop)
+        assert {s.name for s in stop._installed} == expected
+        stop.remove(loop)
+        assert signal.getsignal(signal.SIGINT) == (choices[sigint] or signal.default_int_handler)
+    finally:
+        loop.close()
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
