@@ -48,6 +48,39 @@ def settle_garbage_collector() -> None:
     gc.freeze()
 
 
+#: With this many CPUs or more, one is kept free of sync tasks unless the app says otherwise.
+RESERVE_FROM_CPUS = 4
+
+
+def sync_task_cpus(reserved: int | None) -> frozenset[int] | None:
+    """The CPUs sync tasks may use when `reserved` CPUs are kept for scheduling (None: all).
+
+    `reserved=None` keeps one CPU on machines with RESERVE_FROM_CPUS or more, none below.
+    """
+    if not hasattr(os, "sched_getaffinity"):
+        return None
+    available = sorted(os.sched_getaffinity(0))
+    if reserved is None:
+        reserved = 1 if len(available) >= RESERVE_FROM_CPUS else 0
+    if reserved <= 0:
+        return None
+    if len(available) <= reserved:
+        logging.getLogger(__name__).warning(
+            "cannot keep %d of %d CPUs free of sync tasks; they may use all of them",
+            reserved,
+            len(available),
+        )
+        return None
+    return frozenset(available[reserved:])
+
+
+def prepare_sync_thread(priority: str, cpus: frozenset[int] | None) -> None:
+    """Run in each new sync-task thread of a worker: its CPU priority, and the CPUs it may use."""
+    if cpus is not None:
+        os.sched_setaffinity(threading.get_native_id(), cpus)
+    lower_thread_priority(priority)
+
+
 def lower_thread_priority(priority: str) -> None:
     """Lower the calling thread's CPU priority (Linux schedules threads one by one).
 

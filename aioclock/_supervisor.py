@@ -25,6 +25,7 @@ from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from typing import TYPE_CHECKING, Any, Union
 
+from aioclock._child import sync_task_cpus
 from aioclock._local import schedule_of
 from aioclock._protocol import (
     Finished,
@@ -103,6 +104,7 @@ class Supervisor:
         self._settings = WorkerSettings(
             log_level=logging.getLogger("aioclock").getEffectiveLevel(),
             sync_task_priority=app.sync_task_priority,
+            sync_task_cpus=sync_task_cpus(app.scheduling_cpus),
             shutdown_timeout=app.shutdown_timeout,
         )
         self._dispatcher: DispatcherProcess | None = None

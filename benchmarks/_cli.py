@@ -46,6 +46,11 @@ def parser(name: str, description: str, *, duration: float) -> argparse.Argument
     )  # fmt: skip
     p.add_argument("--workers", type=int, default=4, help="worker processes (default 4)")
     p.add_argument(
+        "--scheduling-cpus", type=int, default=None,
+        help="this project with workers: CPUs kept free of sync tasks "
+        "(default: the app's, 1 from 4 CPUs up)",
+    )  # fmt: skip
+    p.add_argument(
         "--duration", type=float, default=duration,
         help=f"measured seconds per run, from its first task run (default {duration:g})",
     )  # fmt: skip
@@ -78,7 +83,7 @@ def run_one(
     tags: dict[str, Any],
 ) -> dict[str, Any]:
     """Run one scenario and turn it into a JSON-ready record; print one progress line."""
-    config = {**config, "start_timeout": args.timeout}
+    config = {**config, "start_timeout": args.timeout, "scheduling_cpus": args.scheduling_cpus}
     timeout = config["duration"] + args.timeout + STOP_ALLOWANCE_S
     result = _runner.run_scenario(system, config, timeout=timeout, hogs=args.hogs)
     metrics: dict[str, Any] = {}

@@ -71,7 +71,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{args.probes} probes every {args.period * 1000:g} ms; load case adds {args.cpu_jobs} "
         f"CPU-bound jobs of {args.cpu_ms:g} ms ({loops} loops, now "
         f"{_calibrate.measured_ms(loops):.0f} ms) every {args.cpu_period * 1000:g} ms",
-        f"workers={args.workers}, {args.duration:g} s per run from its first task run, first "
+        f"workers={args.workers} (scheduling_cpus={args.scheduling_cpus}), "
+        f"{args.duration:g} s per run from its first task run, first "
         f"{args.warmup:g} s discarded, {args.hogs} outside busy processes, "
         f"repeat={args.repeat} (medians)",
     ]

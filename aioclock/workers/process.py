@@ -19,8 +19,8 @@ from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING
 
 from aioclock._child import (
-    lower_thread_priority,
     prepare_child,
+    prepare_sync_thread,
     settle_garbage_collector,
     take_fd,
 )
@@ -50,6 +50,7 @@ EXIT_SYNC_TIMEOUT = 70
 class WorkerSettings:
     log_level: int
     sync_task_priority: str
+    sync_task_cpus: frozenset[int] | None
     shutdown_timeout: float
 
 
@@ -102,8 +103,8 @@ class Worker:
         self._stopped = loop.create_future()
         executor = ThreadPoolExecutor(
             thread_name_prefix=f"aioclock-worker-{self.index}-sync",
-            initializer=lower_thread_priority,
-            initargs=(self._settings.sync_task_priority,),
+            initializer=prepare_sync_thread,
+            initargs=(self._settings.sync_task_priority, self._settings.sync_task_cpus),
         )
         self._runner = TaskRunner(
             self._app._task_table(),

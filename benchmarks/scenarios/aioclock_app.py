@@ -20,7 +20,12 @@ import _common  # noqa: E402  (a sibling file: the script's folder is on sys.pat
 from aioclock import AioClock, Every, Forever, Once  # noqa: E402
 
 CONFIG = _common.CONFIG
-app = AioClock() if CONFIG["workers"] is None else AioClock(workers=CONFIG["workers"])
+if CONFIG["workers"] is None:  # aioclock 0.3: no multi-process runtime
+    app = AioClock()
+elif CONFIG["workers"] == 0:
+    app = AioClock(workers=0)
+else:
+    app = AioClock(workers=CONFIG["workers"], scheduling_cpus=CONFIG.get("scheduling_cpus"))
 
 
 def _task(name: str, trigger: Any, func: Callable[..., Any]) -> None:

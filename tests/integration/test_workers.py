@@ -327,3 +327,15 @@ async def test_sync_tasks_run_at_the_chosen_cpu_priority(events, priority, polic
     await asyncio.wait_for(app.serve(), HANG_GUARD)
     (report,) = events.named("report_scheduling")
     assert (report["policy"], report["nice"]) == (policy, nice)
+
+
+@pytest.mark.skipif(
+    not hasattr(os, "sched_getaffinity") or len(os.sched_getaffinity(0)) < 2,
+    reason="needs CPU affinity and two CPUs",
+)
+async def test_scheduling_cpus_keeps_cpus_free_of_sync_tasks(events):
+    app = AioClock(workers=1, scheduling_cpus=1)
+    app.task(trigger=Once())(tasks.report_cpus)
+    await asyncio.wait_for(app.serve(), HANG_GUARD)
+    (report,) = events.named("report_cpus")
+    assert report["cpus"] == sorted(os.sched_getaffinity(0))[1:]

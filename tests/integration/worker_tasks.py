@@ -90,3 +90,10 @@ def report_scheduling() -> None:
         policy=os.sched_getscheduler(thread),
         nice=os.getpriority(os.PRIO_PROCESS, thread),
     )
+
+
+def report_cpus() -> None:
+    """Record the CPUs the thread running this sync task may use."""
+    import threading
+
+    record("report_cpus", cpus=sorted(os.sched_getaffinity(threading.get_native_id())))

@@ -430,7 +430,8 @@ def test_a_function_registered_twice_is_refused_at_serve():
         ({"workers": -1}, "workers must be an integer >= 0, got -1"),
         ({"start_method": "thread"}, "start_method must be"),
         ({"shutdown_timeout": -2}, "shutdown_timeout must be a finite number"),
-        ({"sync_task_priority": "high"}, "sync_task_priority must be 'idle', 'low' or 'normal'"),
+        ({"sync_task_priority": "high"}, "sync_task_priority must be .idle., .low. or .normal."),
+        ({"scheduling_cpus": -1}, "scheduling_cpus must be an integer >= 0, got -1"),
     ],
 )
 def test_bad_app_options_are_named(kwargs, message):
@@ -482,3 +483,22 @@ def test_signals_are_taken_only_where_nobody_else_decided(sigint, sigterm, expec
         loop.close()
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+
+
+@pytest.mark.parametrize(
+    ("cpus", "reserved", "expected"),
+    [
+        (range(2), None, None),  # 2 CPUs: the jobs keep both unless asked
+        (range(4), None, {1, 2, 3}),  # 4 CPUs and more: one is kept for scheduling
+        (range(4), 0, None),
+        (range(8), 2, {2, 3, 4, 5, 6, 7}),
+        (range(1), 1, None),  # cannot keep the only CPU: a warning, and all of them
+    ],
+)
+def test_cpus_kept_free_of_sync_tasks(monkeypatch, cpus, reserved, expected):
+    import os
+
+    from aioclock._child import sync_task_cpus
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(cpus), raising=False)
+    assert sync_task_cpus(reserved) == (None if expected is None else frozenset(expected))
