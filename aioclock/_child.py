@@ -74,6 +74,19 @@ def sync_task_cpus(reserved: int | None) -> frozenset[int] | None:
     return frozenset(available[reserved:])
 
 
+def scheduling_cpu_set(sync_cpus: frozenset[int] | None) -> frozenset[int] | None:
+    """The CPUs kept for the dispatcher and the event loops: those sync tasks may not use."""
+    if sync_cpus is None:
+        return None
+    return frozenset(os.sched_getaffinity(0)) - sync_cpus
+
+
+def keep_to_cpus(cpus: frozenset[int] | None) -> None:
+    """Run the calling thread (and the threads it starts) on `cpus` only (None: anywhere)."""
+    if cpus:
+        os.sched_setaffinity(0, cpus)
+
+
 def prepare_sync_thread(priority: str, cpus: frozenset[int] | None) -> None:
     """Run in each new sync-task thread of a worker: its CPU priority, and the CPUs it may use."""
     if cpus is not None:

@@ -25,7 +25,7 @@ from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from typing import TYPE_CHECKING, Any, Union
 
-from aioclock._child import sync_task_cpus
+from aioclock._child import scheduling_cpu_set, sync_task_cpus
 from aioclock._local import schedule_of
 from aioclock._protocol import (
     Finished,
@@ -101,10 +101,12 @@ class Supervisor:
         self._tasks = app._task_table()
         self._app_payload = worker_payload(app)
         self._context = multiprocessing.get_context(app.start_method)
+        sync_cpus = sync_task_cpus(app.scheduling_cpus)
         self._settings = WorkerSettings(
             log_level=logging.getLogger("aioclock").getEffectiveLevel(),
             sync_task_priority=app.sync_task_priority,
-            sync_task_cpus=sync_task_cpus(app.scheduling_cpus),
+            sync_task_cpus=sync_cpus,
+            scheduling_cpus=scheduling_cpu_set(sync_cpus),
             shutdown_timeout=app.shutdown_timeout,
         )
         self._dispatcher: DispatcherProcess | None = None
@@ -157,6 +159,7 @@ class Supervisor:
             control_fd=child_end.fileno(),
             links=[(index, fire, done) for index, (fire, done) in enumerate(links)],
             sync_tasks=frozenset(name for name, task in self._tasks.items() if not task.is_async),
+            cpus=self._settings.scheduling_cpus,
             schedule=pickle.dumps(schedule_of(self._tasks)),
         )
         dispatcher = DispatcherProcess(payload)

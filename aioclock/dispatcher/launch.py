@@ -25,6 +25,7 @@ class DispatcherPayload:
     control_fd: int
     links: list[tuple[int, int, int]]  # (worker index, fire write fd, done read fd)
     sync_tasks: frozenset[str]
+    cpus: frozenset[int] | None  # where it runs: the CPUs kept free of sync tasks, if any
     schedule: bytes  # pickled list[ScheduledTask], unpickled once sys.path is in place
 
 

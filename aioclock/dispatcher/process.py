@@ -21,7 +21,7 @@ import types
 from collections import deque
 from collections.abc import Iterable
 
-from aioclock._child import prepare_child, settle_garbage_collector
+from aioclock._child import keep_to_cpus, prepare_child, settle_garbage_collector
 from aioclock._protocol import (
     Cancel,
     Done,
@@ -58,6 +58,7 @@ def run_from_payload(payload: DispatcherPayload) -> None:
     """Entry point of the dispatcher process: set up, load the schedule, run until finished."""
     multiprocessing.current_process().name = DispatcherProcess.name  # for log records
     prepare_child(payload.log_level)
+    keep_to_cpus(payload.cpus)
     sys.path[:] = payload.sys_path
     schedule = _load_schedule(payload)
     control = socket.socket(fileno=payload.control_fd)

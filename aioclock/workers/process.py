@@ -19,6 +19,7 @@ from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING
 
 from aioclock._child import (
+    keep_to_cpus,
     prepare_child,
     prepare_sync_thread,
     settle_garbage_collector,
@@ -51,6 +52,7 @@ class WorkerSettings:
     log_level: int
     sync_task_priority: str
     sync_task_cpus: frozenset[int] | None
+    scheduling_cpus: frozenset[int] | None
     shutdown_timeout: float
 
 
@@ -64,6 +66,7 @@ def worker_main(
 ) -> None:
     """Entry point of a worker process (module level, so every start method finds it)."""
     prepare_child(settings.log_level)
+    keep_to_cpus(settings.scheduling_cpus)  # the event loop; sync threads move to their CPUs
     # Unpickling imports the user's modules: every task function is found by module and name.
     # The tasks come without their triggers (the dispatcher keeps those).
     app: AioClock = pickle.loads(app_payload)

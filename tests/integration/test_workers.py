@@ -339,3 +339,4 @@ async def test_scheduling_cpus_keeps_cpus_free_of_sync_tasks(events):
     await asyncio.wait_for(app.serve(), HANG_GUARD)
     (report,) = events.named("report_cpus")
     assert report["cpus"] == sorted(os.sched_getaffinity(0))[1:]
+    assert report["loop_cpus"] == sorted(os.sched_getaffinity(0))[:1]

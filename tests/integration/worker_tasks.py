@@ -96,4 +96,8 @@ def report_cpus() -> None:
     """Record the CPUs the thread running this sync task may use."""
     import threading
 
-    record("report_cpus", cpus=sorted(os.sched_getaffinity(threading.get_native_id())))
+    record(
+        "report_cpus",
+        cpus=sorted(os.sched_getaffinity(threading.get_native_id())),
+        loop_cpus=sorted(os.sched_getaffinity(os.getpid())),  # the worker's main thread
+    )
