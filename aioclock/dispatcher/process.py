@@ -170,19 +170,23 @@ class Dispatcher:
         """Give each fire a worker, then write them: one write per worker, light runs first.
 
         CPU-bound (sync) fires choose their workers first, so that the light fires of the same
-        batch land on workers whose GIL no CPU-bound thread is about to hold. Light fires are
-        written first: each write wakes a worker, which may take this CPU for a while.
+        batch land on workers whose GIL no CPU-bound thread is about to hold. The light fires of
+        one batch then share one worker without sync work (one wake-up instead of several).
+        Light fires are written first: each write wakes a worker, which may take this CPU.
         """
         sync_tasks = self._sync_tasks
         if len(fires) > 1:
             fires.sort(key=lambda fire: fire.task not in sync_tasks)
         assigned: list[tuple[bool, WorkerLink, Fire]] = []
+        light_worker: WorkerLink | None = None
         for fire in fires:
-            link = self.router.pick()
+            is_sync = fire.task in sync_tasks
+            link = light_worker if not is_sync and light_worker is not None else self.router.pick()
             if link is None:
                 self._waiting.append(fire)
                 continue
-            is_sync = fire.task in sync_tasks
+            if not is_sync and link.sync_running == 0:
+                light_worker = link
             self.router.assign(link, fire.seq, is_sync)
             assigned.append((is_sync, link, fire))
         if len(assigned) > 1:
