@@ -101,7 +101,9 @@ class Supervisor:
         self._tasks = app._task_table()
         self._app_payload = worker_payload(app)
         self._context = multiprocessing.get_context(app.start_method)
-        sync_cpus = sync_task_cpus(app.scheduling_cpus)
+        # Without sync tasks there is nothing to keep CPUs from: every CPU stays available.
+        has_sync_tasks = any(not task.is_async for task in self._tasks.values())
+        sync_cpus = sync_task_cpus(app.scheduling_cpus) if has_sync_tasks else None
         self._settings = WorkerSettings(
             log_level=logging.getLogger("aioclock").getEffectiveLevel(),
             sync_task_priority=app.sync_task_priority,

@@ -74,9 +74,9 @@ class AioClock:
     `scheduling_cpus` (Linux, `workers >= 1`): how many CPUs to keep free of sync tasks, for the
     dispatcher and the workers' event loops. The kernel does not always preempt a CPU-bound
     thread at once, even a SCHED_IDLE one: a CPU they never share removes that wait (light
-    tasks' p99 under load 4 ms -> 1.1 ms on 2 cores, with half the CPU left to the jobs).
+    tasks' p99 under load ~4 ms -> ~1.1 ms on 2 cores, with half the CPU left to the jobs).
     None (default): 1 on machines with 4 CPUs or more, else 0 (on 2 CPUs, keeping one halves
-    what the jobs get); 0 lets sync tasks use every CPU.
+    what the jobs get); 0 lets sync tasks use every CPU. An app without sync tasks keeps none.
     """
 
     def __init__(

@@ -340,3 +340,12 @@ async def test_scheduling_cpus_keeps_cpus_free_of_sync_tasks(events):
     (report,) = events.named("report_cpus")
     assert report["cpus"] == sorted(os.sched_getaffinity(0))[1:]
     assert report["loop_cpus"] == sorted(os.sched_getaffinity(0))[:1]
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_getaffinity"), reason="needs CPU affinity")
+async def test_an_app_without_sync_tasks_keeps_every_cpu(events):
+    app = AioClock(workers=1, scheduling_cpus=1)
+    app.task(trigger=Once())(tasks.report_loop_cpus)
+    await asyncio.wait_for(app.serve(), HANG_GUARD)
+    (report,) = events.named("report_loop_cpus")
+    assert report["loop_cpus"] == sorted(os.sched_getaffinity(0))

@@ -101,3 +101,8 @@ def report_cpus() -> None:
         cpus=sorted(os.sched_getaffinity(threading.get_native_id())),
         loop_cpus=sorted(os.sched_getaffinity(os.getpid())),  # the worker's main thread
     )
+
+
+async def report_loop_cpus() -> None:
+    """Record the CPUs this worker's event loop may use."""
+    record("report_loop_cpus", loop_cpus=sorted(os.sched_getaffinity(0)))
