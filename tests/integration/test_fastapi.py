@@ -1,20 +1,17 @@
 """The FastAPI router with `AioClock(workers=1)`: stats from the dispatcher, runs in a worker."""
 
 import asyncio
-import contextlib
 import os
 import sys
 import uuid
 from pathlib import Path
 
 import anyio
-import httpx
 import pytest
-from fastapi import FastAPI
 
 from aioclock import AioClock, Every, Group
-from aioclock.ext.fast import make_fastapi_router
 
+from ..router_client import client_of, get_tasks, post
 from . import fastapi_tasks as tasks
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
@@ -34,32 +31,6 @@ def make_clock() -> AioClock:
     clock.task(trigger=Every(hours=1), timeout=0.2)(tasks.too_slow)
     clock.task(trigger=tasks.AtMinute(minute=13))(tasks.on_custom_trigger)
     return clock
-
-
-@contextlib.asynccontextmanager
-async def serving_router(clock: AioClock):
-    """Serve `clock` in the background and yield an HTTP client for its router."""
-    api = FastAPI()
-    api.include_router(make_fastapi_router(clock))
-    serving = asyncio.create_task(clock.serve())
-    try:
-        transport = httpx.ASGITransport(app=api)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
-            yield client
-    finally:
-        serving.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await asyncio.wait_for(serving, HANG_GUARD)
-
-
-async def get_tasks(client: httpx.AsyncClient) -> dict[str, dict]:
-    response = await asyncio.wait_for(client.get("/tasks"), HANG_GUARD)
-    assert response.status_code == 200
-    return {entry["task_name"]: entry for entry in response.json()}
-
-
-async def post(client: httpx.AsyncClient, task: str) -> httpx.Response:
-    return await asyncio.wait_for(client.post(f"/task/{task}"), HANG_GUARD)
 
 
 async def ids_in_a_fresh_interpreter(*names: str) -> dict[str, str]:
@@ -82,7 +53,7 @@ async def ids_in_a_fresh_interpreter(*names: str) -> dict[str, str]:
 
 async def test_get_tasks_lists_stable_ids_triggers_and_the_dispatchers_statistics(events):
     clock = make_clock()
-    async with serving_router(clock) as client:
+    async with client_of(clock, serve=True) as client:
         await events.wait_for(lambda e: len([x for x in e if x["name"] == "probe"]) >= 4)
         listed = await get_tasks(client)
     names = ["run_by_api", "probe", "fails", "too_slow", "on_custom_trigger"]
@@ -108,7 +79,7 @@ async def test_get_tasks_lists_stable_ids_triggers_and_the_dispatchers_statistic
 async def test_post_runs_the_task_in_a_worker_and_maps_errors_to_http(events):
     clock = make_clock()
     unknown = str(uuid.uuid4())
-    async with serving_router(clock) as client:
+    async with client_of(clock, serve=True) as client:
         listed = await get_tasks(client)
         ran = await post(client, listed["run_by_api"]["id"])
         ran_by_name = await post(client, f"{MODULE}:run_by_api")
