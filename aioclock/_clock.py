@@ -100,9 +100,6 @@ class FakeClock:
     def now(self) -> float:
         return self._now
 
-    def advance(self, seconds: float) -> None:
-        self._now += seconds
-
     async def wait(self, deadline: float | None, waker: Waker) -> None:
         # Let every runnable task run first: only when nothing woke us is the deadline reached.
         for _ in range(self._settle_rounds):

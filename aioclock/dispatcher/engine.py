@@ -91,7 +91,6 @@ class DeadlineEngine:
         self._states: dict[str, _TaskState] = {}
         self._startup: list[str] = []
         self._shutdown: list[str] = []
-        self._scheduled: list[str] = []
         self._external: set[str] = set()
         for spec in tasks:
             spec.trigger._reset()  # a schedule starts afresh every time an app serves
@@ -105,7 +104,6 @@ class DeadlineEngine:
             elif spec.trigger._is_legacy():
                 self._external.add(spec.task_id)
             else:
-                self._scheduled.append(spec.task_id)
                 self._states[spec.task_id].scheduled = True
         self._heap: list[tuple[float, int, str]] = []
         self._in_flight: dict[int, tuple[str, float]] = {}
@@ -146,8 +144,9 @@ class DeadlineEngine:
 
     def _enter_running(self, now: float) -> list[Fire]:
         self.phase = Phase.RUNNING
-        for task_id in self._scheduled:
-            self._arm(self._states[task_id], now)
+        for state in self._states.values():
+            if state.scheduled:
+                self._arm(state, now)
         return self._advance_phase(now)
 
     def _advance_phase(self, now: float) -> list[Fire]:
@@ -178,10 +177,9 @@ class DeadlineEngine:
             due, _, task_id = heapq.heappop(heap)
             state = self._states[task_id]
             state.next_due = None
-            if state.running >= state.spec.max_instances:
-                self._count_missed(state, 1, now, "its previous run was still in progress")
-            else:
-                fires.append(self._fire(task_id, due))
+            fire = self._fire_unless_busy(state, due, now)
+            if fire is not None:
+                fires.append(fire)
             if not state.trigger.waits_for_completion:
                 self._arm(state, now, skip_past=True)
         if not heap:
@@ -232,6 +230,13 @@ class DeadlineEngine:
         )
         state.missed_logged_at = now
         state.missed_unlogged = 0
+
+    def _fire_unless_busy(self, state: _TaskState, due: float, now: float) -> Fire | None:
+        """Fire the occurrence, or skip and count it while `max_instances` runs are going."""
+        if state.running >= state.spec.max_instances:
+            self._count_missed(state, 1, now, "its previous run was still in progress")
+            return None
+        return self._fire(state.spec.task_id, due)
 
     def _fire(self, task_id: str, due: float) -> Fire:
         self._seq += 1
@@ -287,11 +292,8 @@ class DeadlineEngine:
         """A legacy trigger driven from outside says `task_id` is due now."""
         if task_id not in self._external or self.phase is not Phase.RUNNING:
             return []
-        state = self._states[task_id]
-        if state.running >= state.spec.max_instances:
-            self._count_missed(state, 1, now, "its previous run was still in progress")
-            return []
-        return [self._fire(task_id, now)]
+        fire = self._fire_unless_busy(self._states[task_id], now, now)
+        return [] if fire is None else [fire]
 
     def external_ended(self, task_id: str, now: float) -> list[Fire]:
         """A legacy trigger's loop ended: it will not fire again."""

@@ -51,13 +51,8 @@ class TaskRunner:
         self._on_sync_timeout = on_sync_timeout
         self._injected: dict[str, Callable[..., Any]] = {}
         self._running: dict[int, asyncio.Task[None]] = {}
-        self.sync_running = 0
         for task in tasks.values():  # build the injectors now, not on the first (timed) run
             self._injector(task)
-
-    @property
-    def running(self) -> int:
-        return len(self._running)
 
     def running_tasks(self) -> list[asyncio.Task[None]]:
         return list(self._running.values())
@@ -93,12 +88,12 @@ class TaskRunner:
         except asyncio.CancelledError:
             outcome, error = "cancelled", "cancelled while running (shutdown)"
             logger.warning("task %s was cancelled while running", fire.task)
-            self._on_done(Done(fire.task, fire.seq, started, time.time(), outcome, error))
             raise
         except Exception as failure:
             outcome, error = "failed", f"{type(failure).__name__}: {failure}"
             logger.exception("task %s failed", fire.task)
-        self._on_done(Done(fire.task, fire.seq, started, time.time(), outcome, error))
+        finally:
+            self._on_done(Done(fire.task, fire.seq, started, time.time(), outcome, error))
 
     def _injector(self, task: Task) -> Callable[..., Any]:
         call = self._injected.get(task.name)
@@ -140,15 +135,12 @@ class TaskRunner:
             raise
         if on_thread_end is not None:
             future.add_done_callback(lambda _: on_thread_end())
-        self.sync_running += 1
         try:
             return await _within(asyncio.shield(future), task)
         except TaskTimeoutError:
             if self._on_sync_timeout is not None:
                 self._on_sync_timeout(task)
             raise
-        finally:
-            self.sync_running -= 1
 
     async def cancel_all(self, grace: float) -> None:
         """Wait up to `grace` seconds for the runs in progress, then cancel what is left."""
