@@ -33,10 +33,29 @@ from aioclock.triggers import BaseTrigger
 HANG_GUARD = 10
 
 
-async def serve_for(app, seconds):
-    """Serve `app` for `seconds`, then cancel it the way an embedding app would."""
+class EventLog(list):
+    """What the tasks did; each entry wakes whoever waits for a condition on the log."""
+
+    changed: asyncio.Event | None = None
+    loop: asyncio.AbstractEventLoop | None = None
+
+    def append(self, entry):
+        super().append(entry)
+        if self.changed is not None and self.loop is not None:  # sync tasks append from threads
+            self.loop.call_soon_threadsafe(self.changed.set)
+
+    async def wait_until(self, condition):
+        self.loop = asyncio.get_running_loop()
+        self.changed = asyncio.Event()
+        while not condition():
+            await self.changed.wait()
+            self.changed.clear()
+
+
+async def serve_until(app, log, condition):
+    """Serve `app` until `condition()` holds on `log`, then cancel it as an embedding app would."""
     serving = asyncio.create_task(app.serve())
-    await asyncio.sleep(seconds)
+    await asyncio.wait_for(log.wait_until(condition), HANG_GUARD)
     serving.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await asyncio.wait_for(serving, HANG_GUARD)
@@ -47,7 +66,7 @@ async def serve_to_end(app):
 
 
 # The example at the top of aioclock 0.3's README, with its periods shortened.
-events = []
+events = EventLog()
 
 
 def more_useless_than_me():
@@ -96,7 +115,17 @@ async def test_upstream_readme_example_runs_unchanged():
     async def shutdown():
         events.append("shutdown")
 
-    await serve_for(app, 0.5)
+    def every_task_ran_a_few_times():
+        return (
+            min(events.count("every"), events.count("sync")) >= 5
+            and (
+                "forever",
+                "I'm a dependency.",
+            )
+            in events
+        )
+
+    await serve_until(app, events, every_task_ran_a_few_times)
     assert events[0] == "startup"
     assert events[-1] == "shutdown"
     assert events.count("once") == 1
