@@ -25,7 +25,7 @@ from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from typing import TYPE_CHECKING, Any, Union
 
-from aioclock._child import scheduling_cpu_set, sync_task_cpus
+from aioclock._child import plan_cpus
 from aioclock._local import schedule_of
 from aioclock._protocol import (
     Finished,
@@ -101,14 +101,11 @@ class Supervisor:
         self._tasks = app._task_table()
         self._app_payload = worker_payload(app)
         self._context = multiprocessing.get_context(app.start_method)
-        # Without sync tasks there is nothing to keep CPUs from: every CPU stays available.
         has_sync_tasks = any(not task.is_async for task in self._tasks.values())
-        sync_cpus = sync_task_cpus(app.scheduling_cpus) if has_sync_tasks else None
         self._settings = WorkerSettings(
             log_level=logging.getLogger("aioclock").getEffectiveLevel(),
             sync_task_priority=app.sync_task_priority,
-            sync_task_cpus=sync_cpus,
-            scheduling_cpus=scheduling_cpu_set(sync_cpus),
+            cpus=plan_cpus(app.scheduling_cpus, has_sync_tasks, app.sync_task_priority),
             shutdown_timeout=app.shutdown_timeout,
         )
         self._dispatcher: DispatcherProcess | None = None
@@ -161,7 +158,7 @@ class Supervisor:
             control_fd=child_end.fileno(),
             links=[(index, fire, done) for index, (fire, done) in enumerate(links)],
             sync_tasks=frozenset(name for name, task in self._tasks.items() if not task.is_async),
-            cpus=self._settings.scheduling_cpus,
+            cpus=self._settings.cpus,
             schedule=pickle.dumps(schedule_of(self._tasks)),
         )
         dispatcher = DispatcherProcess(payload)

@@ -14,6 +14,8 @@ import subprocess
 import sys
 from dataclasses import dataclass
 
+from aioclock._child import CpuPlan
+
 
 @dataclass(frozen=True)
 class DispatcherPayload:
@@ -25,7 +27,7 @@ class DispatcherPayload:
     control_fd: int
     links: list[tuple[int, int, int]]  # (worker index, fire write fd, done read fd)
     sync_tasks: frozenset[str]
-    cpus: frozenset[int] | None  # where it runs: the CPUs kept free of sync tasks, if any
+    cpus: CpuPlan  # it runs on `cpus.scheduling`, with the workers' event loops
     schedule: bytes  # pickled list[ScheduledTask], unpickled once sys.path is in place
 
 

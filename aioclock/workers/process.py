@@ -19,6 +19,7 @@ from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING
 
 from aioclock._child import (
+    CpuPlan,
     keep_to_cpus,
     prepare_child,
     prepare_sync_thread,
@@ -51,8 +52,7 @@ EXIT_SYNC_TIMEOUT = 70
 class WorkerSettings:
     log_level: int
     sync_task_priority: str
-    sync_task_cpus: frozenset[int] | None
-    scheduling_cpus: frozenset[int] | None
+    cpus: CpuPlan
     shutdown_timeout: float
 
 
@@ -66,7 +66,7 @@ def worker_main(
 ) -> None:
     """Entry point of a worker process (module level, so every start method finds it)."""
     prepare_child(settings.log_level)
-    keep_to_cpus(settings.scheduling_cpus)  # the event loop; sync threads move to their CPUs
+    keep_to_cpus(settings.cpus.scheduling)  # the event loop; sync threads move to their CPUs
     # Unpickling imports the user's modules: every task function is found by module and name.
     # The tasks come without their triggers (the dispatcher keeps those).
     app: AioClock = pickle.loads(app_payload)
@@ -107,7 +107,7 @@ class Worker:
         executor = ThreadPoolExecutor(
             thread_name_prefix=f"aioclock-worker-{self.index}-sync",
             initializer=prepare_sync_thread,
-            initargs=(self._settings.sync_task_priority, self._settings.sync_task_cpus),
+            initargs=(self._settings.sync_task_priority, self._settings.cpus.sync),
         )
         self._runner = TaskRunner(
             self._app._task_table(),

@@ -342,6 +342,25 @@ async def test_scheduling_cpus_keeps_cpus_free_of_sync_tasks(events):
     assert report["loop_cpus"] == sorted(os.sched_getaffinity(0))[:1]
 
 
+@pytest.mark.skipif(
+    not hasattr(os, "sched_getaffinity") or not 2 <= len(os.sched_getaffinity(0)) < 4,
+    reason="the default for 2 or 3 CPUs",
+)
+async def test_by_default_the_schedule_shares_one_cpu_that_sync_threads_may_use(events):
+    app = AioClock(workers=2)
+    app.task(trigger=Every(seconds=0.05))(tasks.report_cpus)
+    async with serving(app):
+        await events.wait_for(lambda e: len(e) >= 1)
+        dispatcher_pid, worker_pids = runtime_pids(app)
+        first_cpu = sorted(os.sched_getaffinity(0))[:1]
+        assert sorted(os.sched_getaffinity(dispatcher_pid)) == first_cpu
+        for pid in worker_pids:
+            assert sorted(os.sched_getaffinity(pid)) == first_cpu  # each event loop
+    report = events.named("report_cpus")[0]
+    assert report["loop_cpus"] == first_cpu
+    assert report["cpus"] == sorted(os.sched_getaffinity(0))  # the sync thread: every CPU
+
+
 @pytest.mark.skipif(not hasattr(os, "sched_getaffinity"), reason="needs CPU affinity")
 async def test_an_app_without_sync_tasks_keeps_every_cpu(events):
     app = AioClock(workers=1, scheduling_cpus=1)

@@ -515,19 +515,36 @@ def test_signals_are_taken_only_where_nobody_else_decided(sigint, sigterm, expec
 
 
 @pytest.mark.parametrize(
-    ("cpus", "reserved", "expected"),
+    ("cpus", "reserved", "priority", "scheduling", "sync"),
     [
-        (range(2), None, None),  # 2 CPUs: the jobs keep both unless asked
-        (range(4), None, {1, 2, 3}),  # 4 CPUs and more: one is kept for scheduling
-        (range(4), 0, None),
-        (range(8), 2, {2, 3, 4, 5, 6, 7}),
-        (range(1), 1, None),  # cannot keep the only CPU: a warning, and all of them
+        # Below 4 CPUs: the scheduling path shares CPU 0 with SCHED_IDLE sync threads.
+        (range(2), None, "idle", {0}, {0, 1}),
+        (range(2), None, "low", None, None),  # sync threads that do not yield: no affinity
+        (range(4), None, "idle", {0}, {1, 2, 3}),  # 4 CPUs and more: one is kept for scheduling
+        (range(4), None, "normal", {0}, {1, 2, 3}),
+        (range(4), 0, "idle", None, None),
+        (range(8), 2, "idle", {0, 1}, {2, 3, 4, 5, 6, 7}),
+        (range(1), 1, "idle", None, None),  # cannot keep the only CPU: a warning, and all of them
+        (range(1), None, "idle", None, None),
     ],
 )
-def test_cpus_kept_free_of_sync_tasks(monkeypatch, cpus, reserved, expected):
+def test_cpu_plan(monkeypatch, cpus, reserved, priority, scheduling, sync):
     import os
 
-    from aioclock._child import sync_task_cpus
+    from aioclock._child import plan_cpus
 
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(cpus), raising=False)
-    assert sync_task_cpus(reserved) == (None if expected is None else frozenset(expected))
+    plan = plan_cpus(reserved, has_sync_tasks=True, sync_priority=priority)
+    assert plan.scheduling == (None if scheduling is None else frozenset(scheduling))
+    assert plan.sync == (None if sync is None else frozenset(sync))
+    assert plan.colocated == (scheduling is not None and len(scheduling) == 1)
+
+
+def test_cpu_plan_without_sync_tasks_sets_no_affinity(monkeypatch):
+    import os
+
+    from aioclock._child import CpuPlan, plan_cpus
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
+    assert plan_cpus(None, has_sync_tasks=False, sync_priority="idle") == CpuPlan()
+    assert plan_cpus(2, has_sync_tasks=False, sync_priority="idle") == CpuPlan()
