@@ -49,7 +49,7 @@ def settle_garbage_collector() -> None:
     gc.freeze()
 
 
-#: With this many CPUs or more, one is kept free of sync tasks unless the app says otherwise.
+#: With this many CPUs or more, sync threads that do not run at SCHED_IDLE are kept off one CPU.
 RESERVE_FROM_CPUS = 4
 
 
@@ -59,9 +59,9 @@ class CpuPlan:
     that run sync tasks may run. None: wherever the process may.
 
     Why the scheduling path shares one CPU: a wake-up the kernel handles on the woken thread's
-    own CPU preempts a SCHED_IDLE sync thread at once, but one sent to another CPU sometimes
-    waits for that CPU's next tick (measured on 2 cores under load: p99 ~4 ms, and ~0.1-0.2 ms
-    with the dispatcher and the worker it wakes on one CPU).
+    own CPU preempts a SCHED_IDLE sync thread at once, but one sent from another CPU sometimes
+    waits for that CPU's next tick (on 2 cores under load, light tasks' p99: ~4.5 ms with no
+    affinity, ~0.7 ms with the dispatcher and the event loops on one CPU).
     """
 
     scheduling: frozenset[int] | None = None
@@ -79,9 +79,10 @@ def plan_cpus(reserved: int | None, has_sync_tasks: bool, sync_priority: str) ->
     - `reserved >= 1`: the scheduling path runs on the first `reserved` CPUs, which sync tasks
       never use.
     - `reserved == 0`: no CPU affinity at all.
-    - `reserved is None`: one CPU is reserved from RESERVE_FROM_CPUS CPUs up. Below that, when
-      sync threads run at SCHED_IDLE, the scheduling path still shares one CPU (and the sync
-      threads may use every CPU, that one included, since any wake-up there preempts them).
+    - `reserved is None`: with SCHED_IDLE sync threads, the scheduling path shares the first
+      CPU and the sync threads may use every CPU, that one included (any wake-up there preempts
+      them). With other priorities, one CPU is reserved from RESERVE_FROM_CPUS CPUs up, and
+      below that nothing is pinned.
 
     An app without sync tasks gets no affinity: there is nothing to keep its loops away from.
     """
@@ -89,12 +90,13 @@ def plan_cpus(reserved: int | None, has_sync_tasks: bool, sync_priority: str) ->
         return CpuPlan()
     available = sorted(os.sched_getaffinity(0))
     if reserved is None:
-        if len(available) >= RESERVE_FROM_CPUS:
-            reserved = 1
-        elif sync_priority == "idle" and len(available) > 1:
+        if sync_priority == "idle":
+            if len(available) < 2:
+                return CpuPlan()
             return CpuPlan(scheduling=frozenset(available[:1]), sync=frozenset(available))
-        else:
+        if len(available) < RESERVE_FROM_CPUS:
             return CpuPlan()
+        reserved = 1
     if len(available) <= reserved:
         logging.getLogger(__name__).warning(
             "cannot keep %d of %d CPUs free of sync tasks; they may use all of them",

@@ -47,8 +47,8 @@ def parser(name: str, description: str, *, duration: float) -> argparse.Argument
     p.add_argument("--workers", type=int, default=4, help="worker processes (default 4)")
     p.add_argument(
         "--scheduling-cpus", type=int, default=None,
-        help="this project with workers: CPUs kept free of sync tasks "
-        "(default: the app's, 1 from 4 CPUs up)",
+        help="this project with workers: AioClock(scheduling_cpus=), CPUs kept free of sync "
+        "tasks (default: the app's own, one CPU shared with them)",
     )  # fmt: skip
     p.add_argument(
         "--duration", type=float, default=duration,

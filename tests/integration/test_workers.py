@@ -343,8 +343,8 @@ async def test_scheduling_cpus_keeps_cpus_free_of_sync_tasks(events):
 
 
 @pytest.mark.skipif(
-    not hasattr(os, "sched_getaffinity") or not 2 <= len(os.sched_getaffinity(0)) < 4,
-    reason="the default for 2 or 3 CPUs",
+    not hasattr(os, "sched_getaffinity") or len(os.sched_getaffinity(0)) < 2,
+    reason="needs CPU affinity and two CPUs",
 )
 async def test_by_default_the_schedule_shares_one_cpu_that_sync_threads_may_use(events):
     app = AioClock(workers=2)

@@ -517,10 +517,11 @@ def test_signals_are_taken_only_where_nobody_else_decided(sigint, sigterm, expec
 @pytest.mark.parametrize(
     ("cpus", "reserved", "priority", "scheduling", "sync"),
     [
-        # Below 4 CPUs: the scheduling path shares CPU 0 with SCHED_IDLE sync threads.
+        # SCHED_IDLE sync threads: the scheduling path shares CPU 0 with them.
         (range(2), None, "idle", {0}, {0, 1}),
-        (range(2), None, "low", None, None),  # sync threads that do not yield: no affinity
-        (range(4), None, "idle", {0}, {1, 2, 3}),  # 4 CPUs and more: one is kept for scheduling
+        (range(16), None, "idle", {0}, set(range(16))),
+        # Sync threads that do not yield at once: from 4 CPUs up one is kept for scheduling.
+        (range(2), None, "low", None, None),
         (range(4), None, "normal", {0}, {1, 2, 3}),
         (range(4), 0, "idle", None, None),
         (range(8), 2, "idle", {0, 1}, {2, 3, 4, 5, 6, 7}),
