@@ -122,7 +122,12 @@ class DeadlineEngine:
         return sorted(self._external)
 
     def start(self, now: float) -> list[Fire]:
-        """Fire the start-up tasks, or arm the schedule at once when there are none."""
+        """Fire the start-up tasks, or arm the schedule at once when there are none.
+
+        After a stop requested before the start, nothing starts: the stop stands.
+        """
+        if self.phase is not Phase.STARTUP:
+            return []
         if self._startup:
             return [self._fire(task_id, now) for task_id in self._startup]
         return self._enter_running(now)

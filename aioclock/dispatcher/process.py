@@ -106,6 +106,7 @@ class Dispatcher:
         self._expected_ready = {index for index, _, _ in worker_links}
         self._started = False
         self._cancel_at: float | None = None
+        self._cancel_seqs: set[int] = set()  # the runs in flight when the stop came
         self._supervisor_gone = False
         for index, fire_fd, done_fd in worker_links:
             self._add_worker(index, fire_fd, done_fd)
@@ -128,7 +129,7 @@ class Dispatcher:
             if self._started:
                 self._route(engine.pop_due(now))
             if self._cancel_at is not None and now >= self._cancel_at:
-                self._cancel_in_flight()
+                self._cancel_runs_older_than_the_stop()
         if self._supervisor_gone:
             return
         # The supervisor learns first that the exits which follow are expected.
@@ -141,7 +142,11 @@ class Dispatcher:
         if self._cancel_at is not None:
             deadline = self._cancel_at if deadline is None else min(deadline, self._cancel_at)
         readers = [control_fd, *self._readers]
-        writers = [link.outbox.fd for link in self.router.workers.values() if link.outbox.backlog]
+        writers = [
+            link.outbox.fd
+            for link in self.router.workers.values()
+            if link.alive and link.outbox.backlog
+        ]
         timeout = None
         if deadline is not None:
             timeout = max(0.0, deadline - time.time() - SPIN_BEFORE_DEADLINE)
@@ -150,8 +155,9 @@ class Dispatcher:
             self._flush(fd)
         for fd in readable:
             self._read(fd, control_fd)
-        if not readable and deadline is not None:
-            while time.time() < deadline:  # the last ~0.2 ms: spin for an on-time wake-up
+        if not readable and not writable and deadline is not None:
+            # The wait ran out: spin the last ~0.2 ms for an on-time wake-up.
+            while time.time() < deadline:
                 pass
 
     def _read(self, fd: int, control_fd: int) -> None:
@@ -237,11 +243,17 @@ class Dispatcher:
             self._waiting.clear()
             self._route(waiting)
 
-    def _cancel_in_flight(self) -> None:
+    def _cancel_runs_older_than_the_stop(self) -> None:
+        """The grace is over: cancel the runs that were going when the stop came (shut-down
+        tasks fired since then keep running), as the in-process runtime does."""
         self._cancel_at = None
         for link in self.router.workers.values():
-            for seq in list(link.in_flight):
-                link.outbox.send(Cancel(seq))
+            stale = [seq for seq in link.in_flight if seq in self._cancel_seqs]
+            if not link.alive or not stale:
+                continue
+            for seq in stale:
+                link.outbox.queue(Cancel(seq))
+            self._flush_link(link)
 
     def _stop_workers(self) -> None:
         for link in self.router.workers.values():
@@ -315,8 +327,9 @@ class Dispatcher:
 
     def _on_control_frame(self, frame: Frame, now: float) -> None:
         if isinstance(frame, Stop):
+            self._cancel_seqs = set(self.engine.in_flight())
             self._route(self.engine.request_stop(now))
-            if self.engine.in_flight():
+            if self._cancel_seqs:
                 self._cancel_at = now + frame.grace
         elif isinstance(frame, StatsRequest):
             self._tell_supervisor(Stats(frame.request, self.engine.stats()))

@@ -1,4 +1,4 @@
-"""How the dispatcher spreads one batch of fires over its workers, and in which order it writes.
+"""The dispatcher's loop pieces: how it spreads and writes fires, sleeps, and cancels at a stop.
 
 Real pipes, no processes: each worker is the read end of its fire pipe.
 """
@@ -7,11 +7,15 @@ from __future__ import annotations
 
 import os
 import socket
+import threading
+import time
 
 import pytest
 
-from aioclock._protocol import Fire, FrameReader, read_available
+from aioclock import Every, OnShutDown
+from aioclock._protocol import Cancel, Done, Fire, FrameReader, Ready, Stop, read_available
 from aioclock.dispatcher import process as dispatcher_process
+from aioclock.dispatcher.engine import ScheduledTask
 from aioclock.dispatcher.process import Dispatcher
 
 SYNC = frozenset({"crunch_a", "crunch_b", "crunch_c"})
@@ -27,17 +31,18 @@ def build(monkeypatch):
         dispatcher_process.os, "sched_yield", lambda: events.append(("yield", None))
     )
 
-    def make(count: int, *, shares_cpu: bool):
+    def make(count: int, *, shares_cpu: bool, schedule=()):
         links, readers = [], {}
         for index in range(count):
             fire_read, fire_write = os.pipe()
             done_read, done_write = os.pipe()
             opened.extend([fire_read, fire_write, done_read, done_write])
             links.append((index, fire_write, done_read))
+            os.set_blocking(fire_read, False)
             readers[index] = fire_read
         control, supervisor_end = socket.socketpair()
         sockets.extend([control, supervisor_end])
-        dispatcher = Dispatcher([], SYNC, control, links, shares_cpu)
+        dispatcher = Dispatcher(list(schedule), SYNC, control, links, shares_cpu)
         for link in dispatcher.router.workers.values():
             link.ready = True
         flush = Dispatcher._flush_link
@@ -56,9 +61,13 @@ def build(monkeypatch):
         os.close(fd)
 
 
-def received(fd: int) -> list[str]:
+def frames(fd: int) -> list:
     chunk = read_available(fd)
-    return [frame.task for frame in FrameReader().feed(chunk)] if chunk else []
+    return list(FrameReader().feed(chunk)) if chunk else []
+
+
+def received(fd: int) -> list[str]:
+    return [frame.task for frame in frames(fd)]
 
 
 def batch() -> list[Fire]:
@@ -95,3 +104,50 @@ def test_no_yield_for_a_batch_of_light_fires_only(build):
     dispatcher, _, events = build(2, shares_cpu=True)
     dispatcher._route([Fire(f"light_{i}", i, 1.0) for i in range(3)])
     assert events == [("flush", events[0][1])]
+
+
+def test_a_pipe_that_drains_wakes_the_loop_without_spinning_to_the_deadline(build):
+    dispatcher, readers, _ = build(
+        1, shares_cpu=False, schedule=[ScheduledTask("m:t", Every(seconds=3))]
+    )
+    dispatcher._started = True
+    dispatcher.engine.start(time.time())  # next deadline: 3 s away
+    link = dispatcher.router.workers[0]
+    while not link.outbox.backlog:  # fill the pipe: the rest waits in the outbox
+        link.outbox.send(Fire("x" * 1000, 1, 0.0))
+    threading.Timer(0.1, lambda: frames(readers[0])).start()
+    started = time.monotonic()
+    dispatcher._sleep(dispatcher._control.fileno())
+    assert time.monotonic() - started < 1.5  # back to the loop once writable, not at 3 s
+
+
+def test_the_grace_cancels_only_runs_older_than_the_stop(build):
+    schedule = [ScheduledTask("m:tick", Every(seconds=1)), ScheduledTask("m:bye", OnShutDown())]
+    dispatcher, readers, _ = build(1, shares_cpu=False, schedule=schedule)
+    link = dispatcher.router.workers[0]
+    dispatcher._on_worker_frame(link, Ready(0, 1), 100.0)  # armed: tick first due at 101
+    dispatcher._route(dispatcher.engine.pop_due(101.0))
+    (tick,) = frames(readers[0])
+    dispatcher._on_control_frame(Stop(grace=5.0), 100.5)
+    assert dispatcher._cancel_at == 105.5
+    dispatcher._on_worker_frame(link, Done("m:tick", tick.seq, 100, 101, "ok"), 101.0)
+    (bye,) = frames(readers[0])
+    assert bye.task == "m:bye"
+    dispatcher._cancel_runs_older_than_the_stop()  # the grace is over; bye is still running
+    assert frames(readers[0]) == []
+
+
+def test_the_grace_cancels_a_run_still_going_and_a_dead_worker_is_skipped(build):
+    schedule = [ScheduledTask("m:tick", Every(seconds=1))]
+    dispatcher, readers, _ = build(2, shares_cpu=False, schedule=schedule)
+    dispatcher._started = True
+    dispatcher._route(dispatcher.engine.start(100.0) + dispatcher.engine.pop_due(101.0))
+    owner = next(i for i, fd in readers.items() if received(fd) == ["m:tick"])
+    other = dispatcher.router.workers[1 - owner]
+    dispatcher.router.assign(other, 99, False)  # a run on a worker that died since
+    dispatcher._cancel_seqs = {99}
+    other.alive = False
+    dispatcher._on_control_frame(Stop(grace=1.0), 100.5)
+    dispatcher._cancel_runs_older_than_the_stop()
+    assert [type(f) for f in frames(readers[owner])] == [Cancel]
+    assert frames(readers[1 - owner]) == []

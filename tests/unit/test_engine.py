@@ -108,6 +108,21 @@ def test_a_stop_waits_for_runs_in_flight_then_fires_shutdown_tasks():
     assert engine.finished
 
 
+def test_a_stop_before_the_start_stands_no_schedule_is_armed_afterwards():
+    engine = DeadlineEngine(
+        [
+            ScheduledTask("m:up", OnStartUp()),
+            ScheduledTask("m:tick", Every(seconds=1)),
+            ScheduledTask("m:down", OnShutDown()),
+        ]
+    )
+    (down,) = engine.request_stop(T0)  # e.g. Ctrl-C while the workers still start
+    assert engine.start(T0 + 0.5) == []  # the workers are ready now: nothing starts
+    assert engine.next_deadline() is None
+    engine.on_done(done(down), T0 + 1)
+    assert engine.finished
+
+
 def test_stats_report_runs_failures_timeouts_and_lateness():
     engine = DeadlineEngine([ScheduledTask("m:t", Every(seconds=1))])
     engine.start(T0)
