@@ -12,6 +12,7 @@ even by SIGKILL, the child reads EOF and exits (on Linux the kernel also kills i
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import itertools
 import logging
@@ -21,6 +22,7 @@ import pickle
 import socket
 import sys
 import time
+from collections.abc import Iterable
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from typing import TYPE_CHECKING, Any, Union
@@ -80,6 +82,19 @@ def _trigger_kept_by_the_dispatcher() -> None:
     return None
 
 
+def refuse_legacy_triggers(tasks: Iterable[Task]) -> None:
+    """Only the in-process runtime drives triggers written for aioclock 0.3's interface (they
+    override `trigger_next`, an awaitable); the dispatcher needs `next_due`. Say so up front
+    rather than never running the task."""
+    for task in tasks:
+        if task.trigger._is_legacy():
+            raise ValueError(
+                f"task {task.name!r} uses {type(task.trigger).__name__}, which implements "
+                "trigger_next, not next_due: the dispatcher of workers >= 1 cannot drive it "
+                "(implement next_due(now, previous), or serve with workers=0)"
+            )
+
+
 def worker_payload(app: AioClock) -> bytes:
     """The app as every worker receives it, pickled once; refuses what a worker cannot import."""
     for task in app._tasks:
@@ -99,6 +114,7 @@ class Supervisor:
     def __init__(self, app: AioClock) -> None:
         self._app = app
         self._tasks = app._task_table()
+        refuse_legacy_triggers(self._tasks.values())
         self._app_payload = worker_payload(app)
         self._context = multiprocessing.get_context(app.start_method)
         has_sync_tasks = any(not task.is_async for task in self._tasks.values())
@@ -379,6 +395,11 @@ class Supervisor:
         if self._pinger is not None:
             self._pinger.cancel()
         grace = 0.0 if self._fatal is None else self._app.shutdown_timeout
+        if self._fatal is not None and self._control is not None:
+            # After a failure the dispatcher may still be waiting (for a worker that will never
+            # be ready, say): end of file on its control socket makes it exit at once.
+            with contextlib.suppress(OSError):
+                self._control.shutdown(socket.SHUT_WR)
         for index, lifeline in list(self._lifelines.items()):
             self._tell_worker(index, lifeline, Stop(grace=grace))
         pending = [future for future in self._exits.values() if not future.done()]

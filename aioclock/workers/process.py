@@ -46,6 +46,8 @@ logger = logging.getLogger(__name__)
 
 #: Exit status of a worker that replaced itself because a sync task overran its timeout.
 EXIT_SYNC_TIMEOUT = 70
+#: Exit status of a worker whose start-up (the lifespan, say) or loop raised.
+EXIT_FAILED = 1
 
 
 @dataclass(frozen=True)
@@ -73,6 +75,9 @@ def worker_main(
     worker = Worker(index, app, take_fd(fire), take_fd(done), take_fd(lifeline), settings)
     try:
         asyncio.run(worker.serve())
+    except BaseException:  # os._exit below would drop it unseen: say why this worker ends
+        logger.exception("worker %d failed", index)
+        worker.exit_code = worker.exit_code or EXIT_FAILED
     finally:
         # Threads still running a sync task cannot be joined; do not wait for them.
         logging.shutdown()
@@ -189,4 +194,4 @@ class Worker:
 
     def _exit_now(self) -> None:
         logging.shutdown()
-        os._exit(EXIT_SYNC_TIMEOUT)
+        os._exit(self.exit_code)

@@ -67,7 +67,15 @@ class TaskRunner:
         """Begin the run at once; its `Done` goes to `on_done` when it ends."""
         run = asyncio.get_running_loop().create_task(self._run(fire))
         self._running[fire.seq] = run
-        run.add_done_callback(lambda _: self._running.pop(fire.seq, None))
+        run.add_done_callback(lambda _: self._report_if_never_started(fire))
+
+    def _report_if_never_started(self, fire: Fire) -> None:
+        """A run cancelled before its first step never enters `_run` (whose `finally` reports
+        and forgets it): report it here, or the dispatcher would wait for it forever."""
+        if self._running.pop(fire.seq, None) is not None:
+            now = time.time()
+            error = "cancelled before it started (shutdown)"
+            self._on_done(Done(fire.task, fire.seq, now, now, "cancelled", error))
 
     async def run_inline(self, task: Task) -> Any:
         """Run `task` in the caller's task with its dependencies and timeout; return its result."""
@@ -93,6 +101,7 @@ class TaskRunner:
             outcome, error = "failed", f"{type(failure).__name__}: {failure}"
             logger.exception("task %s failed", fire.task)
         finally:
+            self._running.pop(fire.seq, None)
             self._on_done(Done(fire.task, fire.seq, started, time.time(), outcome, error))
 
     def _injector(self, task: Task) -> Callable[..., Any]:

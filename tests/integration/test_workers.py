@@ -14,6 +14,7 @@ import pytest
 from aioclock import AioClock, Every, Once, OnShutDown, OnStartUp
 from aioclock.api import get_metadata_of_all_tasks, run_specific_task
 from aioclock.exceptions import TaskNotReachableError, WorkerProcessError
+from aioclock.triggers import BaseTrigger
 
 from . import worker_tasks as tasks
 from .conftest import wait_until_gone
@@ -79,6 +80,14 @@ async def test_startup_first_shutdown_last_lifespan_in_every_worker(events):
     exits = {event["pid"] for event in events.named("lifespan:exit")}
     assert len(enters) == 2
     assert enters == exits
+
+
+async def test_a_lifespan_that_fails_in_a_worker_stops_the_app_with_its_exit_code(events):
+    app = AioClock(workers=1, lifespan=tasks.failing_lifespan)
+    app.task(trigger=Once())(tasks.probe)
+    with pytest.raises(WorkerProcessError, match="worker 0 exited with code 1 before it was ready"):
+        await asyncio.wait_for(app.serve(), HANG_GUARD)
+    assert events.named("probe") == []
 
 
 async def test_overrides_made_before_serve_hold_in_every_worker(events):
@@ -180,6 +189,25 @@ def make_nested_app():
 def test_a_task_a_worker_cannot_import_is_refused_before_any_process_starts():
     app = make_nested_app()
     with pytest.raises(TaskNotReachableError, match="make_nested_app.<locals>.nested"):
+        asyncio.run(app.serve())
+
+
+class UpstreamStyleTrigger(BaseTrigger):
+    """Written against aioclock 0.3's interface: it overrides trigger_next."""
+
+    type_: str = "UpstreamStyleTrigger"
+
+    async def trigger_next(self) -> None:
+        await asyncio.sleep(0.01)
+
+
+def test_a_trigger_only_the_in_process_runtime_can_drive_is_refused_before_any_process():
+    app = AioClock(workers=1)
+    app.task(trigger=UpstreamStyleTrigger())(tasks.probe)
+    with pytest.raises(
+        ValueError,
+        match="worker_tasks:probe' uses UpstreamStyleTrigger, which implements trigger_next",
+    ):
         asyncio.run(app.serve())
 
 

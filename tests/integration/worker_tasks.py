@@ -106,3 +106,9 @@ def report_cpus() -> None:
 async def report_loop_cpus() -> None:
     """Record the CPUs this worker's event loop may use."""
     record("report_loop_cpus", loop_cpus=sorted(os.sched_getaffinity(0)))
+
+
+@contextlib.asynccontextmanager
+async def failing_lifespan(app):
+    raise RuntimeError("database unreachable")
+    yield
