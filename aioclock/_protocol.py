@@ -154,7 +154,7 @@ def encode(frame: Frame) -> bytes:
     return _LENGTH.pack(len(body)) + body
 
 
-def decode_body(body: bytes) -> Frame | None:
+def decode_body(body: bytes | bytearray) -> Frame | None:
     """Decode one frame body; None (and a log line) when it is not a frame."""
     try:
         return _decoder.decode(body)
@@ -201,7 +201,7 @@ class FrameReader:
             end = offset + _LENGTH.size + length
             if end > len(buffer):
                 break
-            frame = decode_body(bytes(buffer[offset + _LENGTH.size : end]))
+            frame = decode_body(buffer[offset + _LENGTH.size : end])  # one copy: msgspec reads it
             if frame is not None:
                 frames.append(frame)
             offset = end

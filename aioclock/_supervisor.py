@@ -122,7 +122,6 @@ class Supervisor:
             log_level=logging.getLogger("aioclock").getEffectiveLevel(),
             sync_task_priority=app.sync_task_priority,
             cpus=plan_cpus(app.scheduling_cpus, has_sync_tasks, app.sync_task_priority),
-            shutdown_timeout=app.shutdown_timeout,
         )
         self._dispatcher: DispatcherProcess | None = None
         self._workers: dict[int, BaseProcess] = {}

@@ -1,16 +1,10 @@
-"""Every error AioClock raises on purpose derives from `BaseAioClockException`.
-
-`AioClockError` is the same class under the name the rest of the code uses.
-"""
+"""Every error AioClock raises on purpose derives from `BaseAioClockException`."""
 
 from __future__ import annotations
 
 
 class BaseAioClockException(Exception):
     """Base exception for aioclock."""
-
-
-AioClockError = BaseAioClockException
 
 
 class TaskIdNotFound(BaseAioClockException, LookupError):

@@ -177,37 +177,43 @@ class Dispatcher:
     # -- routing ------------------------------------------------------------------------------
 
     def _route(self, fires: list[Fire]) -> None:
-        """Give each fire a worker, then write them: one write per worker, light runs first."""
-        self._write(self._assign(fires))
-
-    def _assign(self, fires: list[Fire]) -> list[tuple[bool, WorkerLink, Fire]]:
-        """Choose a worker per fire: (is it sync, its worker, the fire), light fires first.
+        """Give each fire a worker, then write them: one write per worker, light runs first.
 
         CPU-bound (sync) fires choose their workers first, so that the light fires of the same
-        batch land on workers whose GIL no CPU-bound thread is about to hold. The light fires of
-        one batch then share one worker without sync work (one wake-up instead of several).
-        A fire that finds no ready worker waits for one.
+        batch land on workers whose GIL no CPU-bound thread is about to hold.
         """
-        sync_tasks = self._sync_tasks
-        if len(fires) > 1:
-            fires.sort(key=lambda fire: fire.task not in sync_tasks)
-        assigned: list[tuple[bool, WorkerLink, Fire]] = []
+        if not fires:
+            return
+        sync_fires: list[Fire] = []
+        light_fires: list[Fire] = []
+        for fire in fires:
+            (sync_fires if fire.task in self._sync_tasks else light_fires).append(fire)
+        sync = self._assign(sync_fires, is_sync=True)
+        light = self._assign(light_fires, is_sync=False)
+        self._write(light, sync)
+
+    def _assign(self, fires: list[Fire], *, is_sync: bool) -> list[tuple[WorkerLink, Fire]]:
+        """Choose a worker per fire; a fire that finds no ready worker waits for one.
+
+        The light fires of one batch share one worker without sync work (one wake-up instead
+        of several).
+        """
+        assigned: list[tuple[WorkerLink, Fire]] = []
         light_worker: WorkerLink | None = None
         for fire in fires:
-            is_sync = fire.task in sync_tasks
-            link = light_worker if not is_sync and light_worker is not None else self.router.pick()
+            link = light_worker or self.router.pick()
             if link is None:
                 self._waiting.append(fire)
                 continue
             if not is_sync and link.sync_running == 0:
                 light_worker = link
             self.router.assign(link, fire.seq, is_sync)
-            assigned.append((is_sync, link, fire))
-        if len(assigned) > 1:
-            assigned.sort(key=lambda entry: entry[0])
+            assigned.append((link, fire))
         return assigned
 
-    def _write(self, assigned: list[tuple[bool, WorkerLink, Fire]]) -> None:
+    def _write(
+        self, light: list[tuple[WorkerLink, Fire]], sync: list[tuple[WorkerLink, Fire]]
+    ) -> None:
         """Write the fires, one write per worker, to the workers with light fires first.
 
         Each write wakes a worker. When the dispatcher and the event loops share one CPU, the
@@ -215,14 +221,10 @@ class Dispatcher:
         before the workers with sync fires are woken: the kernel does not run woken threads in
         the order they were woken, and each of those takes ~0.3 ms to hand its run to a thread.
         """
-        light_links: dict[int, WorkerLink] = {}
-        sync_links: dict[int, WorkerLink] = {}
-        for is_sync, link, fire in assigned:
+        for link, fire in (*light, *sync):  # light first, also within one worker's write
             link.outbox.queue(fire)
-            if not is_sync:
-                light_links[link.index] = link
-            elif link.index not in light_links:
-                sync_links[link.index] = link
+        light_links = {link.index: link for link, _ in light}
+        sync_links = {link.index: link for link, _ in sync if link.index not in light_links}
         for link in light_links.values():
             self._flush_link(link)
         if light_links and sync_links and self._yield_after_light_fires:

@@ -55,7 +55,6 @@ class WorkerSettings:
     log_level: int
     sync_task_priority: str
     cpus: CpuPlan
-    shutdown_timeout: float
 
 
 def worker_main(
