@@ -1,7 +1,9 @@
 """Integration tests start real processes: each test must leave none behind."""
 
+import contextlib
 import json
 import os
+import signal
 import time
 from pathlib import Path
 
@@ -46,6 +48,9 @@ def no_child_process_left():
     before = child_pids(os.getpid())
     yield
     leftover = wait_until_gone(child_pids(os.getpid()) - before, timeout=5)
+    for pid in leftover:  # fail the test, but leave nothing running for the next one
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
     assert not leftover, f"child processes left behind: {sorted(leftover)}"
 
 

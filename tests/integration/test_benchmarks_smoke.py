@@ -56,10 +56,15 @@ def outputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[str, Pa
             out,
         )
     results = {}
-    for name, (proc, out) in procs.items():
-        stdout, _ = proc.communicate(timeout=50)
-        assert proc.returncode == 0, stdout
-        results[name] = (stdout, out)
+    try:
+        for name, (proc, out) in procs.items():
+            stdout, _ = proc.communicate(timeout=50)
+            assert proc.returncode == 0, stdout
+            results[name] = (stdout, out)
+    finally:  # a command that failed or hung must not leave the others running
+        for proc, _ in procs.values():
+            proc.kill()
+            proc.communicate()
     return results
 
 

@@ -435,12 +435,17 @@ async def test_metadata_reports_triggers_and_run_statistics():
     before = await get_metadata_of_all_tasks(app)
     assert (before[0].task_name, before[0].runs) == ("counted", 0)
     serving = asyncio.create_task(app.serve())
-    while True:
-        metadata = await get_metadata_of_all_tasks(app)
-        if metadata[0].runs >= 3:
-            break
-        await asyncio.sleep(0.01)
+
+    async def three_runs():
+        while True:
+            metadata = await get_metadata_of_all_tasks(app)
+            if metadata[0].runs >= 3 or serving.done():
+                return metadata
+            await asyncio.sleep(0.01)
+
+    metadata = await asyncio.wait_for(three_runs(), HANG_GUARD)
     await asyncio.wait_for(serving, HANG_GUARD)
+    assert metadata[0].runs >= 3
     assert metadata[0].lateness_max is not None
     assert isinstance(metadata[0].trigger, Every)
 
