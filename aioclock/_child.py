@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import gc
 import logging
 import os
@@ -13,19 +11,14 @@ import threading
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 
-from aioclock._clock import reduce_timer_slack
+from aioclock._clock import PR_SET_PDEATHSIG, prctl, reduce_timer_slack
 
 LOG_FORMAT = "%(asctime)s %(processName)s[%(process)d] %(levelname)s %(name)s: %(message)s"
 
 
 def _die_with_parent() -> None:
     """Linux: have the kernel kill this process if its parent dies (belt and braces to EOF)."""
-    if not sys.platform.startswith("linux"):
-        return
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
+    if not prctl(PR_SET_PDEATHSIG, signal.SIGKILL):
         return
     if os.getppid() == 1:  # the parent died before the line above ran
         os._exit(1)

@@ -17,15 +17,25 @@ import time
 PRECISE_TAIL = 0.0015
 
 
-def reduce_timer_slack() -> None:
-    """Ask Linux to wake this process's sleeps on time (timer slack 1 ns instead of 50 us)."""
+PR_SET_PDEATHSIG = 1
+PR_SET_TIMERSLACK = 29
+
+
+def prctl(option: int, value: int) -> bool:
+    """Linux's prctl(2) for this process; False where it is not available."""
     if not sys.platform.startswith("linux"):
-        return
+        return False
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        libc.prctl(29, 1, 0, 0, 0)  # PR_SET_TIMERSLACK
+        libc.prctl(option, value, 0, 0, 0)
     except (OSError, AttributeError):
-        pass
+        return False
+    return True
+
+
+def reduce_timer_slack() -> None:
+    """Ask Linux to wake this process's sleeps on time (timer slack 1 ns instead of 50 us)."""
+    prctl(PR_SET_TIMERSLACK, 1)
 
 
 class Waker:

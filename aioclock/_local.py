@@ -12,7 +12,7 @@ from aioclock._clock import RealClock, Waker
 from aioclock._protocol import Done, Fire, TaskStats
 from aioclock._signals import StopSignals
 from aioclock._task import Task
-from aioclock.dispatcher.engine import DeadlineEngine, ScheduledTask
+from aioclock.dispatcher.engine import DeadlineEngine, schedule_of
 from aioclock.dispatcher.legacy import drive_legacy_trigger
 from aioclock.workers.runner import TaskRunner, enter_lifespan
 
@@ -21,11 +21,6 @@ if TYPE_CHECKING:
     from aioclock.app import AioClock
 
 logger = logging.getLogger(__name__)
-
-
-def schedule_of(tasks: dict[str, Task]) -> list[ScheduledTask]:
-    """What the engine needs of each task (shared with the dispatcher process)."""
-    return [ScheduledTask(name, task.trigger, task.max_instances) for name, task in tasks.items()]
 
 
 class LocalRuntime:
@@ -47,7 +42,7 @@ class LocalRuntime:
 
     # -- what the API asks of a runtime -------------------------------------------------------
 
-    def stats(self) -> list[TaskStats]:
+    async def stats(self) -> list[TaskStats]:
         return self._engine.stats()
 
     async def run_now(self, task: Task) -> Any:

@@ -14,8 +14,8 @@ class Runtime(Protocol):
     async def run_now(self, task: Task) -> Any:
         """Run `task` now, outside its schedule."""
 
-    def stats(self) -> list[TaskStats] | Any:
-        """Per-task statistics (an awaitable of them for the multi-process runtime)."""
+    async def stats(self) -> list[TaskStats]:
+        """Per-task statistics."""
 
     def request_stop(self) -> None:
         """Stop firing and shut down gracefully."""

@@ -28,7 +28,6 @@ from multiprocessing.process import BaseProcess
 from typing import TYPE_CHECKING, Any, Union
 
 from aioclock._child import plan_cpus
-from aioclock._local import schedule_of
 from aioclock._protocol import (
     Finished,
     Frame,
@@ -48,6 +47,7 @@ from aioclock._protocol import (
 )
 from aioclock._signals import StopSignals
 from aioclock._task import Task
+from aioclock.dispatcher.engine import schedule_of
 from aioclock.dispatcher.launch import DispatcherPayload, DispatcherProcess, main_script_path
 from aioclock.exceptions import TaskRunError, TaskTimeoutError, WorkerProcessError
 from aioclock.triggers import BaseTrigger

@@ -39,15 +39,13 @@ class Task:
     name: str = ""
     limiter: Any = field(default=None, repr=False, compare=False)
     id: uuid.UUID = field(init=False)
+    is_async: bool = field(init=False)  # read for every run: computed once
 
     def __post_init__(self) -> None:
         if not self.name:
             self.name = qualified_name(self.func)
         self.id = uuid.uuid5(TASK_NAMESPACE, self.name)
-
-    @property
-    def is_async(self) -> bool:
-        return inspect.iscoroutinefunction(self.func)
+        self.is_async = inspect.iscoroutinefunction(self.func)
 
     def __getstate__(self) -> dict[str, Any]:
         # A limiter bounds threads of one process: a worker process runs without it.

@@ -138,10 +138,7 @@ async def get_metadata_of_all_tasks(app: AioClock) -> list[TaskMetadata]:
     stats: dict[str, TaskStats] = {}
     runtime = app._runtime
     if runtime is not None:
-        reported = runtime.stats()
-        if inspect.isawaitable(reported):
-            reported = await reported
-        stats = {entry.task: entry for entry in reported}
+        stats = {entry.task: entry for entry in await runtime.stats()}
     return [_metadata(task, stats.get(task.name)) for task in app._tasks]
 
 

@@ -130,7 +130,6 @@ class AioClock:
         self.sync_task_priority = sync_task_priority
         self.scheduling_cpus = scheduling_cpus
         self._app_group = Group(limiter=limiter)
-        self._limiter = self._app_group._limiter
         self._groups: list[Group] = []
         self._overrides: list[tuple[Callable[..., Any], Callable[..., Any]]] = []
         self._provider = Provider()
@@ -258,13 +257,17 @@ class AioClock:
         finally:
             self._runtime = None
 
+    @property
+    def _limiter(self) -> anyio.CapacityLimiter | None:
+        """The limiter of the tasks registered with `@app.task` (aioclock 0.3's attribute)."""
+        return self._app_group._limiter
+
     # -- crossing into worker processes -------------------------------------------------------
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state["_provider"] = None
         state["_runtime"] = None
-        state["_limiter"] = None
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:

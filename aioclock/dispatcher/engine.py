@@ -15,12 +15,16 @@ import enum
 import heapq
 import logging
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from typing import TYPE_CHECKING
 
 from aioclock._protocol import Done, Fire, TaskStats
 from aioclock.triggers import BaseTrigger, OnShutDown, OnStartUp
+
+if TYPE_CHECKING:
+    from aioclock._task import Task
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +42,11 @@ class ScheduledTask:
     task_id: str
     trigger: BaseTrigger
     max_instances: int = 1
+
+
+def schedule_of(tasks: Mapping[str, Task]) -> list[ScheduledTask]:
+    """What the engine needs of each task: its name, trigger and `max_instances`."""
+    return [ScheduledTask(name, task.trigger, task.max_instances) for name, task in tasks.items()]
 
 
 @dataclass
