@@ -141,9 +141,10 @@ class BaseTrigger(BaseModel, Generic[TriggerTypeT]):
 
     def _peek(self, now: float) -> float | None:
         """The due time `_advance(now)` would return, consuming nothing."""
-        if self._ended or not self.should_trigger():
+        private = self.__pydantic_private__
+        if private["_ended"] or not self.should_trigger():
             return None
-        return self.next_due(now, self._previous)
+        return self.next_due(now, private["_previous"])
 
     def _commit(self, now: float, due: float) -> None:
         """Remember that the occurrence due at `due` was consumed (subclasses count it)."""
@@ -636,9 +637,11 @@ class OrTrigger(LoopController[Literal[Triggers.OR]]):
         super()._commit(now, due)
 
     def _armed(self) -> list[float | None]:
-        if len(self._pending) != len(self.triggers):
-            self._pending = [None] * len(self.triggers)
-        return self._pending
+        private = self.__pydantic_private__  # read three times per fire: the fast path
+        pending = private["_pending"]
+        if len(pending) != len(self.triggers):
+            pending = private["_pending"] = [None] * len(self.triggers)
+        return pending
 
     def _reset(self) -> None:
         super()._reset()
