@@ -173,6 +173,16 @@ def read_available(fd: int, size: int = 65536) -> bytes | None:
         return b""
 
 
+def read_frames(fd: int, reader: FrameReader) -> list[Frame] | None:
+    """The whole frames a non-blocking pipe holds now ([] if none yet); None at end of file."""
+    chunk = read_available(fd)
+    if chunk is None:
+        return []
+    if not chunk:
+        return None
+    return reader.feed(chunk)
+
+
 class FrameReader:
     """Reassembles length-prefixed frames from the chunks a non-blocking pipe delivers."""
 

@@ -41,7 +41,7 @@ from aioclock._protocol import (
     WorkerGone,
     WorkerJoined,
     encode,
-    read_available,
+    read_frames,
 )
 from aioclock.dispatcher.engine import DeadlineEngine, ScheduledTask
 from aioclock.dispatcher.launch import DispatcherPayload, DispatcherProcess
@@ -275,17 +275,15 @@ class Dispatcher:
         if entry is None:  # closed by a control frame handled earlier in this same wake-up
             return
         reader, link = entry
-        chunk = read_available(fd)
-        if chunk is None:
-            return
-        if not chunk:
+        frames = read_frames(fd, reader)
+        if frames is None:
             logger.info("worker %d closed its pipe", link.index)
             link.alive = False
             del self._readers[fd]
             os.close(fd)
             return
         now = time.time()
-        for frame in reader.feed(chunk):
+        for frame in frames:
             self._on_worker_frame(link, frame, now)
 
     def _on_worker_frame(self, link: WorkerLink, frame: Frame, now: float) -> None:

@@ -34,7 +34,7 @@ from aioclock._protocol import (
     Ready,
     Stop,
     encode,
-    read_available,
+    read_frames,
 )
 from aioclock._task import Task
 from aioclock.workers.runner import TaskRunner, enter_lifespan
@@ -135,16 +135,14 @@ class Worker:
         executor.shutdown(wait=False, cancel_futures=True)
 
     def _read_fires(self) -> None:
-        chunk = read_available(self._fire_fd)
-        if chunk is None:
-            return
-        if not chunk:
+        frames = read_frames(self._fire_fd, self._fire_reader)
+        if frames is None:
             # The dispatcher is gone; the supervisor decides what happens next.
             asyncio.get_running_loop().remove_reader(self._fire_fd)
             return
         runner = self._runner
         assert runner is not None
-        for frame in self._fire_reader.feed(chunk):
+        for frame in frames:
             if isinstance(frame, Fire):
                 runner.start(frame)
             elif isinstance(frame, Cancel):
@@ -155,13 +153,11 @@ class Worker:
                 logger.warning("worker %d ignored %s", self.index, type(frame).__name__)
 
     def _read_lifeline(self) -> None:
-        chunk = read_available(self._lifeline_fd)
-        if chunk is None:
-            return
-        if not chunk:
+        frames = read_frames(self._lifeline_fd, self._lifeline_reader)
+        if frames is None:
             logger.warning("worker %d: the supervisor is gone, exiting", self.index)
             os._exit(1)
-        for frame in self._lifeline_reader.feed(chunk):
+        for frame in frames:
             if isinstance(frame, Stop):
                 self._stop(frame.grace)
 

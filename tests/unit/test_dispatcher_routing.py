@@ -13,7 +13,7 @@ import time
 import pytest
 
 from aioclock import Every, OnShutDown
-from aioclock._protocol import Cancel, Done, Fire, FrameReader, Ready, Stop, read_available
+from aioclock._protocol import Cancel, Done, Fire, FrameReader, Ready, Stop, read_frames
 from aioclock.dispatcher import process as dispatcher_process
 from aioclock.dispatcher.engine import ScheduledTask
 from aioclock.dispatcher.process import Dispatcher
@@ -62,8 +62,7 @@ def build(monkeypatch):
 
 
 def frames(fd: int) -> list:
-    chunk = read_available(fd)
-    return list(FrameReader().feed(chunk)) if chunk else []
+    return read_frames(fd, FrameReader()) or []
 
 
 def received(fd: int) -> list[str]:
