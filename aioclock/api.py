@@ -6,21 +6,19 @@ task has the same id in every process and after a restart.
 
 from __future__ import annotations
 
-import asyncio
-import inspect
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timezone
 from typing import Any, TypeVar, Union
 
-from fast_depends import Provider, inject
+from fast_depends import Provider
 from pydantic import BaseModel, SerializeAsAny
 
 from aioclock._protocol import TaskStats
 from aioclock._task import Task
 from aioclock.app import AioClock, apps_owning
 from aioclock.exceptions import TaskIdNotFound
-from aioclock.triggers import BaseTrigger
+from aioclock.triggers import BaseTrigger, Once
 from aioclock.workers.runner import TaskRunner
 
 T = TypeVar("T")
@@ -111,10 +109,9 @@ async def run_with_injected_deps(func: Callable[..., Union[Awaitable[T], T]]) ->
     """
     owners = apps_owning(func)
     provider = owners[0].dependencies if owners else Provider()
-    call = inject(func, dependency_provider=provider)
-    if inspect.iscoroutinefunction(func):
-        return await call()  # type: ignore[no-any-return]
-    return await asyncio.get_running_loop().run_in_executor(None, call)  # type: ignore[arg-type]
+    task = Task(func=func, trigger=Once())  # no timeout, no limiter: only the call itself
+    runner = TaskRunner({task.name: task}, provider, on_done=lambda done: None)
+    return await runner.run_inline(task)  # type: ignore[no-any-return]
 
 
 async def get_metadata_of_all_tasks(app: AioClock) -> list[TaskMetadata]:
