@@ -264,7 +264,11 @@ class Supervisor:
         self._ready.discard(index)
         os.close(self._lifelines.pop(index))
         self._send(WorkerGone(index, code))
-        fire_write, done_read = self._spawn_worker(asyncio.get_running_loop(), index)
+        try:
+            fire_write, done_read = self._spawn_worker(asyncio.get_running_loop(), index)
+        except Exception as error:  # in a loop callback, it would only be logged: fail loudly
+            self._fail(WorkerProcessError(f"could not replace worker {index}: {error!r}"))
+            return
         assert self._control is not None
         try:
             socket.send_fds(self._control, [encode(WorkerJoined(index))], [fire_write, done_read])

@@ -128,6 +128,28 @@ async def test_a_killed_worker_is_replaced_and_its_run_reported_failed(events):
     assert "exit code -9" in sleeper_stats.last_error
 
 
+async def test_a_worker_that_cannot_be_replaced_stops_the_app(events, monkeypatch):
+    from aioclock._supervisor import Supervisor
+
+    app = AioClock(workers=1)
+    app.task(trigger=Every(seconds=0.05))(tasks.probe)
+    serve = asyncio.create_task(app.serve())
+    try:
+        await events.wait_for(lambda e: len(e) >= 2)
+        _, (worker_pid,) = runtime_pids(app)
+
+        def no_more_processes(self, loop, index):
+            raise OSError("fork failed")
+
+        monkeypatch.setattr(Supervisor, "_spawn_worker", no_more_processes)
+        os.kill(worker_pid, signal.SIGKILL)
+        with pytest.raises(WorkerProcessError, match="could not replace worker 0: OSError"):
+            await asyncio.wait_for(serve, HANG_GUARD)
+    finally:
+        serve.cancel()
+        await asyncio.wait({serve}, timeout=HANG_GUARD)
+
+
 def replaced_and_reported(app, old_pid, counter):
     """A condition: the sleeper's run is counted in `counter` and its worker was replaced."""
 
