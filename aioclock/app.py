@@ -12,7 +12,7 @@ import anyio
 from fast_depends import Provider
 
 from aioclock._task import Task
-from aioclock.group import Group
+from aioclock.group import Group, check_int
 from aioclock.triggers import BaseTrigger
 
 if TYPE_CHECKING:
@@ -99,8 +99,7 @@ class AioClock:
         sync_task_priority: SyncTaskPriority = "idle",
         scheduling_cpus: int | None = None,
     ) -> None:
-        if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
-            raise ValueError(f"workers must be an integer >= 0, got {workers!r}")
+        check_int("workers", workers, 0)
         if start_method not in ("spawn", "forkserver", "fork"):
             raise ValueError(
                 f"start_method must be 'spawn', 'forkserver' or 'fork', got {start_method!r}"
@@ -116,12 +115,8 @@ class AioClock:
             raise ValueError(
                 f"sync_task_priority must be 'idle', 'low' or 'normal', got {sync_task_priority!r}"
             )
-        if scheduling_cpus is not None and (
-            isinstance(scheduling_cpus, bool)
-            or not isinstance(scheduling_cpus, int)
-            or scheduling_cpus < 0
-        ):
-            raise ValueError(f"scheduling_cpus must be an integer >= 0, got {scheduling_cpus!r}")
+        if scheduling_cpus is not None:
+            check_int("scheduling_cpus", scheduling_cpus, 0)
         self.lifespan = lifespan
         self.workers = workers
         self.start_method = start_method

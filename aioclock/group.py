@@ -30,10 +30,11 @@ def _check_limiter(limiter: Any) -> anyio.CapacityLimiter | None:
     return limiter
 
 
-def _check_max_instances(max_instances: int) -> int:
-    if isinstance(max_instances, bool) or not isinstance(max_instances, int) or max_instances < 1:
-        raise ValueError(f"max_instances must be an integer >= 1, got {max_instances!r}")
-    return max_instances
+def check_int(name: str, value: Any, minimum: int) -> int:
+    """`value` if it is an int (not a bool) >= `minimum`; else ValueError naming `name`."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return value
 
 
 class Group:
@@ -84,7 +85,7 @@ class Group:
         if not isinstance(trigger, BaseTrigger):
             raise TypeError(f"trigger must be a BaseTrigger instance, got {trigger!r}")
         own_timeout = _check_timeout(timeout)
-        instances = _check_max_instances(max_instances)
+        instances = check_int("max_instances", max_instances, 1)
 
         def register(func: F) -> F:
             if not callable(func):
