@@ -1,18 +1,46 @@
-"""The in-process runtime (`workers=0`): the deadline engine and the task runner in one loop."""
+"""The in-process runtime (`workers=0`): the control core and the task runner in one event loop.
+
+The core sees one worker (index 0), which is the task runner of this loop: a `Fire` starts a run,
+a `Cancel` cancels one. Everything that reaches the core (a `Done`, a stop, a run-now or stats
+request from the API) goes through one inbox, exactly as frames reach the dispatcher process.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
+import os
 from collections import deque
 from contextlib import AsyncExitStack
 from typing import TYPE_CHECKING, Any
 
 from aioclock._clock import RealClock, Waker
-from aioclock._protocol import Done, Fire, TaskStats
+from aioclock._protocol import (
+    Cancel,
+    Done,
+    Fire,
+    Ready,
+    RunNow,
+    RunNowDone,
+    Stats,
+    StatsRequest,
+    Stop,
+    TaskStats,
+)
+from aioclock._runtime import result_of_run_now
 from aioclock._signals import StopSignals
 from aioclock._task import Task
-from aioclock.dispatcher.engine import DeadlineEngine, schedule_of
+from aioclock.dispatcher.core import (
+    Abort,
+    ControlCore,
+    Event,
+    ExternalDue,
+    ExternalEnded,
+    Send,
+    ToControl,
+)
+from aioclock.dispatcher.engine import schedule_of
 from aioclock.dispatcher.legacy import drive_legacy_trigger
 from aioclock.workers.runner import TaskRunner, enter_lifespan
 
@@ -22,6 +50,9 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+#: The one "worker" of the in-process runtime: this event loop's task runner.
+LOCAL_WORKER = 0
+
 
 class LocalRuntime:
     """Fires and runs every task in the current event loop."""
@@ -30,37 +61,48 @@ class LocalRuntime:
         self._app = app
         self._clock = clock or RealClock()
         self._tasks = app._task_table()
-        self._engine = DeadlineEngine(schedule_of(self._tasks))
+        self._core = ControlCore(
+            schedule_of(self._tasks), workers=[LOCAL_WORKER], publish_due_times=True
+        )
         self._runner = TaskRunner(self._tasks, app._provider, self._on_done)
         self._waker = Waker()
-        self._done: deque[Done] = deque()
-        self._external_due: deque[str] = deque()
-        self._external_ended: deque[str] = deque()
-        self._stop_requested = False
-        self._stopping = False
+        self._inbox: deque[Event] = deque()
+        self._requests = itertools.count(1)
+        self._replies: dict[int, asyncio.Future[Any]] = {}
         self._signals = StopSignals(self.request_stop, self.abort, app.handle_signals)
 
     # -- what the API asks of a runtime -------------------------------------------------------
 
     async def stats(self) -> list[TaskStats]:
-        return self._engine.stats()
+        reply: Stats = await self._ask(StatsRequest)
+        return reply.tasks
 
     async def run_now(self, task: Task) -> Any:
-        """Run `task` now in the caller, with its dependencies and timeout; return its result."""
-        return await self._runner.run_inline(task)
+        """Run `task` now as one of its runs; return its result or raise its exception."""
+        reply: RunNowDone = await self._ask(lambda request: RunNow(task.name, request))
+        return result_of_run_now(task, reply, self._runner.take_reply(reply.seq))
 
     def request_stop(self) -> None:
         """Stop firing; running tasks get `shutdown_timeout` seconds, then shut-down tasks run."""
-        self._stop_requested = True
-        self._waker.wake()
+        self._post(Stop(self._app.shutdown_timeout))
 
     def abort(self) -> None:
         """Stop at once: cancel every run in progress."""
-        self._stop_requested = True
-        self._engine.abort()
-        for run in self._runner.running_tasks():
-            run.cancel()
+        self._post(Abort())
+
+    def _post(self, event: Event) -> None:
+        self._inbox.append(event)
         self._waker.wake()
+
+    async def _ask(self, make_request: Any) -> Any:
+        request = next(self._requests)
+        reply: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._replies[request] = reply
+        self._post(make_request(request))
+        try:
+            return await reply
+        finally:
+            self._replies.pop(request, None)
 
     # -- the loop -----------------------------------------------------------------------------
 
@@ -72,10 +114,10 @@ class LocalRuntime:
             stack.callback(self._signals.remove, loop)
             drivers = [
                 loop.create_task(self._drive_external(task_id))
-                for task_id in self._engine.external_tasks
+                for task_id in self._core.engine.external_tasks
             ]
             try:
-                self._dispatch(self._engine.start(self._clock.now()))
+                self._post(Ready(LOCAL_WORKER, os.getpid()))
                 await self._loop()
             except asyncio.CancelledError:
                 logger.info("serve() cancelled: stopping gracefully")
@@ -87,46 +129,43 @@ class LocalRuntime:
                     driver.cancel()
                 await asyncio.gather(*drivers, return_exceptions=True)
                 await self._runner.cancel_all(grace=0)
+                for reply in self._replies.values():
+                    reply.cancel()
 
     async def _loop(self) -> None:
-        engine = self._engine
-        while not engine.finished:
-            if self._stop_requested and not self._stopping:
-                self._begin_stop()
-            await self._clock.wait(engine.next_deadline(), self._waker)
+        core = self._core
+        inbox = self._inbox
+        while not core.finished:
+            await self._clock.wait(core.next_wakeup(), self._waker)
             now = self._clock.now()
-            fires: list[Fire] = []
-            while self._done:
-                fires += engine.on_done(self._done.popleft(), now)
-            while self._external_due:
-                fires += engine.fire_external(self._external_due.popleft(), now)
-            while self._external_ended:
-                fires += engine.external_ended(self._external_ended.popleft(), now)
-            fires += engine.pop_due(now)
-            self._dispatch(fires)
+            sends: list[Send] = []
+            while inbox:
+                sends += core.handle(now, inbox.popleft())
+            sends += core.tick(now)
+            self._deliver(sends)
 
-    def _begin_stop(self) -> None:
-        self._stopping = True
-        self._dispatch(self._engine.request_stop(self._clock.now()))
-        grace = self._app.shutdown_timeout
-        asyncio.get_running_loop().create_task(self._runner.cancel_all(grace))
-
-    def _dispatch(self, fires: list[Fire]) -> None:
-        for fire in fires:
-            self._runner.start(fire)
+    def _deliver(self, sends: list[Send]) -> None:
+        for send in sends:
+            if isinstance(send, ToControl):
+                frame = send.frame
+                if isinstance(frame, (Stats, RunNowDone)):
+                    reply = self._replies.pop(frame.request, None)
+                    if reply is not None and not reply.done():
+                        reply.set_result(frame)
+            elif isinstance(send.frame, Fire):
+                self._runner.start(send.frame)
+            elif isinstance(send.frame, Cancel):
+                self._runner.cancel(send.frame.seq)
 
     def _on_done(self, done: Done) -> None:
-        self._done.append(done)
-        self._waker.wake()
+        self._post(done)
 
     async def _drive_external(self, task_id: str) -> None:
         def due_now() -> None:
-            self._external_due.append(task_id)
-            self._waker.wake()
+            self._post(ExternalDue(task_id))
 
         try:
             await drive_legacy_trigger(self._tasks[task_id].trigger, due_now)
         except Exception:
             logger.exception("legacy trigger of %s failed; it will not fire again", task_id)
-        self._external_ended.append(task_id)
-        self._waker.wake()
+        self._post(ExternalEnded(task_id))

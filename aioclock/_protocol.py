@@ -29,6 +29,7 @@ class Fire(msgspec.Struct, frozen=True, tag=True, array_like=True):
     task: str
     seq: int
     due: float
+    reply: bool = False  # run-now: send the result (or the exception) back in `Done.result`
 
 
 class Done(msgspec.Struct, frozen=True, tag=True, array_like=True):
@@ -40,6 +41,7 @@ class Done(msgspec.Struct, frozen=True, tag=True, array_like=True):
     finished: float
     outcome: Outcome
     error: Union[str, None] = None
+    result: Union[bytes, None] = None  # pickled (ok, value or exception), for a `Fire.reply`
 
 
 class Ready(msgspec.Struct, frozen=True, tag=True, array_like=True):
@@ -103,11 +105,19 @@ class Cancel(msgspec.Struct, frozen=True, tag=True, array_like=True):
 
 
 class RunNowDone(msgspec.Struct, frozen=True, tag=True, array_like=True):
-    """The run that `RunNow(request)` started has ended."""
+    """The run that `RunNow(request)` started (as run `seq`; 0 if none started) has ended."""
 
     request: int
+    seq: int
     outcome: Outcome
     error: Union[str, None] = None
+    result: Union[bytes, None] = None  # as in `Done.result`
+
+
+class Listening(msgspec.Struct, frozen=True, tag=True, array_like=True):
+    """The dispatcher has loaded its schedule and answers pings from now on."""
+
+    pid: int
 
 
 class WorkerGone(msgspec.Struct, frozen=True, tag=True, array_like=True):
@@ -142,6 +152,7 @@ Frame = Union[
     WorkerGone,
     WorkerJoined,
     Finished,
+    Listening,
 ]
 
 _encoder = msgspec.msgpack.Encoder()

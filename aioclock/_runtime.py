@@ -2,20 +2,64 @@
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+import logging
+import pickle
+from typing import Any, Protocol, Union
 
-from aioclock._protocol import TaskStats
+from aioclock._protocol import RunNowDone, TaskStats
 from aioclock._task import Task
+from aioclock.exceptions import TaskRunError, TaskTimeoutError
+
+logger = logging.getLogger(__name__)
+
+#: What a run-now left behind: (True, its value) or (False, the exception it raised).
+Reply = tuple[bool, Any]
 
 
 class Runtime(Protocol):
     async def serve(self) -> None: ...
 
     async def run_now(self, task: Task) -> Any:
-        """Run `task` now, outside its schedule."""
+        """Run `task` now, outside its schedule; return its value or raise its exception."""
 
     async def stats(self) -> list[TaskStats]:
         """Per-task statistics."""
 
     def request_stop(self) -> None:
         """Stop firing and shut down gracefully."""
+
+
+def pack_reply(reply: Reply | None) -> Union[bytes, None]:
+    """A run-now's value or exception as bytes for the pipe; a value that does not pickle
+    becomes a `TaskRunError` that says so."""
+    if reply is None:
+        return None
+    try:
+        return pickle.dumps(reply)
+    except Exception as error:
+        ok, value = reply
+        kind = "result" if ok else "exception"
+        message = f"its {kind} {type(value).__name__} cannot be sent from a worker process: {error}"
+        return pickle.dumps((False, TaskRunError("?", "failed", message)))
+
+
+def unpack_reply(data: Union[bytes, None]) -> Reply | None:
+    if data is None:
+        return None
+    try:
+        reply: Reply = pickle.loads(data)
+    except Exception as error:
+        logger.warning("a run-now result could not be read back: %r", error)
+        return None
+    return reply
+
+
+def result_of_run_now(task: Task, done: RunNowDone, reply: Reply | None) -> Any:
+    """The value of a run-now, or the exception it ended with: the same for both runtimes."""
+    if done.outcome == "ok":
+        return reply[1] if reply is not None else None
+    if done.outcome == "timeout" and task.timeout is not None:
+        raise TaskTimeoutError(task.name, task.timeout)
+    if reply is not None and not reply[0] and isinstance(reply[1], BaseException):
+        raise reply[1]
+    raise TaskRunError(task.name, done.outcome, done.error)

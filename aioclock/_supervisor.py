@@ -12,7 +12,6 @@ even by SIGKILL, the child reads EOF and exits (on Linux the kernel also kills i
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import io
 import itertools
 import logging
@@ -27,11 +26,13 @@ from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from typing import TYPE_CHECKING, Any, Union
 
+from aioclock._channel import ControlChannel
 from aioclock._child import plan_cpus
 from aioclock._protocol import (
     Finished,
     Frame,
     FrameReader,
+    Listening,
     Ping,
     Pong,
     Ready,
@@ -45,11 +46,13 @@ from aioclock._protocol import (
     WorkerJoined,
     encode,
 )
+from aioclock._runtime import result_of_run_now, unpack_reply
 from aioclock._signals import StopSignals
 from aioclock._task import Task
+from aioclock.dispatcher.core import CANCEL_ANSWER_WAIT
 from aioclock.dispatcher.engine import schedule_of
 from aioclock.dispatcher.launch import DispatcherPayload, DispatcherProcess, main_script_path
-from aioclock.exceptions import TaskRunError, TaskTimeoutError, WorkerProcessError
+from aioclock.exceptions import WorkerProcessError
 from aioclock.triggers import BaseTrigger
 from aioclock.workers.process import WorkerSettings, worker_main
 
@@ -66,6 +69,11 @@ LIVENESS_TIMEOUT = 5.0
 
 #: How long stopped children get to exit on their own before they are killed.
 EXIT_WAIT = 5.0
+
+#: How often, and for how long at most, an exited child is polled for its exit code: its pipes
+#: close a moment before the kernel lets it be reaped, and the event loop must never block.
+REAP_POLL = 0.002
+REAP_PATIENCE = 1.0
 
 
 class _WorkerPickler(pickle.Pickler):
@@ -127,13 +135,15 @@ class Supervisor:
         self._workers: dict[int, BaseProcess] = {}
         self._lifelines: dict[int, int] = {}
         self._ready: set[int] = set()
-        self._control: socket.socket | None = None
+        self._control: ControlChannel | None = None
         self._control_reader = FrameReader()
         self._exits: dict[int, asyncio.Future[None]] = {}
         self._finished: asyncio.Future[None] | None = None
         self._dispatcher_done = False
         self._fatal: BaseException | None = None
         self._stopping = False
+        self._aborted = False
+        self._stop_watchdog: asyncio.TimerHandle | None = None
         self._requests = itertools.count(1)
         self._last_pong = time.monotonic()
         self._pinger: asyncio.TimerHandle | None = None
@@ -163,7 +173,7 @@ class Supervisor:
 
     def _start(self, loop: asyncio.AbstractEventLoop) -> None:
         parent_end, child_end = socket.socketpair()
-        self._control = parent_end
+        self._control = ControlChannel(parent_end, loop)
         loop.add_reader(parent_end.fileno(), self._read_control)
         links = [self._spawn_worker(loop, index) for index in range(self._app.workers)]
         payload = DispatcherPayload(
@@ -183,8 +193,6 @@ class Supervisor:
             os.close(done)
         self._dispatcher = dispatcher
         self._watch_exit(loop, dispatcher, self._on_dispatcher_exit)
-        self._last_pong = time.monotonic()
-        self._pinger = loop.call_later(PING_INTERVAL, self._check_liveness, loop)
         logger.info(
             "started dispatcher (pid %s) and %d workers (pids %s)",
             dispatcher.pid,
@@ -211,6 +219,7 @@ class Supervisor:
         for connection in carried:
             connection.close()
         self._workers[index] = process
+        os.set_blocking(lifeline_write, False)
         self._lifelines[index] = lifeline_write
         self._watch_exit(loop, process, lambda p, i=index: self._on_worker_exit(i, p))
         return fire_write, done_read
@@ -223,9 +232,9 @@ class Supervisor:
 
         def on_exit() -> None:
             loop.remove_reader(process.sentinel)
-            # The sentinel closes a moment before the process can be reaped; wait that moment
-            # so that the exit code is known.
-            process.join(1.0)
+            _when_reaped(loop, process, reaped)
+
+        def reaped() -> None:
             if not exited.done():
                 exited.set_result(None)
             then(process)
@@ -250,7 +259,7 @@ class Supervisor:
             return
         code = process.exitcode
         self._read_control()  # a Finished frame may be waiting: then this exit is expected
-        if self._stopping or self._dispatcher_done:
+        if self._aborted or self._fatal is not None or self._dispatcher_done:
             logger.debug("worker %d exited with code %s", index, code)
             return
         if index not in self._ready:
@@ -269,16 +278,13 @@ class Supervisor:
         except Exception as error:  # in a loop callback, it would only be logged: fail loudly
             self._fail(WorkerProcessError(f"could not replace worker {index}: {error!r}"))
             return
-        assert self._control is not None
-        try:
-            socket.send_fds(self._control, [encode(WorkerJoined(index))], [fire_write, done_read])
-        except OSError:
-            logger.error("could not hand worker %d to the dispatcher", index)
+        if self._control is not None:
+            self._control.send(WorkerJoined(index), [fire_write, done_read])
         os.close(fire_write)
         os.close(done_read)
 
     def _on_dispatcher_exit(self, process: Child) -> None:
-        if self._dispatcher_done:
+        if self._dispatcher_done or self._aborted:
             return
         self._fail(
             WorkerProcessError(
@@ -301,26 +307,17 @@ class Supervisor:
     # -- the control channel ------------------------------------------------------------------
 
     def _send(self, frame: Frame) -> None:
-        if self._control is None:
-            return
-        try:
-            self._control.sendall(encode(frame))
-        except OSError:
-            logger.debug("the dispatcher is not listening; dropped %s", type(frame).__name__)
+        if self._control is not None:
+            self._control.send(frame)
 
     def _read_control(self) -> None:
         if self._control is None:
             return
-        try:
-            chunk = self._control.recv(65536, socket.MSG_DONTWAIT)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError:
-            chunk = b""
-        if not chunk:
+        frames = self._control.read()
+        if frames is None:
             asyncio.get_running_loop().remove_reader(self._control.fileno())
             return
-        for frame in self._control_reader.feed(chunk):
+        for frame in frames:
             self._on_control_frame(frame)
 
     def _on_control_frame(self, frame: Frame) -> None:
@@ -331,6 +328,11 @@ class Supervisor:
             self._ready.add(frame.worker)
         elif isinstance(frame, Pong):
             self._last_pong = time.monotonic()
+        elif isinstance(frame, Listening):
+            # Pings start only now: loading a large schedule must not count as silence.
+            self._last_pong = time.monotonic()
+            loop = asyncio.get_running_loop()
+            self._pinger = loop.call_later(PING_INTERVAL, self._check_liveness, loop)
         elif isinstance(frame, (Stats, RunNowDone)):
             reply = self._replies.pop(frame.request, None)
             if reply is not None and not reply.done():
@@ -354,24 +356,34 @@ class Supervisor:
         reply: Stats = await asyncio.wait_for(self._ask(StatsRequest), timeout=5)
         return reply.tasks
 
-    async def run_now(self, task: Task) -> None:
-        """Fire `task` in a worker now; return when the run ended, raise if it did not succeed."""
+    async def run_now(self, task: Task) -> Any:
+        """Run `task` in a worker now, as one of its runs; return its value or raise its error."""
         reply: RunNowDone = await self._ask(lambda request: RunNow(task.name, request))
-        if reply.outcome == "timeout" and task.timeout is not None:
-            raise TaskTimeoutError(task.name, task.timeout)
-        if reply.outcome != "ok":
-            raise TaskRunError(task.name, reply.outcome, reply.error)
+        return result_of_run_now(task, reply, unpack_reply(reply.result))
 
     def request_stop(self) -> None:
         """Stop firing; running tasks may finish, then shut-down tasks run and the app ends."""
         if self._stopping:
             return
         self._stopping = True
-        self._send(Stop(grace=self._app.shutdown_timeout))
+        grace = self._app.shutdown_timeout
+        self._send(Stop(grace=grace))
+        # The dispatcher cancels what outlives the grace, and gives up runs that do not answer;
+        # should it still not finish (a bug, a wedged process), the stop ends here all the same.
+        limit = 2 * (grace + CANCEL_ANSWER_WAIT) + EXIT_WAIT
+        self._stop_watchdog = asyncio.get_running_loop().call_later(
+            limit, self._stop_overdue, limit
+        )
+
+    def _stop_overdue(self, limit: float) -> None:
+        if self._finished is not None and not self._finished.done():
+            logger.error("the app did not stop within %.1f s: killing its processes", limit)
+            self.abort()
 
     def abort(self) -> None:
-        """Stop at once: kill every child process."""
+        """Stop at once: kill every child process (their exits are expected, not failures)."""
         self._stopping = True
+        self._aborted = True
         for process in self._children():
             if process.is_alive():
                 process.kill()
@@ -385,6 +397,12 @@ class Supervisor:
             children.append(self._dispatcher)
         return children
 
+    async def _exited(self, timeout: float) -> None:
+        """Wait (without blocking the loop) until every child has exited and been reaped."""
+        pending = [future for future in self._exits.values() if not future.done()]
+        if pending:
+            await asyncio.wait(pending, timeout=timeout)
+
     @staticmethod
     def _tell_worker(index: int, lifeline: int, frame: Frame) -> None:
         try:
@@ -395,26 +413,23 @@ class Supervisor:
     async def _reap(self, loop: asyncio.AbstractEventLoop) -> None:
         """Stop every child, wait for it, kill what does not exit, and close our descriptors."""
         self._stopping = True
-        if self._pinger is not None:
-            self._pinger.cancel()
+        for timer in (self._pinger, self._stop_watchdog):
+            if timer is not None:
+                timer.cancel()
         grace = 0.0 if self._fatal is None else self._app.shutdown_timeout
         if self._fatal is not None and self._control is not None:
             # After a failure the dispatcher may still be waiting (for a worker that will never
             # be ready, say): end of file on its control socket makes it exit at once.
-            with contextlib.suppress(OSError):
-                self._control.shutdown(socket.SHUT_WR)
+            self._control.shutdown_write()
         for index, lifeline in list(self._lifelines.items()):
             self._tell_worker(index, lifeline, Stop(grace=grace))
-        pending = [future for future in self._exits.values() if not future.done()]
-        if pending:
-            await asyncio.wait(pending, timeout=grace + EXIT_WAIT)
-        for process in self._children():
-            # Its pipes close a moment before the process can be reaped: give it that moment.
-            process.join(0.5)
-            if process.is_alive():
-                logger.warning("%s (pid %s) did not exit; killing it", process.name, process.pid)
-                process.kill()
-                process.join(1)
+        await self._exited(timeout=grace + EXIT_WAIT)
+        stuck = [p for p in self._children() if not self._exits[p.sentinel].done()]
+        for process in stuck:
+            logger.warning("%s (pid %s) did not exit; killing it", process.name, process.pid)
+            process.kill()
+        if stuck:
+            await self._exited(timeout=REAP_PATIENCE + 1.0)
         for sentinel in self._exits:
             loop.remove_reader(sentinel)
         for lifeline in self._lifelines.values():
@@ -428,3 +443,14 @@ class Supervisor:
             self._control = None
         for reply in self._replies.values():
             reply.cancel()
+
+
+def _when_reaped(
+    loop: asyncio.AbstractEventLoop, process: Child, then: Any, waited: float = 0.0
+) -> None:
+    """Call `then` once `process` can be reaped (its exit code known), polling, never blocking:
+    its sentinel closes a moment before that. Past REAP_PATIENCE, `then` runs all the same."""
+    if process.exitcode is not None or waited >= REAP_PATIENCE:
+        then()
+        return
+    loop.call_later(REAP_POLL, _when_reaped, loop, process, then, waited + REAP_POLL)

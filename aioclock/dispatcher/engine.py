@@ -252,11 +252,11 @@ class DeadlineEngine:
             return None
         return self._fire(state.spec.task_id, due)
 
-    def _fire(self, task_id: str, due: float) -> Fire:
+    def _fire(self, task_id: str, due: float, reply: bool = False) -> Fire:
         self._seq += 1
         self._in_flight[self._seq] = (task_id, due)
         self._states[task_id].running += 1
-        return Fire(task_id, self._seq, due)
+        return Fire(task_id, self._seq, due, reply)
 
     # -- outside events -----------------------------------------------------------------------
 
@@ -296,11 +296,16 @@ class DeadlineEngine:
         if state.lateness_max is None or lateness > state.lateness_max:
             state.lateness_max = lateness
 
-    def run_now(self, task_id: str, now: float) -> Fire:
+    @property
+    def task_ids(self) -> Mapping[str, object]:
+        """The registered task ids (a read-only view: `in` is what callers need)."""
+        return self._states
+
+    def run_now(self, task_id: str, now: float, *, reply: bool = False) -> Fire:
         """Fire `task_id` at once, outside its schedule (it still counts as a run in progress)."""
         if task_id not in self._states:
             raise KeyError(task_id)
-        return self._fire(task_id, now)
+        return self._fire(task_id, now, reply)
 
     def fire_external(self, task_id: str, now: float) -> list[Fire]:
         """A legacy trigger driven from outside says `task_id` is due now."""

@@ -1,13 +1,15 @@
-"""The dispatcher process: the deadline engine behind a `select` loop, and nothing else.
+"""The dispatcher process: a `select` loop that drives the control core, and nothing else.
 
-No task code runs here. The loop sleeps in `select()` (microsecond timeouts, timer slack reduced)
-until the next deadline or a frame, fires what is due to the least busy worker, and reads `Done`
-frames back. Its parent is the supervisor (main process): EOF on the control socket means the
-supervisor is gone, and the dispatcher exits at once.
+No task code runs here, and no scheduling decision is taken here either: the loop sleeps in
+`select()` (microsecond timeouts, timer slack reduced) until the core's next wake-up or a frame,
+hands what it reads to the core and writes what the core answers. Its parent is the supervisor
+(main process): EOF on the control socket means the supervisor is gone, and the dispatcher exits
+at once.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing
 import os
@@ -20,32 +22,22 @@ import time
 import types
 from collections import deque
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 from aioclock._child import keep_to_cpus, prepare_child, settle_garbage_collector
 from aioclock._protocol import (
-    Cancel,
-    Done,
-    Finished,
-    Fire,
     Frame,
     FrameReader,
+    Listening,
     Outbox,
-    Ping,
-    Pong,
-    Ready,
-    RunNow,
-    RunNowDone,
-    Stats,
-    StatsRequest,
-    Stop,
     WorkerGone,
     WorkerJoined,
     encode,
     read_frames,
 )
-from aioclock.dispatcher.engine import DeadlineEngine, ScheduledTask
+from aioclock.dispatcher.core import ControlCore, Event, Send, ToControl
+from aioclock.dispatcher.engine import ScheduledTask
 from aioclock.dispatcher.launch import DispatcherPayload, DispatcherProcess
-from aioclock.dispatcher.router import Router, WorkerLink
 
 logger = logging.getLogger(__name__)
 
@@ -84,6 +76,15 @@ def _load_schedule(payload: DispatcherPayload) -> list[ScheduledTask]:
     return pickle.loads(payload.schedule)
 
 
+@dataclass
+class _Pipes:
+    """The two pipes of one worker, as the dispatcher holds them."""
+
+    outbox: Outbox
+    done_fd: int
+    reader: FrameReader
+
+
 class Dispatcher:
     def __init__(
         self,
@@ -93,20 +94,15 @@ class Dispatcher:
         worker_links: list[tuple[int, int, int]],
         shares_cpu_with_workers: bool = False,
     ) -> None:
-        self.engine = DeadlineEngine(schedule, publish_due_times=False)
-        self.router = Router()
-        self._sync_tasks = sync_tasks
+        self.core = ControlCore(
+            schedule, workers=[index for index, _, _ in worker_links], sync_tasks=sync_tasks
+        )
         self._yield_after_light_fires = shares_cpu_with_workers
         self._control = control
         self._control_reader = FrameReader()
         self._passed_fds: deque[int] = deque()
-        self._readers: dict[int, tuple[FrameReader, WorkerLink]] = {}
-        self._waiting: deque[Fire] = deque()
-        self._run_now: dict[int, int] = {}
-        self._expected_ready = {index for index, _, _ in worker_links}
-        self._started = False
-        self._cancel_at: float | None = None
-        self._cancel_seqs: set[int] = set()  # the runs in flight when the stop came
+        self._pipes: dict[int, _Pipes] = {}  # worker index -> its pipes
+        self._by_done_fd: dict[int, int] = {}  # done fd -> worker index
         self._supervisor_gone = False
         for index, fire_fd, done_fd in worker_links:
             self._add_worker(index, fire_fd, done_fd)
@@ -114,39 +110,30 @@ class Dispatcher:
     def _add_worker(self, index: int, fire_fd: int, done_fd: int) -> None:
         os.set_blocking(fire_fd, False)
         os.set_blocking(done_fd, False)
-        link = WorkerLink(index=index, outbox=Outbox(fire_fd), done_fd=done_fd)
-        self.router.add(link)
-        self._readers[done_fd] = (FrameReader(), link)
+        self._pipes[index] = _Pipes(Outbox(fire_fd), done_fd, FrameReader())
+        self._by_done_fd[done_fd] = index
 
     # -- the loop -----------------------------------------------------------------------------
 
     def run(self) -> None:
-        engine = self.engine
+        core = self.core
         control_fd = self._control.fileno()
-        while not engine.finished and not self._supervisor_gone:
+        self._tell_supervisor(Listening(os.getpid()))
+        while not core.finished and not self._supervisor_gone:
             self._sleep(control_fd)
-            now = time.time()
-            if self._started:
-                self._route(engine.pop_due(now))
-            if self._cancel_at is not None and now >= self._cancel_at:
-                self._cancel_runs_older_than_the_stop()
+            self._deliver(core.tick(time.time()))
         if self._supervisor_gone:
             return
-        # The supervisor learns first that the exits which follow are expected.
-        self._tell_supervisor(Finished())
-        self._stop_workers()
+        for pipes in self._pipes.values():  # the Stop frames the core sent last
+            with contextlib.suppress(OSError):
+                os.set_blocking(pipes.outbox.fd, True)
+                pipes.outbox.flush()
         logger.info("dispatcher finished")
 
     def _sleep(self, control_fd: int) -> None:
-        deadline = self.engine.next_deadline() if self._started else None
-        if self._cancel_at is not None:
-            deadline = self._cancel_at if deadline is None else min(deadline, self._cancel_at)
-        readers = [control_fd, *self._readers]
-        writers = [
-            link.outbox.fd
-            for link in self.router.workers.values()
-            if link.alive and link.outbox.backlog
-        ]
+        deadline = self.core.next_wakeup()
+        readers = [control_fd, *self._by_done_fd]
+        writers = [pipes.outbox.fd for pipes in self._pipes.values() if pipes.outbox.backlog]
         timeout = None
         if deadline is not None:
             timeout = max(0.0, deadline - time.time() - SPIN_BEFORE_DEADLINE)
@@ -170,142 +157,67 @@ class Dispatcher:
             logger.exception("dispatcher failed to handle input on fd %d", fd)
 
     def _flush(self, fd: int) -> None:
-        for link in self.router.workers.values():
-            if link.outbox.fd == fd:
-                self._flush_link(link)
+        for pipes in self._pipes.values():
+            if pipes.outbox.fd == fd:
+                self._flush_outbox(pipes.outbox)
 
-    # -- routing ------------------------------------------------------------------------------
+    def _handle(self, event: Event) -> None:
+        self._deliver(self.core.handle(time.time(), event))
 
-    def _route(self, fires: list[Fire]) -> None:
-        """Give each fire a worker, then write them: one write per worker, light runs first.
+    # -- writing what the core decided --------------------------------------------------------
 
-        CPU-bound (sync) fires choose their workers first, so that the light fires of the same
-        batch land on workers whose GIL no CPU-bound thread is about to hold.
-        """
-        if not fires:
-            return
-        sync_fires: list[Fire] = []
-        light_fires: list[Fire] = []
-        for fire in fires:
-            (sync_fires if fire.task in self._sync_tasks else light_fires).append(fire)
-        sync = self._assign(sync_fires, is_sync=True)
-        light = self._assign(light_fires, is_sync=False)
-        self._write(light, sync)
-
-    def _assign(self, fires: list[Fire], *, is_sync: bool) -> list[tuple[WorkerLink, Fire]]:
-        """Choose a worker per fire; a fire that finds no ready worker waits for one.
-
-        The light fires of one batch share one worker without sync work (one wake-up instead
-        of several).
-        """
-        assigned: list[tuple[WorkerLink, Fire]] = []
-        light_worker: WorkerLink | None = None
-        for fire in fires:
-            link = light_worker or self.router.pick()
-            if link is None:
-                self._waiting.append(fire)
-                continue
-            if not is_sync and link.sync_running == 0:
-                light_worker = link
-            self.router.assign(link, fire.seq, is_sync)
-            assigned.append((link, fire))
-        return assigned
-
-    def _write(
-        self, light: list[tuple[WorkerLink, Fire]], sync: list[tuple[WorkerLink, Fire]]
-    ) -> None:
-        """Write the fires, one write per worker, to the workers with light fires first.
+    def _deliver(self, sends: list[Send]) -> None:
+        """Write the core's sends, one write per worker, to the workers with light fires first.
 
         Each write wakes a worker. When the dispatcher and the event loops share one CPU, the
         dispatcher yields it after the light fires, so that the light worker starts its runs
         before the workers with sync fires are woken: the kernel does not run woken threads in
         the order they were woken, and each of those takes ~0.3 ms to hand its run to a thread.
         """
-        for link, fire in (*light, *sync):  # light first, also within one worker's write
-            link.outbox.queue(fire)
-        light_links = {link.index: link for link, _ in light}
-        sync_links = {link.index: link for link, _ in sync if link.index not in light_links}
-        for link in light_links.values():
-            self._flush_link(link)
-        if light_links and sync_links and self._yield_after_light_fires:
+        if not sends:
+            return
+        light: dict[int, Outbox] = {}
+        sync: dict[int, Outbox] = {}
+        for send in sends:
+            if isinstance(send, ToControl):
+                self._tell_supervisor(send.frame)
+                continue
+            pipes = self._pipes.get(send.worker)
+            if pipes is None:
+                continue
+            pipes.outbox.queue(send.frame)
+            if send.sync:
+                sync.setdefault(send.worker, pipes.outbox)
+            else:
+                light[send.worker] = pipes.outbox
+        for outbox in light.values():
+            self._flush_outbox(outbox)
+        sync_only = [outbox for index, outbox in sync.items() if index not in light]
+        if light and sync_only and self._yield_after_light_fires:
             os.sched_yield()
-        for link in sync_links.values():
-            self._flush_link(link)
+        for outbox in sync_only:
+            self._flush_outbox(outbox)
 
     @staticmethod
-    def _flush_link(link: WorkerLink) -> None:
+    def _flush_outbox(outbox: Outbox) -> None:
         try:
-            link.outbox.flush()
+            outbox.flush()
         except OSError:  # the worker is gone; its runs are reported when the supervisor says so
-            link.alive = False
-
-    def _route_waiting(self) -> None:
-        if self._waiting and self.router.available():
-            waiting = list(self._waiting)
-            self._waiting.clear()
-            self._route(waiting)
-
-    def _cancel_runs_older_than_the_stop(self) -> None:
-        """The grace is over: cancel the runs that were going when the stop came (shut-down
-        tasks fired since then keep running), as the in-process runtime does."""
-        self._cancel_at = None
-        for link in self.router.workers.values():
-            stale = [seq for seq in link.in_flight if seq in self._cancel_seqs]
-            if not link.alive or not stale:
-                continue
-            for seq in stale:
-                link.outbox.queue(Cancel(seq))
-            self._flush_link(link)
-
-    def _stop_workers(self) -> None:
-        for link in self.router.workers.values():
-            if not link.alive:
-                continue
-            try:
-                link.outbox.send(Stop())
-                os.set_blocking(link.outbox.fd, True)
-                link.outbox.flush()
-            except OSError:
-                continue
+            pass
 
     # -- frames from the workers --------------------------------------------------------------
 
     def _read_worker(self, fd: int) -> None:
-        entry = self._readers.get(fd)
-        if entry is None:  # closed by a control frame handled earlier in this same wake-up
+        index = self._by_done_fd.get(fd)
+        if index is None:  # closed by a control frame handled earlier in this same wake-up
             return
-        reader, link = entry
-        frames = read_frames(fd, reader)
+        frames = read_frames(fd, self._pipes[index].reader)
         if frames is None:
-            logger.info("worker %d closed its pipe", link.index)
-            link.alive = False
-            del self._readers[fd]
-            os.close(fd)
+            logger.info("worker %d closed its pipe", index)
+            del self._by_done_fd[fd]
             return
-        now = time.time()
         for frame in frames:
-            self._on_worker_frame(link, frame, now)
-
-    def _on_worker_frame(self, link: WorkerLink, frame: Frame, now: float) -> None:
-        if isinstance(frame, Done):
-            self.router.release(frame.seq)
-            self._finish_run(frame, now)
-        elif isinstance(frame, Ready):
-            link.ready = True
-            self._expected_ready.discard(link.index)
-            self._tell_supervisor(frame)
-            if not self._started and not self._expected_ready:
-                self._started = True
-                self._route(self.engine.start(now))
-            self._route_waiting()
-        else:
-            logger.warning("unexpected %s from worker %d", type(frame).__name__, link.index)
-
-    def _finish_run(self, done: Done, now: float) -> None:
-        request = self._run_now.pop(done.seq, None)
-        if request is not None:
-            self._tell_supervisor(RunNowDone(request, done.outcome, done.error))
-        self._route(self.engine.on_done(done, now))
+            self._handle(frame)  # type: ignore[arg-type]  # the core ignores what it does not know
 
     # -- frames from the supervisor -----------------------------------------------------------
 
@@ -321,57 +233,21 @@ class Dispatcher:
             logger.warning("supervisor is gone: the dispatcher exits")
             self._supervisor_gone = True
             return
-        now = time.time()
         for frame in self._control_reader.feed(chunk):
-            self._on_control_frame(frame, now)
+            if isinstance(frame, WorkerGone):
+                self._close_worker(frame.worker)
+            elif isinstance(frame, WorkerJoined):
+                fire_fd, done_fd = self._passed_fds.popleft(), self._passed_fds.popleft()
+                self._add_worker(frame.worker, fire_fd, done_fd)
+            self._handle(frame)  # type: ignore[arg-type]
 
-    def _on_control_frame(self, frame: Frame, now: float) -> None:
-        if isinstance(frame, Stop):
-            self._cancel_seqs = set(self.engine.in_flight())
-            self._route(self.engine.request_stop(now))
-            if self._cancel_seqs:
-                self._cancel_at = now + frame.grace
-        elif isinstance(frame, StatsRequest):
-            self._tell_supervisor(Stats(frame.request, self.engine.stats()))
-        elif isinstance(frame, RunNow):
-            self._run_task_now(frame, now)
-        elif isinstance(frame, WorkerGone):
-            self._forget_worker(frame, now)
-        elif isinstance(frame, WorkerJoined):
-            fire_fd, done_fd = self._passed_fds.popleft(), self._passed_fds.popleft()
-            self._add_worker(frame.worker, fire_fd, done_fd)
-        elif isinstance(frame, Ping):
-            self._tell_supervisor(Pong(frame.token))
-        else:
-            logger.warning("unexpected %s from the supervisor", type(frame).__name__)
-
-    def _run_task_now(self, frame: RunNow, now: float) -> None:
-        try:
-            fire = self.engine.run_now(frame.task, now)
-        except KeyError:
-            error = f"no task with id {frame.task!r} is registered"
-            self._tell_supervisor(RunNowDone(frame.request, "failed", error))
+    def _close_worker(self, index: int) -> None:
+        pipes = self._pipes.pop(index, None)
+        if pipes is None:
             return
-        self._run_now[fire.seq] = frame.request
-        self._route([fire])
-
-    def _forget_worker(self, frame: WorkerGone, now: float) -> None:
-        link = self.router.workers.pop(frame.worker, None)
-        if link is None:
-            return
-        link.alive = False
-        if link.done_fd in self._readers:
-            del self._readers[link.done_fd]
-            os.close(link.done_fd)
-        os.close(link.outbox.fd)
-        error = f"worker {frame.worker} died with exit code {frame.exitcode}"
-        in_flight = self.engine.in_flight()
-        for seq in list(link.in_flight):
-            self.router.release(seq)
-            task_id = in_flight.get(seq, ("?", now))[0]
-            logger.error("run %d of %s failed: %s", seq, task_id, error)
-            self._finish_run(Done(task_id, seq, now, now, "crashed", error), now)
-        # Fires that went to the dead worker after its last Done are lost with it: re-route none.
+        self._by_done_fd.pop(pipes.done_fd, None)
+        os.close(pipes.done_fd)
+        os.close(pipes.outbox.fd)
 
     def _tell_supervisor(self, frame: Frame) -> None:
         try:

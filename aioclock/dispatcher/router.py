@@ -2,22 +2,19 @@
 
 A worker whose threads run a sync task is slow to start anything else (they share its GIL), so
 an idle worker goes before a busy one, and a worker with no sync run before one with any.
+The router knows workers by index only: which pipe leads to a worker is the driver's business.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from aioclock._protocol import Outbox
-
 
 @dataclass
 class WorkerLink:
-    """The dispatcher's view of one worker: its pipes and what it is running."""
+    """The control core's view of one worker: is it ready, and what is it running."""
 
     index: int
-    outbox: Outbox
-    done_fd: int
     ready: bool = False
     alive: bool = True
     in_flight: dict[int, bool] = field(default_factory=dict)  # seq -> is the task sync
@@ -35,8 +32,16 @@ class Router:
         self._owner: dict[int, WorkerLink] = {}
         self._turn = 0
 
-    def add(self, link: WorkerLink) -> None:
-        self.workers[link.index] = link
+    def add(self, index: int) -> WorkerLink:
+        link = self.workers[index] = WorkerLink(index)
+        return link
+
+    def remove(self, index: int) -> WorkerLink | None:
+        """Forget worker `index`; its runs stay in `in_flight` of the link returned."""
+        link = self.workers.pop(index, None)
+        if link is not None:
+            link.alive = False
+        return link
 
     def available(self) -> list[WorkerLink]:
         return [w for w in self.workers.values() if w.alive and w.ready]
@@ -63,9 +68,12 @@ class Router:
         if is_sync:
             link.sync_running += 1
 
+    def owner(self, seq: int) -> WorkerLink | None:
+        return self._owner.get(seq)
+
     def release(self, seq: int) -> WorkerLink | None:
         """Forget run `seq`; return the worker that ran it (None if unknown)."""
         link = self._owner.pop(seq, None)
-        if link is not None and link.in_flight.pop(seq):
+        if link is not None and link.in_flight.pop(seq, False):
             link.sync_running -= 1
         return link

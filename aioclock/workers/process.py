@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING
 
+import msgspec
+
 from aioclock._child import (
     CpuPlan,
     keep_to_cpus,
@@ -36,6 +38,7 @@ from aioclock._protocol import (
     encode,
     read_frames,
 )
+from aioclock._runtime import pack_reply
 from aioclock._task import Task
 from aioclock.workers.runner import TaskRunner, enter_lifespan
 
@@ -169,6 +172,10 @@ class Worker:
         os.write(self._done_fd, encode(frame))
 
     def _send_done(self, done: Done) -> None:
+        assert self._runner is not None
+        reply = self._runner.take_reply(done.seq)
+        if reply is not None:
+            done = msgspec.structs.replace(done, result=pack_reply(reply))
         try:
             self._send(done)
         except OSError:  # the dispatcher is gone; nobody is left to tell

@@ -51,6 +51,7 @@ class TaskRunner:
         self._on_sync_timeout = on_sync_timeout
         self._injected: dict[str, Callable[..., Any]] = {}
         self._running: dict[int, asyncio.Task[None]] = {}
+        self._replies: dict[int, tuple[bool, Any]] = {}  # seq -> (ok, value or exception)
         for task in tasks.values():  # build the injectors now, not on the first (timed) run
             self._injector(task)
 
@@ -77,6 +78,10 @@ class TaskRunner:
             error = "cancelled before it started (shutdown)"
             self._on_done(Done(fire.task, fire.seq, now, now, "cancelled", error))
 
+    def take_reply(self, seq: int) -> tuple[bool, Any] | None:
+        """What run `seq` of a `Fire(reply=True)` returned (True, value) or raised (False, exc)."""
+        return self._replies.pop(seq, None)
+
     async def run_inline(self, task: Task) -> Any:
         """Run `task` in the caller's task with its dependencies and timeout; return its result."""
         return await self._call(task)
@@ -89,7 +94,9 @@ class TaskRunner:
         try:
             if task is None:
                 raise LookupError(f"no task with id {fire.task!r} is registered in this process")
-            await self._call(task)
+            value = await self._call(task)
+            if fire.reply:
+                self._replies[fire.seq] = (True, value)
         except TaskTimeoutError as timeout_error:
             outcome, error = "timeout", str(timeout_error)
             logger.error("%s", timeout_error)
@@ -100,6 +107,8 @@ class TaskRunner:
         except Exception as failure:
             outcome, error = "failed", f"{type(failure).__name__}: {failure}"
             logger.exception("task %s failed", fire.task)
+            if fire.reply:
+                self._replies[fire.seq] = (False, failure)
         finally:
             self._running.pop(fire.seq, None)
             self._on_done(Done(fire.task, fire.seq, started, time.time(), outcome, error))

@@ -214,7 +214,7 @@ async def test_garbage_on_the_pipes_is_dropped_and_the_app_keeps_running(events)
         await events.wait_for(lambda e: len(e) >= 3)
         pids_before = runtime_pids(app)
         runtime = app._runtime
-        runtime._control.sendall(b"\x00\x00\x00\x05\xc1\xc1\xc1\xc1\xc1")  # to the dispatcher
+        runtime._control._sock.sendall(b"\x00\x00\x00\x05\xc1\xc1\xc1\xc1\xc1")  # to the dispatcher
         for lifeline in runtime._lifelines.values():  # to every worker
             os.write(lifeline, b"\x00\x00\x00\x03\xff\xfe\xfd")
         seen = len(events.named("probe"))

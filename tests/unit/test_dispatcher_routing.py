@@ -1,4 +1,4 @@
-"""The dispatcher's loop pieces: how it spreads and writes fires, sleeps, and cancels at a stop.
+"""The dispatcher's loop pieces: how it writes the fires the core routes, and how it sleeps.
 
 Real pipes, no processes: each worker is the read end of its fire pipe.
 """
@@ -12,8 +12,8 @@ import time
 
 import pytest
 
-from aioclock import Every, OnShutDown
-from aioclock._protocol import Cancel, Done, Fire, FrameReader, Ready, Stop, read_frames
+from aioclock import Every
+from aioclock._protocol import Fire, FrameReader, Ready, read_frames
 from aioclock.dispatcher import process as dispatcher_process
 from aioclock.dispatcher.engine import ScheduledTask
 from aioclock.dispatcher.process import Dispatcher
@@ -43,15 +43,16 @@ def build(monkeypatch):
         control, supervisor_end = socket.socketpair()
         sockets.extend([control, supervisor_end])
         dispatcher = Dispatcher(list(schedule), SYNC, control, links, shares_cpu)
-        for link in dispatcher.router.workers.values():
+        for link in dispatcher.core.router.workers.values():
             link.ready = True
-        flush = Dispatcher._flush_link
+        index_of = {pipes.outbox.fd: index for index, pipes in dispatcher._pipes.items()}
+        flush = Dispatcher._flush_outbox
 
-        def recording_flush(link):
-            events.append(("flush", link.index))
-            flush(link)
+        def recording_flush(outbox):
+            events.append(("flush", index_of[outbox.fd]))
+            flush(outbox)
 
-        monkeypatch.setattr(dispatcher, "_flush_link", recording_flush)
+        monkeypatch.setattr(dispatcher, "_flush_outbox", recording_flush)
         return dispatcher, readers, events
 
     yield make
@@ -69,6 +70,11 @@ def received(fd: int) -> list[str]:
     return [frame.task for frame in frames(fd)]
 
 
+def route(dispatcher: Dispatcher, fires: list[Fire]) -> None:
+    """What the dispatcher does with a batch of fires: the core places them, the loop writes."""
+    dispatcher._deliver(dispatcher.core._place(fires))
+
+
 def batch() -> list[Fire]:
     light = [Fire(f"light_{i}", i, 1.0) for i in range(3)]
     sync = [Fire(name, 10 + i, 1.0) for i, name in enumerate(sorted(SYNC))]
@@ -77,7 +83,7 @@ def batch() -> list[Fire]:
 
 def test_light_fires_share_a_worker_without_sync_work_and_are_written_first(build):
     dispatcher, readers, events = build(4, shares_cpu=False)
-    dispatcher._route(batch())
+    route(dispatcher, batch())
     per_worker = {index: received(fd) for index, fd in readers.items()}
     light_workers = [i for i, tasks in per_worker.items() if any("light" in t for t in tasks)]
     assert len(light_workers) == 1
@@ -91,7 +97,7 @@ def test_light_fires_share_a_worker_without_sync_work_and_are_written_first(buil
 
 def test_sharing_the_cpu_the_dispatcher_yields_between_light_and_sync_writes(build):
     dispatcher, readers, events = build(4, shares_cpu=True)
-    dispatcher._route(batch())
+    route(dispatcher, batch())
     light_worker = next(i for i, fd in readers.items() if "light_0" in received(fd))
     assert events[:2] == [("flush", light_worker), ("yield", None)]
     assert sorted(index for kind, index in events[2:] if kind == "flush") == sorted(
@@ -101,7 +107,7 @@ def test_sharing_the_cpu_the_dispatcher_yields_between_light_and_sync_writes(bui
 
 def test_no_yield_for_a_batch_of_light_fires_only(build):
     dispatcher, _, events = build(2, shares_cpu=True)
-    dispatcher._route([Fire(f"light_{i}", i, 1.0) for i in range(3)])
+    route(dispatcher, [Fire(f"light_{i}", i, 1.0) for i in range(3)])
     assert events == [("flush", events[0][1])]
 
 
@@ -109,44 +115,11 @@ def test_a_pipe_that_drains_wakes_the_loop_without_spinning_to_the_deadline(buil
     dispatcher, readers, _ = build(
         1, shares_cpu=False, schedule=[ScheduledTask("m:t", Every(seconds=3))]
     )
-    dispatcher._started = True
-    dispatcher.engine.start(time.time())  # next deadline: 3 s away
-    link = dispatcher.router.workers[0]
-    while not link.outbox.backlog:  # fill the pipe: the rest waits in the outbox
-        link.outbox.send(Fire("x" * 1000, 1, 0.0))
+    dispatcher._handle(Ready(0, 1))  # next deadline: 3 s away
+    outbox = dispatcher._pipes[0].outbox
+    while not outbox.backlog:  # fill the pipe: the rest waits in the outbox
+        outbox.send(Fire("x" * 1000, 1, 0.0))
     threading.Timer(0.1, lambda: frames(readers[0])).start()
     started = time.monotonic()
     dispatcher._sleep(dispatcher._control.fileno())
     assert time.monotonic() - started < 1.5  # back to the loop once writable, not at 3 s
-
-
-def test_the_grace_cancels_only_runs_older_than_the_stop(build):
-    schedule = [ScheduledTask("m:tick", Every(seconds=1)), ScheduledTask("m:bye", OnShutDown())]
-    dispatcher, readers, _ = build(1, shares_cpu=False, schedule=schedule)
-    link = dispatcher.router.workers[0]
-    dispatcher._on_worker_frame(link, Ready(0, 1), 100.0)  # armed: tick first due at 101
-    dispatcher._route(dispatcher.engine.pop_due(101.0))
-    (tick,) = frames(readers[0])
-    dispatcher._on_control_frame(Stop(grace=5.0), 100.5)
-    assert dispatcher._cancel_at == 105.5
-    dispatcher._on_worker_frame(link, Done("m:tick", tick.seq, 100, 101, "ok"), 101.0)
-    (bye,) = frames(readers[0])
-    assert bye.task == "m:bye"
-    dispatcher._cancel_runs_older_than_the_stop()  # the grace is over; bye is still running
-    assert frames(readers[0]) == []
-
-
-def test_the_grace_cancels_a_run_still_going_and_a_dead_worker_is_skipped(build):
-    schedule = [ScheduledTask("m:tick", Every(seconds=1))]
-    dispatcher, readers, _ = build(2, shares_cpu=False, schedule=schedule)
-    dispatcher._started = True
-    dispatcher._route(dispatcher.engine.start(100.0) + dispatcher.engine.pop_due(101.0))
-    owner = next(i for i, fd in readers.items() if received(fd) == ["m:tick"])
-    other = dispatcher.router.workers[1 - owner]
-    dispatcher.router.assign(other, 99, False)  # a run on a worker that died since
-    dispatcher._cancel_seqs = {99}
-    other.alive = False
-    dispatcher._on_control_frame(Stop(grace=1.0), 100.5)
-    dispatcher._cancel_runs_older_than_the_stop()
-    assert [type(f) for f in frames(readers[owner])] == [Cancel]
-    assert frames(readers[1 - owner]) == []

@@ -1,0 +1,385 @@
+"""The control core: every scheduling decision of both runtimes, with no I/O and no clock.
+
+`ControlCore.handle(now, event)` takes the time and one event (a frame from a worker or from the
+supervisor, a stop, an abort) and returns what to send; `tick(now)` fires what is due;
+`next_wakeup()` says when to call `tick` next. The dispatcher process drives it from a `select`
+loop over pipes, the in-process runtime (`workers=0`) from its event loop with one in-memory
+"worker", so both runtimes stop, grace, run now, lose workers and report stats the same way by
+construction, and every behaviour is a table test on a fake clock.
+
+Example, one task every second and one worker:
+
+    >>> from aioclock import Every
+    >>> from aioclock._protocol import Done, Ready
+    >>> from aioclock.dispatcher.engine import ScheduledTask
+    >>> core = ControlCore([ScheduledTask("mod:tick", Every(seconds=1))], workers=[0])
+    >>> core.handle(100.0, Ready(0, pid=1))
+    [ToControl(frame=Ready(worker=0, pid=1))]
+    >>> core.next_wakeup()
+    101.0
+    >>> core.tick(101.0)
+    [ToWorker(worker=0, frame=Fire(task='mod:tick', seq=2, due=101.0, reply=False), sync=False)]
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Union
+
+from aioclock._protocol import (
+    Cancel,
+    Done,
+    Finished,
+    Fire,
+    Frame,
+    Ping,
+    Pong,
+    Ready,
+    RunNow,
+    RunNowDone,
+    Stats,
+    StatsRequest,
+    Stop,
+    WorkerGone,
+    WorkerJoined,
+)
+from aioclock.dispatcher.engine import DeadlineEngine, Phase, ScheduledTask
+from aioclock.dispatcher.router import Router, WorkerLink
+
+logger = logging.getLogger(__name__)
+
+#: A run told to cancel that has not answered after this long is given up as lost.
+CANCEL_ANSWER_WAIT = 5.0
+
+
+@dataclass(frozen=True)
+class ToWorker:
+    """Send `frame` to worker `worker`; `sync` marks a fire that will occupy a thread there."""
+
+    worker: int
+    frame: Union[Fire, Cancel, Stop]
+    sync: bool = False
+
+
+@dataclass(frozen=True)
+class ToControl:
+    """Send `frame` to whoever controls the app: the supervisor, or the in-process API."""
+
+    frame: Frame
+
+
+Send = Union[ToWorker, ToControl]
+
+
+@dataclass(frozen=True)
+class Abort:
+    """Stop at once: cancel every run, run no shut-down task."""
+
+
+@dataclass(frozen=True)
+class ExternalDue:
+    """A trigger written for aioclock 0.3, driven outside the core, says `task` is due now."""
+
+    task: str
+
+
+@dataclass(frozen=True)
+class ExternalEnded:
+    """Such a trigger's loop ended: `task` will not fire again."""
+
+    task: str
+
+
+Event = Union[
+    Done,
+    Ready,
+    Stop,
+    Abort,
+    RunNow,
+    StatsRequest,
+    WorkerGone,
+    WorkerJoined,
+    Ping,
+    ExternalDue,
+    ExternalEnded,
+]
+
+
+class ControlCore:
+    """The deadline engine, the routing of fires to workers, and every policy around them.
+
+    `workers`: the indices of the workers the app starts with; the schedule starts when all of
+    them are `Ready`. `sync_tasks`: the tasks that occupy a thread of their worker (routed so
+    that light runs avoid such workers).
+    """
+
+    def __init__(
+        self,
+        schedule: Iterable[ScheduledTask],
+        *,
+        workers: Iterable[int],
+        sync_tasks: frozenset[str] = frozenset(),
+        publish_due_times: bool = False,
+    ) -> None:
+        self.engine = DeadlineEngine(schedule, publish_due_times=publish_due_times)
+        self.router = Router()
+        self._sync_tasks = sync_tasks
+        self._expected_ready: set[int] = set()
+        for index in workers:
+            self.router.add(index)
+            self._expected_ready.add(index)
+        self._started = False
+        self._stopping = False
+        self._grace = 0.0
+        self._finished_sent = False
+        self._waiting: deque[Fire] = deque()  # fired, but no worker was ready
+        self._run_now: dict[int, int] = {}  # seq -> request
+        # Runs that a stop gave a grace period: (when to cancel, seq), and when a cancelled
+        # run must have answered at the latest.
+        self._cancel_at: list[tuple[float, int]] = []
+        self._answer_by: dict[int, float] = {}
+
+    # -- what the driver asks -----------------------------------------------------------------
+
+    @property
+    def finished(self) -> bool:
+        """Nothing more will be fired or sent: the driver may end."""
+        return self._finished_sent
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping
+
+    def next_wakeup(self) -> float | None:
+        """When `tick` has something to do next; None if only an event can move things on."""
+        wakeup = self.engine.next_deadline() if self._started else None
+        if self._cancel_at:
+            first = self._cancel_at[0][0]
+            wakeup = first if wakeup is None else min(wakeup, first)
+        if self._answer_by:
+            last_chance = min(self._answer_by.values())
+            wakeup = last_chance if wakeup is None else min(wakeup, last_chance)
+        return wakeup
+
+    def tick(self, now: float) -> list[Send]:
+        """Fire every occurrence due by `now`; cancel the runs whose grace is over."""
+        sends: list[Send] = []
+        if self._started:
+            sends += self._route(self.engine.pop_due(now), now)
+        if self._cancel_at and self._cancel_at[0][0] <= now:
+            sends += self._cancel_overdue(now)
+        if self._answer_by:
+            sends += self._give_up_silent_runs(now)
+        return sends + self._finish_if_done()
+
+    def handle(self, now: float, event: Event) -> list[Send]:
+        """What to send in answer to `event`."""
+        if isinstance(event, Done):
+            sends = self._on_done(event, now)
+        elif isinstance(event, Ready):
+            sends = self._on_ready(event, now)
+        elif isinstance(event, Stop):
+            sends = self._on_stop(event, now)
+        elif isinstance(event, Abort):
+            sends = self._on_abort(now)
+        elif isinstance(event, RunNow):
+            sends = self._on_run_now(event, now)
+        elif isinstance(event, StatsRequest):
+            sends = [ToControl(Stats(event.request, self.engine.stats()))]
+        elif isinstance(event, WorkerGone):
+            sends = self._on_worker_gone(event, now)
+        elif isinstance(event, WorkerJoined):
+            self.router.add(event.worker)
+            sends = []
+        elif isinstance(event, Ping):
+            sends = [ToControl(Pong(event.token))]
+        elif isinstance(event, ExternalDue):
+            sends = self._route(self.engine.fire_external(event.task, now), now)
+        elif isinstance(event, ExternalEnded):
+            sends = self._route(self.engine.external_ended(event.task, now), now)
+        else:
+            logger.warning("the control core ignored %s", type(event).__name__)
+            sends = []
+        return sends + self._finish_if_done()
+
+    # -- runs ---------------------------------------------------------------------------------
+
+    def _on_done(self, done: Done, now: float) -> list[Send]:
+        self.router.release(done.seq)
+        self._answer_by.pop(done.seq, None)
+        sends: list[Send] = []
+        request = self._run_now.pop(done.seq, None)
+        if request is not None:
+            reply = RunNowDone(request, done.seq, done.outcome, done.error, done.result)
+            sends.append(ToControl(reply))
+        return sends + self._route(self.engine.on_done(done, now), now)
+
+    def _on_ready(self, ready: Ready, now: float) -> list[Send]:
+        link = self.router.workers.get(ready.worker)
+        if link is None:
+            logger.warning("Ready from unknown worker %d", ready.worker)
+            return []
+        link.ready = True
+        self._expected_ready.discard(ready.worker)
+        sends: list[Send] = [ToControl(ready)]
+        if not self._started and not self._expected_ready:
+            self._started = True
+            sends += self._route(self.engine.start(now), now)
+        return sends + self._route_waiting()
+
+    def _on_run_now(self, request: RunNow, now: float) -> list[Send]:
+        """Run a task at once, outside its schedule: a run like any other (counted in its
+        stats, routed, cancelled at a stop), whose result goes back to the requester."""
+        refusal = None
+        if self._stopping or self.engine.finished:
+            refusal = f"task {request.task!r} was not run: the app is stopping"
+        elif request.task not in self.engine.task_ids:
+            refusal = f"no task with id {request.task!r} is registered"
+        if refusal is not None:
+            return [ToControl(RunNowDone(request.request, 0, "failed", refusal))]
+        fire = self.engine.run_now(request.task, now, reply=True)
+        self._run_now[fire.seq] = request.request
+        return self._route([fire], now)
+
+    # -- routing ------------------------------------------------------------------------------
+
+    def _route(self, fires: list[Fire], now: float) -> list[Send]:
+        """Send new fires to workers; after a stop they get the same grace as the others."""
+        if self._stopping:
+            for fire in fires:
+                heapq.heappush(self._cancel_at, (now + self._grace, fire.seq))
+        return self._place(fires) if fires else []
+
+    def _place(self, fires: list[Fire]) -> list[Send]:
+        """A worker for each fire: light fires first, then the sync ones (marked `sync`).
+
+        Sync fires choose their workers first, so that the light fires of the same batch land
+        on workers whose GIL no CPU-bound thread is about to hold.
+        """
+        sync_fires: list[Fire] = []
+        light_fires: list[Fire] = []
+        for fire in fires:
+            (sync_fires if fire.task in self._sync_tasks else light_fires).append(fire)
+        sync = self._assign(sync_fires, is_sync=True)
+        return self._assign(light_fires, is_sync=False) + sync
+
+    def _assign(self, fires: list[Fire], *, is_sync: bool) -> list[Send]:
+        """Choose a worker per fire; a fire that finds no ready worker waits for one.
+
+        The light fires of one batch share one worker without sync work (one wake-up instead
+        of several).
+        """
+        sends: list[Send] = []
+        light_worker: WorkerLink | None = None
+        router = self.router
+        for fire in fires:
+            link = light_worker or router.pick()
+            if link is None:
+                self._waiting.append(fire)
+                continue
+            if not is_sync and link.sync_running == 0:
+                light_worker = link
+            router.assign(link, fire.seq, is_sync)
+            sends.append(ToWorker(link.index, fire, is_sync))
+        return sends
+
+    def _route_waiting(self) -> list[Send]:
+        if not self._waiting or not self.router.available():
+            return []
+        waiting = list(self._waiting)
+        self._waiting.clear()
+        return self._place(waiting)
+
+    # -- stopping -----------------------------------------------------------------------------
+
+    def _on_stop(self, stop: Stop, now: float) -> list[Send]:
+        """Stop firing; the runs in flight (and the shut-down tasks) get `stop.grace` seconds,
+        then they are cancelled."""
+        if self._stopping or self.engine.finished:
+            return []
+        self._stopping = True
+        self._grace = stop.grace
+        for seq in self.engine.in_flight():
+            heapq.heappush(self._cancel_at, (now + stop.grace, seq))
+        return self._route(self.engine.request_stop(now), now)
+
+    def _on_abort(self, now: float) -> list[Send]:
+        self._stopping = True
+        in_flight = self.engine.in_flight()
+        self.engine.abort()
+        self._waiting.clear()
+        sends: list[Send] = []
+        for seq in in_flight:
+            link = self.router.release(seq)
+            if link is not None and link.alive:
+                sends.append(ToWorker(link.index, Cancel(seq)))
+        return sends
+
+    def _cancel_overdue(self, now: float) -> list[Send]:
+        sends: list[Send] = []
+        in_flight = self.engine.in_flight()
+        while self._cancel_at and self._cancel_at[0][0] <= now:
+            _, seq = heapq.heappop(self._cancel_at)
+            if seq not in in_flight:
+                continue  # it ended in time
+            sends += self._cancel(seq, in_flight[seq][0], now)
+        return sends
+
+    def _cancel(self, seq: int, task_id: str, now: float) -> list[Send]:
+        for fire in self._waiting:
+            if fire.seq == seq:  # never reached a worker: it ends here
+                self._waiting.remove(fire)
+                error = "cancelled before it started (shutdown)"
+                return self._on_done(Done(task_id, seq, now, now, "cancelled", error), now)
+        link = self.router.owner(seq)
+        if link is None:
+            return []
+        logger.warning("run %d of %s outlived the grace period: cancelling it", seq, task_id)
+        self._answer_by[seq] = now + CANCEL_ANSWER_WAIT
+        return [ToWorker(link.index, Cancel(seq))]
+
+    def _give_up_silent_runs(self, now: float) -> list[Send]:
+        """A run that did not answer its cancellation is given up, so that the stop ends."""
+        sends: list[Send] = []
+        in_flight = self.engine.in_flight()
+        for seq, deadline in list(self._answer_by.items()):
+            if deadline > now:
+                continue
+            del self._answer_by[seq]
+            if seq not in in_flight:
+                continue
+            task_id = in_flight[seq][0]
+            error = f"did not answer its cancellation within {CANCEL_ANSWER_WAIT:g} s"
+            logger.error("run %d of %s %s; giving it up", seq, task_id, error)
+            sends += self._on_done(Done(task_id, seq, now, now, "cancelled", error), now)
+        return sends
+
+    def _finish_if_done(self) -> list[Send]:
+        """Once the engine has finished: tell the controller, then stop every worker."""
+        if self._finished_sent or self.engine.phase is not Phase.FINISHED:
+            return []
+        self._finished_sent = True
+        workers = self.router.workers.values()
+        stops = [ToWorker(link.index, Stop()) for link in workers if link.alive]
+        return [ToControl(Finished()), *stops]
+
+    # -- workers ------------------------------------------------------------------------------
+
+    def _on_worker_gone(self, gone: WorkerGone, now: float) -> list[Send]:
+        """A worker died: its runs failed. Fires sent to it after its last `Done` die with it."""
+        link = self.router.remove(gone.worker)
+        self._expected_ready.discard(gone.worker)
+        if link is None:
+            return []
+        error = f"worker {gone.worker} died with exit code {gone.exitcode}"
+        in_flight = self.engine.in_flight()
+        sends: list[Send] = []
+        for seq in list(link.in_flight):
+            task_id = in_flight.get(seq, ("?", now))[0]
+            logger.error("run %d of %s failed: %s", seq, task_id, error)
+            sends += self._on_done(Done(task_id, seq, now, now, "crashed", error), now)
+        return sends
