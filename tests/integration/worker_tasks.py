@@ -112,3 +112,40 @@ async def report_loop_cpus() -> None:
 async def failing_lifespan(app):
     raise RuntimeError("database unreachable")
     yield
+
+
+async def answer() -> dict:
+    record("answer")
+    return {"answer": 42}
+
+
+async def refuses() -> None:
+    raise ValueError("bad input 7")
+
+
+async def slow_shutdown() -> None:
+    record("slow_shutdown:start")
+    await asyncio.sleep(30)
+    record("slow_shutdown:end")
+
+
+async def overlapping() -> None:
+    record("overlapping")
+    await asyncio.sleep(0.35)
+
+
+async def sleeps_past_timeout() -> None:
+    record("sleeps_past_timeout")
+    await asyncio.sleep(30)
+
+
+async def dies_during_stop() -> None:
+    """Starts, then dies (as an OOM kill would) a moment after the test asks for a stop."""
+    record("dies_during_stop:start")
+    await asyncio.sleep(0.6)
+    os._exit(3)
+
+
+def sync_overruns_timeout() -> None:
+    record("sync_overruns_timeout:start")
+    time.sleep(1.5)

@@ -1,0 +1,169 @@
+"""The control core on a fake clock: each behaviour is (time, event) in, sends out."""
+
+from __future__ import annotations
+
+import pytest
+
+from aioclock import Every, OnShutDown, OnStartUp
+from aioclock._protocol import (
+    Cancel,
+    Done,
+    Finished,
+    Fire,
+    Ping,
+    Pong,
+    Ready,
+    RunNow,
+    RunNowDone,
+    Stats,
+    StatsRequest,
+    Stop,
+    WorkerGone,
+    WorkerJoined,
+)
+from aioclock.dispatcher.core import (
+    CANCEL_ANSWER_WAIT,
+    Abort,
+    ControlCore,
+    ToControl,
+    ToWorker,
+)
+from aioclock.dispatcher.engine import ScheduledTask
+
+
+def core_with(*tasks: ScheduledTask, workers=(0,), sync=frozenset()) -> ControlCore:
+    return ControlCore(list(tasks), workers=list(workers), sync_tasks=sync)
+
+
+def fires(sends) -> list[Fire]:
+    return [s.frame for s in sends if isinstance(s, ToWorker) and isinstance(s.frame, Fire)]
+
+
+def to_control(sends) -> list:
+    return [s.frame for s in sends if isinstance(s, ToControl)]
+
+
+def done(fire: Fire, at: float, outcome="ok") -> Done:
+    return Done(fire.task, fire.seq, at, at, outcome)
+
+
+TICK = ScheduledTask("m:tick", Every(seconds=1))
+BYE = ScheduledTask("m:bye", OnShutDown())
+
+
+def test_the_schedule_starts_when_every_worker_is_ready():
+    core = core_with(TICK, ScheduledTask("m:hello", OnStartUp()), workers=(0, 1))
+    assert core.handle(100.0, Ready(0, 1)) == [ToControl(Ready(0, 1))]
+    assert core.next_wakeup() is None  # worker 1 is not ready yet: nothing is armed
+    (hello,) = fires(core.handle(100.5, Ready(1, 2)))
+    assert hello.task == "m:hello"
+    assert core.next_wakeup() is None  # the schedule waits for the start-up task
+    assert fires(core.handle(100.7, done(hello, 100.7))) == []
+    assert core.next_wakeup() == 101.7
+
+
+def test_a_stop_gives_runs_in_flight_the_grace_then_cancels_them_then_runs_shutdown():
+    core = core_with(TICK, BYE)
+    core.handle(100.0, Ready(0, 1))
+    (tick,) = fires(core.tick(101.0))
+    assert fires(core.handle(101.5, Stop(grace=2.0))) == []  # tick still runs
+    assert core.next_wakeup() == 103.5  # the grace, not the next tick: the schedule stopped
+    assert core.tick(103.5) == [ToWorker(0, Cancel(tick.seq))]
+    (bye,) = fires(core.handle(103.6, done(tick, 103.6, "cancelled")))
+    assert bye.task == "m:bye"
+    assert core.next_wakeup() == pytest.approx(105.6)  # shut-down tasks get the grace too
+    assert core.tick(105.6) == [ToWorker(0, Cancel(bye.seq))]
+    sends = core.handle(105.7, done(bye, 105.7, "cancelled"))
+    assert sends == [ToControl(Finished()), ToWorker(0, Stop())]
+    assert core.finished
+
+
+def test_a_run_that_does_not_answer_its_cancellation_is_given_up_and_the_stop_ends():
+    core = core_with(TICK)
+    core.handle(100.0, Ready(0, 1))
+    (tick,) = fires(core.tick(101.0))
+    core.handle(101.0, Stop(grace=1.0))
+    assert core.tick(102.0) == [ToWorker(0, Cancel(tick.seq))]
+    assert core.next_wakeup() == 102.0 + CANCEL_ANSWER_WAIT
+    sends = core.tick(102.0 + CANCEL_ANSWER_WAIT)
+    assert to_control(sends) == [Finished()]
+    (stats,) = core.engine.stats()
+    assert stats.runs == 1 and "did not answer its cancellation" in stats.last_error
+
+
+def test_a_lost_worker_fails_its_runs_and_a_replacement_takes_new_fires():
+    core = core_with(TICK, ScheduledTask("m:tock", Every(seconds=1)), workers=(0,))
+    core.handle(100.0, Ready(0, 1))
+    assert len(fires(core.tick(101.0))) == 2
+    core.handle(101.2, WorkerGone(0, -9))
+    stats = {s.task: s for s in core.engine.stats()}
+    assert stats["m:tick"].failures == 1 and "died with exit code -9" in stats["m:tick"].last_error
+    assert fires(core.tick(102.0)) == []  # no worker: the fires wait
+    core.handle(102.1, WorkerJoined(0))
+    assert {f.task for f in fires(core.handle(102.5, Ready(0, 2)))} == {"m:tick", "m:tock"}
+
+
+def test_a_worker_lost_during_a_stop_ends_its_runs_and_the_stop_finishes():
+    core = core_with(TICK, BYE, workers=(0, 1))
+    core.handle(100.0, Ready(0, 1))
+    core.handle(100.0, Ready(1, 2))
+    (tick_sent,) = core.tick(101.0)
+    owner = tick_sent.worker
+    core.handle(101.1, Stop(grace=10.0))
+    (bye,) = fires(core.handle(101.2, WorkerGone(owner, 3)))
+    assert bye.task == "m:bye"
+    sends = core.handle(101.3, done(bye, 101.3))
+    assert to_control(sends) == [Finished()]
+
+
+def test_run_now_is_a_counted_run_whose_result_goes_back_to_the_requester():
+    core = core_with(TICK)
+    core.handle(100.0, Ready(0, 1))
+    (fire,) = fires(core.handle(100.2, RunNow("m:tick", request=7)))
+    assert fire.reply
+    result = Done(fire.task, fire.seq, 100.2, 100.3, "ok", result=b"value")
+    assert to_control(core.handle(100.3, result)) == [RunNowDone(7, fire.seq, "ok", None, b"value")]
+    (stats,) = core.engine.stats()
+    assert stats.runs == 1
+
+
+@pytest.mark.parametrize(
+    ("event", "message"),
+    [
+        (RunNow("m:nope", request=1), "no task with id 'm:nope' is registered"),
+        (RunNow("m:tick", request=1), "the app is stopping"),
+    ],
+)
+def test_run_now_is_refused_for_an_unknown_task_or_while_stopping(event, message):
+    core = core_with(TICK, BYE)
+    core.handle(100.0, Ready(0, 1))
+    if event.task == "m:tick":
+        core.handle(100.0, Stop(grace=1.0))
+    (reply,) = to_control(core.handle(100.1, event))
+    assert reply.outcome == "failed" and message in reply.error
+
+
+def test_abort_cancels_every_run_and_skips_shutdown():
+    core = core_with(TICK, BYE)
+    core.handle(100.0, Ready(0, 1))
+    (tick,) = fires(core.tick(101.0))
+    sends = core.handle(101.1, Abort())
+    assert sends == [ToWorker(0, Cancel(tick.seq)), ToControl(Finished()), ToWorker(0, Stop())]
+
+
+def test_stats_and_ping_are_answered_to_the_controller():
+    core = core_with(TICK)
+    (stats,) = to_control(core.handle(100.0, StatsRequest(3)))
+    assert isinstance(stats, Stats) and [s.task for s in stats.tasks] == ["m:tick"]
+    assert to_control(core.handle(100.0, Ping(9))) == [Pong(9)]
+
+
+def test_sync_fires_avoid_the_worker_of_the_light_fires():
+    light = ScheduledTask("m:light", Every(seconds=1))
+    crunch = ScheduledTask("m:crunch", Every(seconds=1))
+    core = core_with(light, crunch, workers=(0, 1), sync=frozenset({"m:crunch"}))
+    core.handle(100.0, Ready(0, 1))
+    core.handle(100.0, Ready(1, 2))
+    sends = core.tick(101.0)
+    assert [(s.frame.task, s.sync) for s in sends] == [("m:light", False), ("m:crunch", True)]
+    assert sends[0].worker != sends[1].worker
