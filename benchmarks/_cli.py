@@ -38,7 +38,9 @@ def parser(name: str, description: str, *, duration: float) -> argparse.Argument
     p.add_argument(
         "--systems", type=_system_names, default=["this", "peers"],
         help="comma list of: this (workers=0 and --workers), this-wN, aioclock-0.3, "
-        "apscheduler-3.11, peers, all (default: this,peers)",
+        "apscheduler-3.11, peers, all (default: this,peers); this@REV or this-wN@REV runs "
+        "this project at git revision REV (its aioclock/ exported under "
+        "benchmarks/results/revisions/) beside the working tree, e.g. this-w4,this-w4@e78cbe7",
     )  # fmt: skip
     p.add_argument(
         "--no-install", action="store_true",
@@ -66,13 +68,17 @@ def parser(name: str, description: str, *, duration: float) -> argparse.Argument
 
 
 def systems(args: argparse.Namespace, this_workers: Sequence[int]) -> list[System]:
-    """Resolve ``--systems`` (creating peer venvs unless ``--no-install``)."""
-    return _systems.resolve(
-        args.systems,
-        this_workers=this_workers,
-        peer_workers=args.workers,
-        install=not args.no_install,
-    )
+    """Resolve ``--systems`` (creating peer venvs unless ``--no-install``, exporting past
+    revisions); exit with the reason when a revision cannot be exported."""
+    try:
+        return _systems.resolve(
+            args.systems,
+            this_workers=this_workers,
+            peer_workers=args.workers,
+            install=not args.no_install,
+        )
+    except ValueError as exc:
+        raise SystemExit(f"error: {exc}") from None
 
 
 def run_one(
@@ -105,6 +111,7 @@ def run_one(
         "error": result.error,
         "stderr_tail": result.stderr_tail,
         "version": result.meta.get("version"),
+        "revision": system.revision,
         "meta": result.meta,
         "metrics": metrics,
         "raw": raw,

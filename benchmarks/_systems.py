@@ -7,7 +7,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import _peers
+from . import _peers, _revisions
 
 ROOT = Path(__file__).resolve().parent.parent
 SCENARIOS = Path(__file__).resolve().parent / "scenarios"
@@ -32,17 +32,26 @@ class System:
     pythonpath: str | None = None
     module_root: Path | None = None
     unavailable: str | None = None
+    revision: str | None = None  # the full commit hash, for a past revision of this project
 
 
-def _this(workers: int) -> System:
+def _this(workers: int, rev: str | None = None) -> System:
+    """This project: the working tree, or the commit ``rev`` exported from git."""
+    if rev is None:
+        key, label, root, revision = f"this-w{workers}", "AioClock (this", ROOT, None
+    else:
+        commit = _revisions.resolve(rev)
+        key, label = f"this-w{workers}@{commit.short}", f"AioClock ({commit.short}"
+        root, revision = _revisions.checkout(commit), commit.sha
     return System(
-        key=f"this-w{workers}",
-        label=f"AioClock (this, workers={workers})",
-        script=SCENARIOS / "aioclock_app.py",
+        key=key,
+        label=f"{label}, workers={workers})",
+        script=SCENARIOS / "aioclock_app.py",  # this checkout's: both measure the same thing
         python=Path(sys.executable),
         workers=workers,
-        pythonpath=str(ROOT),
-        module_root=ROOT / "aioclock",
+        pythonpath=str(root),
+        module_root=root / "aioclock",
+        revision=revision,
     )
 
 
@@ -82,27 +91,36 @@ def _is_this(name: str) -> bool:
 
 
 def check(names: Iterable[str]) -> list[str]:
-    """``names`` unchanged when each is a known system or alias, else a ValueError naming it."""
+    """``names`` unchanged when each is a known system or alias and each ``@REV`` a commit
+    git can resolve, else a ValueError naming it."""
     names = list(names)
     for name in expand(names):
-        if not _is_this(name) and name not in _peers.PEERS:
-            known = ", ".join(["this", "this-wN", *PEER_NAMES, *ALIASES])
-            raise ValueError(f"unknown system {name!r}; known: {known}")
+        base, rev = _revisions.split(name)
+        if not _is_this(base) and (rev is not None or name not in _peers.PEERS):
+            known = ", ".join(["this", "this-wN", "this@REV", "this-wN@REV", *PEER_NAMES])
+            raise ValueError(f"unknown system {name!r}; known: {known}, {', '.join(ALIASES)}")
+        if rev is not None:
+            _revisions.resolve(rev)
     return names
 
 
 def resolve(
     names: Iterable[str], *, this_workers: Iterable[int], peer_workers: int, install: bool
 ) -> list[System]:
-    """The systems to run: ``this`` becomes one entry per worker count; peers get their venvs."""
+    """The systems to run: ``this`` becomes one entry per worker count, ``@REV`` the same at
+    that commit (exported from git); peers get their venvs."""
     systems: list[System] = []
     for name in expand(names):
-        if name == "this":
-            systems.extend(_this(w) for w in dict.fromkeys(this_workers))
-        elif name.startswith("this-w") and name[6:].isdigit():
-            systems.append(_this(int(name[6:])))
+        base, rev = _revisions.split(name)
+        if base == "this":
+            systems.extend(_this(w, rev) for w in dict.fromkeys(this_workers))
+        elif _is_this(base):
+            systems.append(_this(int(base[6:]), rev))
         elif name in _peers.PEERS:
             systems.append(_peer(name, peer_workers, install))
         else:
             check([name])
-    return systems
+    unique: dict[str, System] = {}  # this-w4@HEAD and this-w4@<its hash> are one system
+    for system in systems:
+        unique.setdefault(system.key, system)
+    return list(unique.values())
