@@ -2,6 +2,7 @@
 
 import asyncio
 import contextlib
+import multiprocessing
 import os
 import signal
 import subprocess
@@ -442,3 +443,34 @@ async def test_an_app_without_sync_tasks_keeps_every_cpu(events):
     await asyncio.wait_for(app.serve(), HANG_GUARD)
     (report,) = events.named("report_loop_cpus")
     assert report["loop_cpus"] == sorted(os.sched_getaffinity(0))
+
+
+async def test_liveness_pings_wait_until_the_dispatcher_has_loaded_its_schedule(
+    events, monkeypatch
+):
+    from aioclock import _supervisor
+
+    monkeypatch.setattr(_supervisor, "PING_INTERVAL", 0.1)
+    monkeypatch.setattr(_supervisor, "LIVENESS_TIMEOUT", 0.5)  # shorter than the 1.5 s load
+    app = AioClock(workers=1)
+    app.task(trigger=tasks.SlowToLoadEvery(seconds=0.05))(tasks.probe)
+    async with serving(app):
+        await events.wait_for(lambda e: len(e) >= 3)
+
+
+async def test_the_supervisor_never_joins_a_process_in_the_callers_event_loop(events, monkeypatch):
+    """An embedded app (FastAPI's loop) must not stall its host: no blocking join, ever,
+    while the app runs, replaces a killed worker and stops."""
+    from aioclock.dispatcher.launch import DispatcherProcess
+
+    def refuse_join(self, timeout=None):
+        raise AssertionError(f"{self.name}.join() would block the event loop")
+
+    monkeypatch.setattr(multiprocessing.process.BaseProcess, "join", refuse_join)
+    monkeypatch.setattr(DispatcherProcess, "join", refuse_join)
+    app = AioClock(workers=2)
+    app.task(trigger=Every(seconds=0.02))(tasks.probe)
+    async with serving(app):
+        await events.wait_for(lambda e: len(e) >= 5)
+        os.kill(next(iter(runtime_pids(app)[1])), signal.SIGKILL)  # a worker is replaced
+        await events.wait_for(lambda e: len(e) >= 20)

@@ -10,7 +10,7 @@ import json
 import os
 import time
 
-from aioclock import Depends
+from aioclock import Depends, Every
 
 
 def record(name: str, **fields) -> None:
@@ -149,3 +149,11 @@ async def dies_during_stop() -> None:
 def sync_overruns_timeout() -> None:
     record("sync_overruns_timeout:start")
     time.sleep(1.5)
+
+
+class SlowToLoadEvery(Every):
+    """An `Every` that takes 1.5 s to unpickle: a dispatcher loading a large schedule."""
+
+    def __setstate__(self, state) -> None:
+        time.sleep(1.5)
+        super().__setstate__(state)
