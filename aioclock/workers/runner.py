@@ -25,6 +25,10 @@ from aioclock.exceptions import TaskTimeoutError
 
 logger = logging.getLogger("aioclock")
 
+#: The error a `Done` carries is cut to this many characters (the log keeps it whole), so that
+#: every `Done` fits in a frame.
+MAX_ERROR_CHARS = 2000
+
 
 class TaskRunner:
     """Runs fires concurrently and calls `on_done` with one `Done` per fire.
@@ -98,7 +102,7 @@ class TaskRunner:
             logger.warning("task %s was cancelled while running", fire.task)
             raise
         except Exception as failure:
-            outcome, error = "failed", f"{type(failure).__name__}: {failure}"
+            outcome, error = "failed", _summary(failure)
             logger.exception("task %s failed", fire.task)
         finally:
             self._running.pop(fire.seq, None)
@@ -164,6 +168,13 @@ class TaskRunner:
                 "cancelled %d run(s) still going after %.1f s", len(still_running), grace
             )
             await asyncio.wait(still_running)
+
+
+def _summary(failure: BaseException) -> str:
+    text = f"{type(failure).__name__}: {failure}"
+    if len(text) > MAX_ERROR_CHARS:
+        text = f"{text[:MAX_ERROR_CHARS]}... ({len(text)} characters)"
+    return text
 
 
 def _takes_arguments(func: Callable[..., Any]) -> bool:

@@ -17,6 +17,7 @@ from aioclock.api import get_metadata_of_all_tasks, run_specific_task
 from aioclock.exceptions import TaskNotReachableError, WorkerProcessError
 from aioclock.triggers import BaseTrigger
 
+from . import many_tasks
 from . import worker_tasks as tasks
 from .conftest import wait_until_gone
 
@@ -237,6 +238,19 @@ async def test_run_specific_task_fires_in_a_worker_and_metadata_reports_lateness
     assert probe_stats.runs >= 5
     assert probe_stats.lateness_p99 is not None and probe_stats.lateness_p99 >= 0
     assert probe_stats.next_due is not None
+
+
+async def test_metadata_of_20000_tasks_crosses_the_pipe_whole(events):
+    app = AioClock(workers=1)
+    for func in many_tasks.TASKS:
+        app.task(trigger=Every(hours=1))(func)
+    app.task(trigger=Every(seconds=0.05))(tasks.probe)
+    async with serving(app):
+        await events.wait_for(lambda e: len(e) >= 3)
+        metadata = await asyncio.wait_for(get_metadata_of_all_tasks(app), HANG_GUARD)
+    assert len(metadata) == many_tasks.COUNT + 1
+    assert all(entry.next_due is not None for entry in metadata)
+    assert next(entry for entry in metadata if entry.task_name == "probe").runs >= 3
 
 
 def make_nested_app():
