@@ -82,8 +82,15 @@ class TaskRunner:
             self._on_done(Done(fire.task, fire.seq, now, now, "cancelled", error))
 
     async def run_inline(self, task: Task) -> Any:
-        """Run `task` in the caller's task with its dependencies and timeout; return its result."""
-        return await self._call(task)
+        """Run `task` in the caller's task with its dependencies and timeout; return its result.
+
+        Past its timeout, raise `TaskTimeoutError`; what the task raises (a `TimeoutError` of
+        its own included) comes through as it is.
+        """
+        try:
+            return await self._call(task)
+        except _DeadlineExpired:
+            raise _timeout_error(task) from None
 
     async def _run(self, fire: Fire) -> None:
         started = time.time()
@@ -94,7 +101,9 @@ class TaskRunner:
             if task is None:
                 raise LookupError(f"no task with id {fire.task!r} is registered in this process")
             await self._call(task)
-        except TaskTimeoutError as timeout_error:
+        except _DeadlineExpired:
+            assert task is not None
+            timeout_error = _timeout_error(task)
             outcome, error = "timeout", str(timeout_error)
             logger.error("%s", timeout_error)
         except asyncio.CancelledError:
@@ -150,7 +159,7 @@ class TaskRunner:
             future.add_done_callback(lambda _: on_thread_end())
         try:
             return await _within(asyncio.shield(future), task)
-        except TaskTimeoutError:
+        except _DeadlineExpired:
             if self._on_sync_timeout is not None:
                 self._on_sync_timeout(task)
             raise
@@ -185,19 +194,56 @@ def _takes_arguments(func: Callable[..., Any]) -> bool:
     return bool(code.co_argcount or code.co_kwonlyargcount or code.co_flags & varargs)
 
 
+class _DeadlineExpired(Exception):
+    """The runner's own timeout of a run expired. Only `_within` raises it, and the runner turns
+    it into `TaskTimeoutError`, so that a `TimeoutError` raised by the task's code (an HTTP
+    client's, say) is never mistaken for it."""
+
+
+def _timeout_error(task: Task) -> TaskTimeoutError:
+    assert task.timeout is not None
+    return TaskTimeoutError(task.name, task.timeout)
+
+
 async def _within(awaitable: Any, task: Task) -> Any:
-    """Await with the task's timeout; past it, cancel and raise `TaskTimeoutError`."""
+    """Await with the task's timeout; past it, cancel and raise `_DeadlineExpired`."""
     if task.timeout is None:
         return await awaitable
+    if sys.version_info >= (3, 11):
+        return await _within_scope(awaitable, task.timeout)
+    return await _within_wait_for(awaitable, task.timeout)
+
+
+async def _within_scope(awaitable: Any, timeout: float) -> Any:
+    scope = asyncio.timeout(timeout)
     try:
-        if sys.version_info >= (3, 11):
-            async with asyncio.timeout(task.timeout):
-                return await awaitable
-        return await asyncio.wait_for(awaitable, task.timeout)
+        async with scope:
+            return await awaitable
     except TimeoutError:
-        raise TaskTimeoutError(task.name, task.timeout) from None
-    except asyncio.TimeoutError:  # a distinct class before Python 3.11
-        raise TaskTimeoutError(task.name, task.timeout) from None
+        if scope.expired():
+            raise _DeadlineExpired from None
+        raise
+
+
+async def _within_wait_for(awaitable: Any, timeout: float) -> Any:
+    """`_within_scope` for Python 3.10, which has no `asyncio.timeout`: `wait_for` raises the same
+    `asyncio.TimeoutError` for its own deadline as a task may raise, so a timer tells them apart
+    (it is due no later than `wait_for`'s own, so it has run when that one fires)."""
+    expired = False
+
+    def expire() -> None:
+        nonlocal expired
+        expired = True
+
+    timer = asyncio.get_running_loop().call_later(timeout, expire)
+    try:
+        return await asyncio.wait_for(awaitable, timeout)
+    except asyncio.TimeoutError:
+        if expired:
+            raise _DeadlineExpired from None
+        raise
+    finally:
+        timer.cancel()
 
 
 async def enter_lifespan(app: Any, stack: AsyncExitStack) -> None:

@@ -17,7 +17,7 @@ from aioclock.api import get_metadata_of_all_tasks, run_specific_task
 from aioclock.exceptions import TaskNotReachableError, WorkerProcessError
 from aioclock.triggers import BaseTrigger
 
-from . import many_tasks
+from . import many_tasks, raising_tasks
 from . import worker_tasks as tasks
 from .conftest import wait_until_gone
 
@@ -182,6 +182,29 @@ async def test_a_sync_task_past_its_timeout_is_reported_and_its_worker_replaced(
     assert sleeper_stats.timeouts == 1
     assert "exceeded its timeout of 0.3 s" in sleeper_stats.last_error
     assert sleeping["pid"] not in worker_pids and len(worker_pids) == 2
+
+
+async def test_a_tasks_own_timeout_error_is_a_failure_and_its_worker_stays(events):
+    app = AioClock(workers=1)
+    app.task(trigger=Once(), timeout=5)(raising_tasks.upstream_timeout)
+    app.task(trigger=Once(), timeout=5)(raising_tasks.upstream_timeout_in_a_thread)
+    app.task(trigger=Every(seconds=0.05))(tasks.probe)
+    async with serving(app):
+        await events.wait_for(
+            lambda e: {"upstream_timeout", "upstream_timeout_in_a_thread"} <= {x["name"] for x in e}
+        )
+        moment = time.time()
+        await events.wait_for(lambda e: _probe_after(e, moment + 0.2))
+        metadata = await get_metadata_of_all_tasks(app)
+        _, worker_pids = runtime_pids(app)
+    raised_in = {event["pid"] for event in events.read() if event["name"].startswith("upstream")}
+    last_probe = events.named("probe")[-1]
+    assert raised_in == {last_probe["pid"]} == worker_pids  # the same worker all along
+    outcomes = [(m.failures, m.timeouts, m.last_error) for m in metadata[:2]]
+    assert outcomes == [
+        (1, 0, "TimeoutError: upstream"),
+        (1, 0, "TimeoutError: upstream, from a thread"),
+    ]
 
 
 @pytest.mark.parametrize(
