@@ -1,8 +1,10 @@
 """The frames that the deadline engine and the task runners exchange: the only thing they share.
 
 Frames are tagged, frozen msgspec Structs. On a pipe each frame travels as a 4-byte big-endian
-length followed by its msgpack body; `FrameReader` reassembles them from whatever chunks the
-pipe delivers and drops (with a log line) anything that does not decode.
+length followed by its msgpack body of at most `MAX_FRAME_BYTES`; `FrameReader` reassembles them
+from whatever chunks the pipe delivers and skips (with a log line) anything that does not decode
+or is too big, without losing its place in the stream. A `Stats` answer too big for one frame
+travels as several pages, which `FrameReader` joins again: neither end sees the pages.
 """
 
 from __future__ import annotations
@@ -10,16 +12,21 @@ from __future__ import annotations
 import logging
 import os
 import struct
+from collections.abc import Sequence
 from typing import Literal, Union
 
 import msgspec
+
+from aioclock.exceptions import FrameTooLargeError
 
 logger = logging.getLogger(__name__)
 
 Outcome = Literal["ok", "failed", "timeout", "crashed", "cancelled"]
 
-#: A frame larger than this is garbage: a reader that sees such a length drops its buffer.
+#: No frame body is larger: `encode` refuses to write one, a reader skips one.
 MAX_FRAME_BYTES = 1 << 20
+#: What a page of a `Stats` answer aims at (a page may reach MAX_FRAME_BYTES when entries vary).
+STATS_PAGE_BYTES = MAX_FRAME_BYTES // 4
 _LENGTH = struct.Struct("!I")
 
 
@@ -94,8 +101,11 @@ class TaskStats(msgspec.Struct, frozen=True, array_like=True):
 
 
 class Stats(msgspec.Struct, frozen=True, tag=True, array_like=True):
+    """The answer to `StatsRequest(request)`; on a pipe, `more` marks a page before the last."""
+
     request: int
     tasks: list[TaskStats]
+    more: bool = False
 
 
 class Cancel(msgspec.Struct, frozen=True, tag=True, array_like=True):
@@ -156,13 +166,50 @@ Frame = Union[
 ]
 
 _encoder = msgspec.msgpack.Encoder()
-_decoder = msgspec.msgpack.Decoder(Frame)
+_decoder: msgspec.msgpack.Decoder[Frame] = msgspec.msgpack.Decoder(Frame)
 
 
 def encode(frame: Frame) -> bytes:
-    """One frame as bytes ready for a pipe: length prefix and body."""
+    """One frame as bytes ready for a pipe: length prefix and body.
+
+    A `Stats` answer over the limit becomes several pages (see `stats_pages`); any other frame
+    over `MAX_FRAME_BYTES` raises `FrameTooLargeError`, so no stream ever carries one.
+    """
     body = _encoder.encode(frame)
-    return _LENGTH.pack(len(body)) + body
+    if len(body) <= MAX_FRAME_BYTES:
+        return _LENGTH.pack(len(body)) + body
+    if isinstance(frame, Stats):
+        pages = (_encoder.encode(page) for page in stats_pages(frame.request, frame.tasks))
+        return b"".join(_LENGTH.pack(len(page)) + page for page in pages)
+    raise FrameTooLargeError(f"a {type(frame).__name__} frame", len(body), MAX_FRAME_BYTES)
+
+
+def stats_pages(request: int, tasks: Sequence[TaskStats]) -> list[Stats]:
+    """The answer `Stats(request, tasks)` as pages in order, each under `MAX_FRAME_BYTES`; every
+    page but the last has `more` set."""
+    if not tasks:
+        return [Stats(request, [])]
+    whole = len(_encoder.encode(Stats(request, list(tasks))))
+    per_page = max(1, len(tasks) * STATS_PAGE_BYTES // whole)
+    pieces: list[list[TaskStats]] = []
+    for start in range(0, len(tasks), per_page):
+        _cut_to_fit(request, list(tasks[start : start + per_page]), pieces)
+    pages = [Stats(request, piece, more=True) for piece in pieces]
+    pages[-1] = Stats(request, pieces[-1])
+    return pages
+
+
+def _cut_to_fit(request: int, tasks: list[TaskStats], pieces: list[list[TaskStats]]) -> None:
+    """Append `tasks` to `pieces`, halved as often as it takes for each piece to fit a frame."""
+    size = len(_encoder.encode(Stats(request, tasks, more=True)))
+    if size <= MAX_FRAME_BYTES:
+        pieces.append(tasks)
+    elif len(tasks) == 1:
+        raise FrameTooLargeError(f"the stats of task {tasks[0].task!r}", size, MAX_FRAME_BYTES)
+    else:
+        half = len(tasks) // 2
+        _cut_to_fit(request, tasks[:half], pieces)
+        _cut_to_fit(request, tasks[half:], pieces)
 
 
 def decode_body(body: bytes | bytearray) -> Frame | None:
@@ -195,39 +242,73 @@ def read_frames(fd: int, reader: FrameReader) -> list[Frame] | None:
 
 
 class FrameReader:
-    """Reassembles length-prefixed frames from the chunks a non-blocking pipe delivers."""
+    """Reassembles length-prefixed frames from the chunks a non-blocking pipe delivers.
 
-    __slots__ = ("_buffer",)
+    A frame that announces more than `MAX_FRAME_BYTES` is skipped whole, however many chunks
+    it spans, and the frames after it decode as usual. The pages of a `Stats` answer come out
+    as one `Stats`.
+    """
+
+    __slots__ = ("_buffer", "_skip", "_stats")
 
     def __init__(self) -> None:
         self._buffer = bytearray()
+        self._skip = 0  # bytes of an oversized frame still to come and to discard
+        self._stats: Stats | None = None  # the pages of a Stats answer read so far
 
     def feed(self, chunk: bytes) -> list[Frame]:
         """Add bytes read from the pipe; return the complete frames they finish, in order."""
+        if self._skip:
+            skipped = min(self._skip, len(chunk))
+            self._skip -= skipped
+            chunk = chunk[skipped:]
         buffer = self._buffer
         buffer += chunk
         frames: list[Frame] = []
         offset = 0
         while len(buffer) - offset >= _LENGTH.size:
             (length,) = _LENGTH.unpack_from(buffer, offset)
+            start = offset + _LENGTH.size
+            end = start + length
             if length > MAX_FRAME_BYTES:
                 logger.warning(
-                    "dropped %d buffered bytes: frame length %d exceeds %d",
-                    len(buffer) - offset,
-                    length,
-                    MAX_FRAME_BYTES,
+                    "skipped a frame of %d bytes: over the limit of %d", length, MAX_FRAME_BYTES
                 )
-                offset = len(buffer)
-                break
-            end = offset + _LENGTH.size + length
+                if end > len(buffer):
+                    self._skip = end - len(buffer)
+                    offset = len(buffer)
+                    break
+                offset = end
+                continue
             if end > len(buffer):
                 break
-            frame = decode_body(buffer[offset + _LENGTH.size : end])  # one copy: msgspec reads it
+            frame = decode_body(buffer[start:end])  # one copy: msgspec reads it
+            if isinstance(frame, Stats):
+                frame = self._join(frame)
             if frame is not None:
                 frames.append(frame)
             offset = end
         del buffer[:offset]
         return frames
+
+    def _join(self, page: Stats) -> Stats | None:
+        """The whole answer once its last page is read; None before."""
+        partial = self._stats
+        if partial is not None and partial.request != page.request:
+            logger.warning(
+                "dropped an incomplete stats answer (request %d, %d tasks)",
+                partial.request,
+                len(partial.tasks),
+            )
+            partial = None
+        if partial is not None:
+            partial.tasks.extend(page.tasks)
+            page = Stats(page.request, partial.tasks, more=page.more)
+        if page.more:
+            self._stats = page
+            return None
+        self._stats = None
+        return page
 
 
 class Outbox:

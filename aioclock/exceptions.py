@@ -43,5 +43,14 @@ class TaskRunError(BaseAioClockException, RuntimeError):
         self.outcome = outcome
 
 
+class FrameTooLargeError(BaseAioClockException, ValueError):
+    """A frame between the processes would exceed the size a reader accepts."""
+
+    def __init__(self, what: str, size: int, limit: int) -> None:
+        super().__init__(f"{what} is {size} bytes, over the limit of {limit} bytes")
+        self.size = size
+        self.limit = limit
+
+
 class WorkerProcessError(BaseAioClockException, RuntimeError):
     """A process of the multi-process runtime failed in a way the app cannot recover from."""

@@ -25,6 +25,10 @@ from aioclock.exceptions import TaskTimeoutError
 
 logger = logging.getLogger("aioclock")
 
+#: The error a `Done` carries is cut to this many characters (the log keeps it whole), so that
+#: every `Done` fits in a frame.
+MAX_ERROR_CHARS = 2000
+
 
 class TaskRunner:
     """Runs fires concurrently and calls `on_done` with one `Done` per fire.
@@ -83,8 +87,15 @@ class TaskRunner:
         return self._replies.pop(seq, None)
 
     async def run_inline(self, task: Task) -> Any:
-        """Run `task` in the caller's task with its dependencies and timeout; return its result."""
-        return await self._call(task)
+        """Run `task` in the caller's task with its dependencies and timeout; return its result.
+
+        Past its timeout, raise `TaskTimeoutError`; what the task raises (a `TimeoutError` of
+        its own included) comes through as it is.
+        """
+        try:
+            return await self._call(task)
+        except _DeadlineExpired:
+            raise _timeout_error(task) from None
 
     async def _run(self, fire: Fire) -> None:
         started = time.time()
@@ -97,7 +108,9 @@ class TaskRunner:
             value = await self._call(task)
             if fire.reply:
                 self._replies[fire.seq] = (True, value)
-        except TaskTimeoutError as timeout_error:
+        except _DeadlineExpired:
+            assert task is not None
+            timeout_error = _timeout_error(task)
             outcome, error = "timeout", str(timeout_error)
             logger.error("%s", timeout_error)
         except asyncio.CancelledError:
@@ -105,7 +118,7 @@ class TaskRunner:
             logger.warning("task %s was cancelled while running", fire.task)
             raise
         except Exception as failure:
-            outcome, error = "failed", f"{type(failure).__name__}: {failure}"
+            outcome, error = "failed", _summary(failure)
             logger.exception("task %s failed", fire.task)
             if fire.reply:
                 self._replies[fire.seq] = (False, failure)
@@ -155,7 +168,7 @@ class TaskRunner:
             future.add_done_callback(lambda _: on_thread_end())
         try:
             return await _within(asyncio.shield(future), task)
-        except TaskTimeoutError:
+        except _DeadlineExpired:
             if self._on_sync_timeout is not None:
                 self._on_sync_timeout(task)
             raise
@@ -175,6 +188,13 @@ class TaskRunner:
             await asyncio.wait(still_running)
 
 
+def _summary(failure: BaseException) -> str:
+    text = f"{type(failure).__name__}: {failure}"
+    if len(text) > MAX_ERROR_CHARS:
+        text = f"{text[:MAX_ERROR_CHARS]}... ({len(text)} characters)"
+    return text
+
+
 def _takes_arguments(func: Callable[..., Any]) -> bool:
     code = getattr(func, "__code__", None)
     if code is None or not inspect.isfunction(func):  # partials, callables: ask inspect
@@ -183,19 +203,56 @@ def _takes_arguments(func: Callable[..., Any]) -> bool:
     return bool(code.co_argcount or code.co_kwonlyargcount or code.co_flags & varargs)
 
 
+class _DeadlineExpired(Exception):
+    """The runner's own timeout of a run expired. Only `_within` raises it, and the runner turns
+    it into `TaskTimeoutError`, so that a `TimeoutError` raised by the task's code (an HTTP
+    client's, say) is never mistaken for it."""
+
+
+def _timeout_error(task: Task) -> TaskTimeoutError:
+    assert task.timeout is not None
+    return TaskTimeoutError(task.name, task.timeout)
+
+
 async def _within(awaitable: Any, task: Task) -> Any:
-    """Await with the task's timeout; past it, cancel and raise `TaskTimeoutError`."""
+    """Await with the task's timeout; past it, cancel and raise `_DeadlineExpired`."""
     if task.timeout is None:
         return await awaitable
+    if sys.version_info >= (3, 11):
+        return await _within_scope(awaitable, task.timeout)
+    return await _within_wait_for(awaitable, task.timeout)
+
+
+async def _within_scope(awaitable: Any, timeout: float) -> Any:
+    scope = asyncio.timeout(timeout)
     try:
-        if sys.version_info >= (3, 11):
-            async with asyncio.timeout(task.timeout):
-                return await awaitable
-        return await asyncio.wait_for(awaitable, task.timeout)
+        async with scope:
+            return await awaitable
     except TimeoutError:
-        raise TaskTimeoutError(task.name, task.timeout) from None
-    except asyncio.TimeoutError:  # a distinct class before Python 3.11
-        raise TaskTimeoutError(task.name, task.timeout) from None
+        if scope.expired():
+            raise _DeadlineExpired from None
+        raise
+
+
+async def _within_wait_for(awaitable: Any, timeout: float) -> Any:
+    """`_within_scope` for Python 3.10, which has no `asyncio.timeout`: `wait_for` raises the same
+    `asyncio.TimeoutError` for its own deadline as a task may raise, so a timer tells them apart
+    (it is due no later than `wait_for`'s own, so it has run when that one fires)."""
+    expired = False
+
+    def expire() -> None:
+        nonlocal expired
+        expired = True
+
+    timer = asyncio.get_running_loop().call_later(timeout, expire)
+    try:
+        return await asyncio.wait_for(awaitable, timeout)
+    except asyncio.TimeoutError:
+        if expired:
+            raise _DeadlineExpired from None
+        raise
+    finally:
+        timer.cancel()
 
 
 async def enter_lifespan(app: Any, stack: AsyncExitStack) -> None:

@@ -18,6 +18,7 @@ from aioclock.api import get_metadata_of_all_tasks, run_specific_task
 from aioclock.exceptions import TaskNotReachableError, WorkerProcessError
 from aioclock.triggers import BaseTrigger
 
+from . import many_tasks, raising_tasks
 from . import worker_tasks as tasks
 from .conftest import wait_until_gone
 
@@ -184,6 +185,29 @@ async def test_a_sync_task_past_its_timeout_is_reported_and_its_worker_replaced(
     assert sleeping["pid"] not in worker_pids and len(worker_pids) == 2
 
 
+async def test_a_tasks_own_timeout_error_is_a_failure_and_its_worker_stays(events):
+    app = AioClock(workers=1)
+    app.task(trigger=Once(), timeout=5)(raising_tasks.upstream_timeout)
+    app.task(trigger=Once(), timeout=5)(raising_tasks.upstream_timeout_in_a_thread)
+    app.task(trigger=Every(seconds=0.05))(tasks.probe)
+    async with serving(app):
+        await events.wait_for(
+            lambda e: {"upstream_timeout", "upstream_timeout_in_a_thread"} <= {x["name"] for x in e}
+        )
+        moment = time.time()
+        await events.wait_for(lambda e: _probe_after(e, moment + 0.2))
+        metadata = await get_metadata_of_all_tasks(app)
+        _, worker_pids = runtime_pids(app)
+    raised_in = {event["pid"] for event in events.read() if event["name"].startswith("upstream")}
+    last_probe = events.named("probe")[-1]
+    assert raised_in == {last_probe["pid"]} == worker_pids  # the same worker all along
+    outcomes = [(m.failures, m.timeouts, m.last_error) for m in metadata[:2]]
+    assert outcomes == [
+        (1, 0, "TimeoutError: upstream"),
+        (1, 0, "TimeoutError: upstream, from a thread"),
+    ]
+
+
 @pytest.mark.parametrize(
     "sign", [signal.SIGKILL, signal.SIGSTOP], ids=["killed", "silent (SIGSTOP)"]
 )
@@ -238,6 +262,19 @@ async def test_run_specific_task_fires_in_a_worker_and_metadata_reports_lateness
     assert probe_stats.runs >= 5
     assert probe_stats.lateness_p99 is not None and probe_stats.lateness_p99 >= 0
     assert probe_stats.next_due is not None
+
+
+async def test_metadata_of_20000_tasks_crosses_the_pipe_whole(events):
+    app = AioClock(workers=1)
+    for func in many_tasks.TASKS:
+        app.task(trigger=Every(hours=1))(func)
+    app.task(trigger=Every(seconds=0.05))(tasks.probe)
+    async with serving(app):
+        await events.wait_for(lambda e: len(e) >= 3)
+        metadata = await asyncio.wait_for(get_metadata_of_all_tasks(app), HANG_GUARD)
+    assert len(metadata) == many_tasks.COUNT + 1
+    assert all(entry.next_due is not None for entry in metadata)
+    assert next(entry for entry in metadata if entry.task_name == "probe").runs >= 3
 
 
 def make_nested_app():

@@ -211,6 +211,42 @@ async def test_timeouts_cancel_the_run_and_log_task_timeout_error(caplog):
     assert "slow_in_group" in caplog.text
 
 
+async def test_a_timeout_error_raised_by_the_task_is_a_failure_not_a_timeout(caplog):
+    app = AioClock(handle_signals=False)
+
+    @app.task(trigger=Once(), timeout=5)
+    async def calls_upstream():
+        raise TimeoutError("upstream")
+
+    @app.task(trigger=Once(), timeout=5)
+    def calls_upstream_in_a_thread():
+        raise TimeoutError("upstream, from a thread")
+
+    app.task(trigger=Every(seconds=0.01))(plain_task)  # keeps the app serving
+    serving = asyncio.create_task(app.serve())
+
+    async def both_ran():
+        while True:
+            metadata = await get_metadata_of_all_tasks(app)
+            if metadata[0].runs and metadata[1].runs:
+                return metadata
+            await asyncio.sleep(0.01)
+
+    try:
+        with caplog.at_level(logging.ERROR, logger="aioclock"):
+            metadata = await asyncio.wait_for(both_ran(), HANG_GUARD)
+    finally:
+        serving.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.wait_for(serving, HANG_GUARD)
+    outcomes = [(m.failures, m.timeouts, m.last_error) for m in metadata[:2]]
+    assert outcomes == [
+        (1, 0, "TimeoutError: upstream"),
+        (1, 0, "TimeoutError: upstream, from a thread"),
+    ]
+    assert "exceeded its timeout" not in caplog.text
+
+
 def answer():
     return "real"
 
