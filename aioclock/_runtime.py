@@ -6,11 +6,14 @@ import logging
 import pickle
 from typing import Any, Protocol, Union
 
-from aioclock._protocol import RunNowDone, TaskStats
+from aioclock._protocol import MAX_FRAME_BYTES, RunNowDone, TaskStats
 from aioclock._task import Task
 from aioclock.exceptions import TaskRunError, TaskTimeoutError
 
 logger = logging.getLogger(__name__)
+
+#: The largest pickled run-now value a worker sends back: a `Done` must stay a frame.
+MAX_REPLY_BYTES = MAX_FRAME_BYTES // 2
 
 #: What a run-now left behind: (True, its value) or (False, the exception it raised).
 Reply = tuple[bool, Any]
@@ -29,18 +32,23 @@ class Runtime(Protocol):
         """Stop firing and shut down gracefully."""
 
 
-def pack_reply(reply: Reply | None) -> Union[bytes, None]:
+def pack_reply(task: str, reply: Reply | None) -> Union[bytes, None]:
     """A run-now's value or exception as bytes for the pipe; a value that does not pickle
     becomes a `TaskRunError` that says so."""
     if reply is None:
         return None
+    ok, value = reply
+    kind = "result" if ok else "exception"
     try:
-        return pickle.dumps(reply)
+        data = pickle.dumps(reply)
     except Exception as error:
-        ok, value = reply
-        kind = "result" if ok else "exception"
-        message = f"its {kind} {type(value).__name__} cannot be sent from a worker process: {error}"
-        return pickle.dumps((False, TaskRunError("?", "failed", message)))
+        problem = f"cannot be sent from a worker process: {error}"
+    else:
+        if len(data) <= MAX_REPLY_BYTES:
+            return data
+        problem = f"is {len(data)} bytes pickled, over the {MAX_REPLY_BYTES} a frame carries"
+    message = f"its {kind} ({type(value).__name__}) {problem}"
+    return pickle.dumps((False, TaskRunError(task, "failed", message)))
 
 
 def unpack_reply(data: Union[bytes, None]) -> Reply | None:
@@ -56,10 +64,10 @@ def unpack_reply(data: Union[bytes, None]) -> Reply | None:
 
 def result_of_run_now(task: Task, done: RunNowDone, reply: Reply | None) -> Any:
     """The value of a run-now, or the exception it ended with: the same for both runtimes."""
+    if reply is not None and not reply[0] and isinstance(reply[1], BaseException):
+        raise reply[1]  # the task's own exception, or why its value could not come back
     if done.outcome == "ok":
         return reply[1] if reply is not None else None
     if done.outcome == "timeout" and task.timeout is not None:
         raise TaskTimeoutError(task.name, task.timeout)
-    if reply is not None and not reply[0] and isinstance(reply[1], BaseException):
-        raise reply[1]
     raise TaskRunError(task.name, done.outcome, done.error)

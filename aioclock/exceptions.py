@@ -41,6 +41,10 @@ class TaskRunError(BaseAioClockException, RuntimeError):
         super().__init__(f"task {task!r} ended with outcome {outcome!r}: {error}")
         self.task = task
         self.outcome = outcome
+        self.error = error
+
+    def __reduce__(self) -> tuple[type[TaskRunError], tuple[str, str, str | None]]:
+        return (type(self), (self.task, self.outcome, self.error))  # it crosses processes
 
 
 class FrameTooLargeError(BaseAioClockException, ValueError):

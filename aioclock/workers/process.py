@@ -175,7 +175,7 @@ class Worker:
         assert self._runner is not None
         reply = self._runner.take_reply(done.seq)
         if reply is not None:
-            done = msgspec.structs.replace(done, result=pack_reply(reply))
+            done = msgspec.structs.replace(done, result=pack_reply(done.task, reply))
         try:
             self._send(done)
         except OSError:  # the dispatcher is gone; nobody is left to tell

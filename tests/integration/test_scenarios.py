@@ -163,3 +163,27 @@ async def test_stats_report_runs_and_next_due(events, workers):
     finally:
         serving.cancel()
         await asyncio.gather(serving, return_exceptions=True)
+
+
+@pytest.mark.parametrize(
+    ("func", "message"),
+    [
+        (tasks.unpicklable_result, "its result \\(function\\) cannot be sent"),
+        (tasks.huge_result, "its result \\(bytes\\) is \\d+ bytes pickled"),
+    ],
+)
+async def test_a_run_now_result_that_cannot_travel_back_says_why(events, func, message):
+    from aioclock.exceptions import TaskRunError
+
+    app = AioClock(workers=1, handle_signals=False)
+    app.task(trigger=Every(hours=1))(func)
+    app.task(trigger=Every(hours=1))(tasks.answer)
+    serving = asyncio.create_task(app.serve())
+    try:
+        await started(app, serving)
+        with pytest.raises(TaskRunError, match=message):
+            await run_specific_task(app._tasks[0].id, app)
+        assert await run_specific_task(app._tasks[1].id, app) == {"answer": 42}  # still works
+    finally:
+        serving.cancel()
+        await asyncio.gather(serving, return_exceptions=True)

@@ -157,3 +157,11 @@ class SlowToLoadEvery(Every):
     def __setstate__(self, state) -> None:
         time.sleep(1.5)
         super().__setstate__(state)
+
+
+async def unpicklable_result():
+    return lambda: None
+
+
+async def huge_result() -> bytes:
+    return b"x" * 2_000_000
