@@ -1,9 +1,12 @@
 """Triggers decide when a task is due. They are pure: given the time, they say when next, or never.
 
 A trigger is a pydantic model validated at construction. It answers `next_due(now, previous)`,
-in POSIX seconds (`time.time()`); the engine asks it, keeps the answer in its heap and sends the run
-when the time comes. Triggers never sleep and never read the clock, except in the methods kept for
-upstream compatibility (`trigger_next`, `get_waiting_time_till_next_trigger`).
+in POSIX seconds (`time.time()`), and holds no schedule state: the engine keeps each task's
+progress (previous due, count, anchor, ...) in a `Schedule` of its own (`aioclock._schedule`), so
+one trigger object may serve several tasks. Triggers never sleep and never read the clock, except
+in the methods kept for upstream compatibility (`should_trigger`, `trigger_next`,
+`get_waiting_time_till_next_trigger`), which advance a schedule the trigger keeps for those
+callers alone.
 
 Kinds of schedule:
 
@@ -16,7 +19,7 @@ Kinds of schedule:
 import asyncio
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta, timezone, tzinfo
 from datetime import time as wall_time
 from enum import Enum
@@ -37,6 +40,7 @@ from pydantic import (
 )
 
 from aioclock._calendar import load_zone, next_instant
+from aioclock._schedule import Earliest, FixedRate, Schedule
 
 __all__ = [
     "At",
@@ -99,16 +103,21 @@ class BaseTrigger(BaseModel, Generic[TriggerTypeT]):
     `trigger_next`, and perhaps `get_waiting_time_till_next_trigger`, but not `next_due`) still
     runs: the engine drives it with upstream's loop (see `_is_legacy`).
 
+    A trigger is a declaration: the engine keeps each task's progress through it in a schedule
+    of the task's own (`_new_schedule`), so one trigger object may serve several tasks. The
+    upstream-compatible methods (`should_trigger`, `trigger_next`, ...) advance a schedule the
+    trigger keeps for their callers alone; serving an app never touches it.
+
     Attributes:
         type_: Name of the trigger, fixed by each subclass.
-        expected_trigger_time: When the next run is due (aware UTC); set by the engine, for the API.
+        expected_trigger_time: When the next run is due (aware UTC); set by the in-process
+            runtime, for the API (with one trigger shared by several tasks: the task armed last).
     """
 
     type_: TriggerTypeT
     expected_trigger_time: datetime | None = None
 
-    _previous: float | None = PrivateAttr(None)
-    _ended: bool = PrivateAttr(False)
+    _own: Schedule | None = PrivateAttr(None)  # the schedule of the upstream-compat methods
 
     def next_due(self, now: float, previous: float | None) -> float | None:
         """The next due time (POSIX seconds), or None when the trigger will never fire again."""
@@ -120,40 +129,24 @@ class BaseTrigger(BaseModel, Generic[TriggerTypeT]):
         return False
 
     def should_trigger(self) -> bool:
-        """Whether the trigger can still fire."""
-        return not self.__pydantic_private__["_ended"]
+        """Whether the trigger can still fire (upstream's method: its own schedule's answer)."""
+        return self._schedule().alive()
 
-    # Engine-facing: private, but stable. The hot paths read private attributes through
-    # `__pydantic_private__`: pydantic's attribute fallback costs microseconds per read, and the
-    # dispatcher calls these once per fire.
+    # Engine-facing: private, but stable.
 
-    def _advance(self, now: float) -> float | None:
-        """Consume the next occurrence and return its due time; None once the trigger has ended."""
-        private = self.__pydantic_private__
-        if private["_ended"] or not self.should_trigger():
+    def _new_schedule(self) -> Schedule:
+        """A fresh schedule of this trigger's occurrences, for one task (the engine's state)."""
+        return Schedule(self, self._limit(), self._gate())
+
+    def _limit(self) -> int | None:
+        """How many occurrences at most (LoopController's `max_loop_count`)."""
+        return None
+
+    def _gate(self) -> Callable[[], bool] | None:
+        """`should_trigger`, where a subclass overrides it: asked before each occurrence."""
+        if _owner(type(self), "should_trigger") is BaseTrigger:
             return None
-        due = self.next_due(now, private["_previous"])
-        if due is None:
-            private["_ended"] = True
-            return None
-        self._commit(now, due)
-        return due
-
-    def _peek(self, now: float) -> float | None:
-        """The due time `_advance(now)` would return, consuming nothing."""
-        private = self.__pydantic_private__
-        if private["_ended"] or not self.should_trigger():
-            return None
-        return self.next_due(now, private["_previous"])
-
-    def _commit(self, now: float, due: float) -> None:
-        """Remember that the occurrence due at `due` was consumed (subclasses count it)."""
-        self.__pydantic_private__["_previous"] = due
-
-    def _reset(self) -> None:
-        """Forget every consumed occurrence: a fresh copy of the schedule."""
-        self._previous = None
-        self._ended = False
+        return self.should_trigger
 
     @classmethod
     def _is_legacy(cls) -> bool:
@@ -172,17 +165,40 @@ class BaseTrigger(BaseModel, Generic[TriggerTypeT]):
         """The zone a naive datetime given to the compat methods is read in."""
         return timezone.utc
 
-    # Upstream compatibility: these read the real clock and sleep.
+    # Upstream compatibility: the trigger's own schedule, for code that calls these directly
+    # (and for tests of the schedule maths). These read the real clock and sleep.
+
+    def _schedule(self) -> Schedule:
+        """The trigger's own schedule, made on first use (and for a copy, its own afresh)."""
+        own = self._own
+        if own is None or own.trigger is not self:
+            own = self._own = self._new_schedule()
+        own.limit = self._limit()  # upstream code may change max_loop_count as it goes
+        return own
+
+    def _advance(self, now: float) -> float | None:
+        """Consume the next occurrence of the trigger's own schedule; None once it has ended."""
+        return self._schedule().advance(now)
+
+    def _peek(self, now: float) -> float | None:
+        """The due time `_advance(now)` would return, consuming nothing."""
+        return self._schedule().peek(now)
+
+    def _reset(self) -> None:
+        """Forget the trigger's own consumed occurrences: a fresh copy of its schedule."""
+        self._own = None
 
     async def trigger_next(self) -> None:
         """Consume the next occurrence (counting it) and sleep until it is due."""
+        schedule = self._schedule()
         if _owner(type(self), "next_due") is BaseTrigger:
             wait = await self.get_waiting_time_till_next_trigger()
             now = time.time()
-            self._commit(now, now)
+            schedule.previous = now
+            schedule.count += 1
         else:
             now = time.time()
-            due = self._advance(now)
+            due = schedule.advance(now)
             wait = None if due is None else due - now
         if wait is not None and wait > 0:
             await asyncio.sleep(wait)
@@ -209,7 +225,8 @@ class LoopController(BaseTrigger[TriggerTypeT], Generic[TriggerTypeT]):
 
     >>> from aioclock.triggers import Every
     >>> trigger = Every(seconds=10, max_loop_count=2)
-    >>> [trigger._advance(now) for now in (0.0, 10.0, 20.0)], trigger.should_trigger()
+    >>> schedule = trigger._new_schedule()  # what the engine keeps for one task
+    >>> [schedule.advance(now) for now in (0.0, 10.0, 20.0)], schedule.alive()
     ([10.0, 20.0, None], False)
 
     Attributes:
@@ -218,25 +235,20 @@ class LoopController(BaseTrigger[TriggerTypeT], Generic[TriggerTypeT]):
 
     max_loop_count: PositiveInt | None = None
 
-    _current_loop_count: int = PrivateAttr(0)
+    def _limit(self) -> int | None:
+        return self.max_loop_count
+
+    @property
+    def _current_loop_count(self) -> int:
+        """Upstream's counter: occurrences of the trigger's own schedule (not the engine's)."""
+        return self._schedule().count
+
+    @_current_loop_count.setter
+    def _current_loop_count(self, value: int) -> None:
+        self._schedule().count = value
 
     def _increment_loop_counter(self) -> None:
-        self.__pydantic_private__["_current_loop_count"] += 1
-
-    def should_trigger(self) -> bool:
-        private = self.__pydantic_private__
-        limit = self.max_loop_count
-        if limit is not None and private["_current_loop_count"] >= limit:
-            return False
-        return not private["_ended"]
-
-    def _commit(self, now: float, due: float) -> None:
-        super()._commit(now, due)
-        self._increment_loop_counter()
-
-    def _reset(self) -> None:
-        super()._reset()
-        self._current_loop_count = 0
+        self._schedule().count += 1
 
 
 class Forever(BaseTrigger[Literal[Triggers.FOREVER]]):
@@ -271,13 +283,13 @@ class Once(_OneShot, LoopController[Literal[Triggers.ONCE]]):
     """Runs once, as soon as the app starts, then never again.
 
     >>> from aioclock.triggers import Once
-    >>> trigger = Once()
-    >>> trigger._advance(5.0), trigger._advance(6.0)
+    >>> schedule = Once()._new_schedule()
+    >>> schedule.advance(5.0), schedule.advance(6.0)
     (5.0, None)
     """
 
     type_: Literal[Triggers.ONCE] = Triggers.ONCE
-    max_loop_count: Literal[1] = 1  # type: ignore[assignment]
+    max_loop_count: Literal[1] = 1
 
 
 class OnStartUp(_OneShot, LoopController[Literal[Triggers.ON_START_UP]]):
@@ -289,7 +301,7 @@ class OnStartUp(_OneShot, LoopController[Literal[Triggers.ON_START_UP]]):
     """
 
     type_: Literal[Triggers.ON_START_UP] = Triggers.ON_START_UP
-    max_loop_count: Literal[1] = 1  # type: ignore[assignment]
+    max_loop_count: Literal[1] = 1
 
 
 class OnShutDown(_OneShot, LoopController[Literal[Triggers.ON_SHUT_DOWN]]):
@@ -301,7 +313,7 @@ class OnShutDown(_OneShot, LoopController[Literal[Triggers.ON_SHUT_DOWN]]):
     """
 
     type_: Literal[Triggers.ON_SHUT_DOWN] = Triggers.ON_SHUT_DOWN
-    max_loop_count: Literal[1] = 1  # type: ignore[assignment]
+    max_loop_count: Literal[1] = 1
 
 
 def _check_unit(value: float | None, info: ValidationInfo) -> float | None:
@@ -325,8 +337,8 @@ class Every(LoopController[Literal[Triggers.EVERY]]):
     default) one period later. A period of 0 runs again as soon as the previous run ended.
 
     >>> from aioclock.triggers import Every
-    >>> trigger = Every(minutes=1, first_run_strategy="immediate")
-    >>> [trigger._advance(now) for now in (1000.0, 1000.5, 1077.0)]
+    >>> schedule = Every(minutes=1, first_run_strategy="immediate")._new_schedule()
+    >>> [schedule.advance(now) for now in (1000.0, 1000.5, 1077.0)]
     [1000.0, 1060.0, 1120.0]
 
     Usage: `@app.task(trigger=Every(seconds=3))`.
@@ -346,16 +358,12 @@ class Every(LoopController[Literal[Triggers.EVERY]]):
     weeks: _TimeUnit = None
     max_loop_count: PositiveInt | None = None
 
-    _anchor: float | None = PrivateAttr(None)  # start: run k is due at _anchor + k * period
-    _period: float = PrivateAttr(0.0)  # to_seconds, cached by _check_period and _reset
-
     @model_validator(mode="after")
     def _check_period(self) -> "Every":
         if all(getattr(self, unit) is None for unit in _UNIT_SECONDS):
             raise ValueError("Every needs at least one of seconds, minutes, hours, days or weeks")
         if not math.isfinite(self.to_seconds):
             raise ValueError(f"the period of Every must be finite, got {self.to_seconds} seconds")
-        self._period = self.to_seconds
         return self
 
     @property
@@ -365,33 +373,23 @@ class Every(LoopController[Literal[Triggers.EVERY]]):
 
     @property
     def waits_for_completion(self) -> bool:
-        return self.__pydantic_private__["_period"] == 0
+        return self.to_seconds == 0
 
     def next_due(self, now: float, previous: float | None) -> float | None:
-        private = self.__pydantic_private__
-        period = private["_period"]
+        """One period after `previous` (the engine's schedule keeps an exact grid instead)."""
+        period = self.to_seconds
         if period == 0:
             return now
         if previous is None:
             return now if self.first_run_strategy == "immediate" else now + period
-        anchor = private["_anchor"]
-        if anchor is not None:  # stay on the grid: no error accumulates over many runs
-            k = round((previous - anchor) / period)
-            if anchor + k * period == previous:
-                return anchor + (k + 1) * period
         return previous + period
 
-    def _commit(self, now: float, due: float) -> None:
-        private = self.__pydantic_private__
-        if private["_previous"] is None:
-            private["_anchor"] = now
-        super()._commit(now, due)
-
-    def _reset(self) -> None:
-        """Forget consumed occurrences; re-read the period (its fields may have changed)."""
-        super()._reset()
-        self._anchor = None
-        self._period = self.to_seconds
+    def _new_schedule(self) -> Schedule:
+        """Run k at anchor + k * period, the anchor being the start: no error accumulates."""
+        if _owner(type(self), "next_due") is not Every or self._gate() is not None:
+            return super()._new_schedule()  # a subclass changed the maths: ask it
+        immediate = self.first_run_strategy == "immediate"
+        return FixedRate(self, self.max_loop_count, self.to_seconds, immediate)
 
 
 def _check_zone(key: str) -> str:
@@ -508,7 +506,8 @@ class Cron(LoopController[Literal[Triggers.CRON]]):
     >>> from aioclock.triggers import Cron
     >>> trigger = Cron(cron="*/15 * * * *", tz="Europe/Berlin")
     >>> autumn = datetime(2026, 10, 25, 0, 40, tzinfo=timezone.utc).timestamp()  # 02:40 CEST
-    >>> dues = [trigger._advance(autumn) for _ in range(3)]
+    >>> schedule = trigger._new_schedule()
+    >>> dues = [schedule.advance(autumn) for _ in range(3)]
     >>> [datetime.fromtimestamp(due, timezone.utc).strftime("%H:%M") for due in dues]
     ['00:45', '01:00', '01:15']
 
@@ -549,9 +548,6 @@ class Cron(LoopController[Literal[Triggers.CRON]]):
         return load_zone(self.tz)
 
 
-_COINCIDENT = 1e-6  # inner dues this close (seconds) are one occurrence of an OrTrigger
-
-
 class OrTrigger(LoopController[Literal[Triggers.OR]]):
     """Runs whenever any of its inner triggers is due.
 
@@ -562,7 +558,8 @@ class OrTrigger(LoopController[Literal[Triggers.OR]]):
 
     >>> from aioclock.triggers import Every, OrTrigger
     >>> trigger = OrTrigger(triggers=[Every(seconds=2), Every(seconds=3, max_loop_count=1)])
-    >>> [trigger._advance(now) for now in (0.0, 2.0, 3.0, 4.0)]
+    >>> schedule = trigger._new_schedule()
+    >>> [schedule.advance(now) for now in (0.0, 2.0, 3.0, 4.0)]
     [2.0, 3.0, 4.0, 6.0]
 
     Attributes:
@@ -573,8 +570,6 @@ class OrTrigger(LoopController[Literal[Triggers.OR]]):
     type_: Literal[Triggers.OR] = Triggers.OR
     triggers: list[SerializeAsAny[BaseTrigger]]  # type: ignore[type-arg]
     max_loop_count: PositiveInt | None = None
-
-    _pending: list[float | None] = PrivateAttr(default_factory=list)  # armed due per inner
 
     @field_validator("triggers", mode="before")
     @classmethod
@@ -609,45 +604,15 @@ class OrTrigger(LoopController[Literal[Triggers.OR]]):
             seen.add(id(inner))
         return triggers
 
-    def should_trigger(self) -> bool:
-        if not super().should_trigger():
-            return False
-        pending = self._armed()
-        return any(
-            due is not None or inner.should_trigger()
-            for inner, due in zip(self.triggers, pending, strict=True)
-        )
-
     def next_due(self, now: float, previous: float | None) -> float | None:
-        """The earliest inner due; the schedule lives in the inner triggers, not in `previous`."""
-        dues = [
-            inner._peek(now) if due is None else due
-            for inner, due in zip(self.triggers, self._armed(), strict=True)
-        ]
+        """The earliest inner `next_due(now, previous)`, each inner asked with the same
+        `previous`; the engine's schedule keeps each inner schedule on its own instead."""
+        dues = (inner.next_due(now, previous) for inner in self.triggers)
         return min((due for due in dues if due is not None), default=None)
 
-    def _commit(self, now: float, due: float) -> None:
-        pending = self._armed()
-        for index, inner in enumerate(self.triggers):
-            if pending[index] is None:  # arm it: its schedule starts now and is kept from here
-                pending[index] = inner._advance(now)
-            armed = pending[index]
-            if armed is not None and armed - due <= _COINCIDENT:
-                pending[index] = None
-        super()._commit(now, due)
-
-    def _armed(self) -> list[float | None]:
-        private = self.__pydantic_private__  # read three times per fire: the fast path
-        pending = private["_pending"]
-        if len(pending) != len(self.triggers):
-            pending = private["_pending"] = [None] * len(self.triggers)
-        return pending
-
-    def _reset(self) -> None:
-        super()._reset()
-        self._pending = []
-        for inner in self.triggers:
-            inner._reset()
+    def _new_schedule(self) -> Schedule:
+        inners = [inner._new_schedule() for inner in self.triggers]
+        return Earliest(self, self.max_loop_count, inners, self._gate())
 
 
 TriggerT = Annotated[

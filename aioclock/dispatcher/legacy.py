@@ -13,7 +13,12 @@ logger = logging.getLogger(__name__)
 
 
 async def drive_legacy_trigger(trigger: BaseTrigger, due_now: Callable[[], None]) -> None:
-    """Upstream's loop: ask the waiting time, await `trigger_next()`, then say the task is due."""
+    """Upstream's loop: ask the waiting time, await `trigger_next()`, then say the task is due.
+
+    Such a trigger keeps its schedule in itself, as upstream's did (its `trigger_next` counts in
+    it): the schedule starts afresh each time an app serves, and tasks sharing the trigger share it.
+    """
+    trigger._reset()
     while trigger.should_trigger():
         waiting = await trigger.get_waiting_time_till_next_trigger()
         if waiting is not None:

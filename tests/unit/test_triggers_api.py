@@ -229,6 +229,25 @@ def test_pickle_round_trip_keeps_state(factory) -> None:
     )
 
 
+def test_a_shallow_copy_does_not_share_the_upstream_schedule() -> None:
+    original = Every(seconds=1, max_loop_count=2)
+    original._advance(0.0)
+    copy = original.model_copy()
+    assert [copy._advance(0.0) for _ in range(3)] == [1.0, 2.0, None]  # its own, afresh
+    assert original._current_loop_count == 1
+
+
+def test_serving_state_is_not_in_the_trigger() -> None:
+    """Schedules made for tasks leave the trigger as declared: equal, dumped the same."""
+    trigger = OrTrigger(triggers=[Every(seconds=2), Modern()])
+    fresh = OrTrigger(triggers=[Every(seconds=2), Modern()])
+    schedule = trigger._new_schedule()
+    assert [schedule.advance(now) for now in (0.0, 1.0)] == [1.0, 2.0]
+    assert trigger == fresh
+    assert trigger.model_dump() == fresh.model_dump()
+    assert trigger._peek(0.0) == 1.0 and trigger._current_loop_count == 0
+
+
 def test_expected_trigger_time_is_a_field() -> None:
     trigger = Every(seconds=1)
     assert trigger.expected_trigger_time is None

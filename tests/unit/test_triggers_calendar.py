@@ -30,8 +30,9 @@ def local(instant: float, tz: str) -> str:
 
 
 def run(trigger: BaseTrigger, now: float, count: int) -> list[float]:
-    """The next `count` dues, as the engine consumes them."""
-    dues = [trigger._advance(now) for _ in range(count)]
+    """The next `count` dues, as the engine consumes them (from a task's fresh schedule)."""
+    schedule = trigger._new_schedule()
+    dues = [schedule.advance(now) for _ in range(count)]
     assert None not in dues
     return dues  # type: ignore[return-value]
 
