@@ -1,12 +1,12 @@
 """Triggers decide when a task is due. They are pure: given the time, they say when next, or never.
 
-A trigger is a pydantic model validated at construction. It answers `next_due(now, previous)`,
-in POSIX seconds (`time.time()`), and holds no schedule state: the engine keeps each task's
-progress (previous due, count, anchor, ...) in a `Schedule` of its own (`aioclock._schedule`), so
-one trigger object may serve several tasks. Triggers never sleep and never read the clock, except
-in the methods kept for upstream compatibility (`should_trigger`, `trigger_next`,
-`get_waiting_time_till_next_trigger`), which advance a schedule the trigger keeps for those
-callers alone.
+A trigger is a pydantic model validated at construction: an unknown field, or a bool given for a
+number, fails there, naming the field. It answers `next_due(now, previous)`, in POSIX seconds
+(`time.time()`), and holds no schedule state: the engine keeps each task's progress (previous due,
+count, anchor, ...) in a `Schedule` of its own (`aioclock._schedule`), so one trigger object may
+serve several tasks. Triggers never sleep and never read the clock, except in the methods kept for
+upstream compatibility (`should_trigger`, `trigger_next`, `get_waiting_time_till_next_trigger`),
+which advance a schedule the trigger keeps for those callers alone.
 
 Kinds of schedule:
 
@@ -17,6 +17,7 @@ Kinds of schedule:
 """
 
 import asyncio
+import difflib
 import math
 import time
 from collections.abc import Callable, Iterator
@@ -29,6 +30,8 @@ from croniter import CroniterBadDateError, croniter
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
+    ConfigDict,
     Field,
     PositiveInt,
     PrivateAttr,
@@ -114,10 +117,28 @@ class BaseTrigger(BaseModel, Generic[TriggerTypeT]):
             runtime, for the API (with one trigger shared by several tasks: the task armed last).
     """
 
+    model_config = ConfigDict(extra="forbid")
+
     type_: TriggerTypeT
     expected_trigger_time: datetime | None = None
 
     _own: Schedule | None = PrivateAttr(None)  # the schedule of the upstream-compat methods
+
+    @model_validator(mode="before")
+    @classmethod
+    def _refuse_unknown_fields(cls, data: Any) -> Any:
+        """Name a misspelt field and the field meant (pydantic only says "extra input")."""
+        if isinstance(data, dict) and cls.model_config.get("extra") == "forbid":
+            fields = list(cls.model_fields)
+            for key in data:
+                if key not in fields:
+                    close = difflib.get_close_matches(str(key), fields, n=1)
+                    hint = f" (did you mean {close[0]!r}?)" if close else ""
+                    raise ValueError(
+                        f"{cls.__name__} has no field {key!r} (given {data[key]!r}){hint}; "
+                        f"its fields are {', '.join(fields)}"
+                    )
+        return data
 
     def next_due(self, now: float, previous: float | None) -> float | None:
         """The next due time (POSIX seconds), or None when the trigger will never fire again."""
@@ -217,6 +238,17 @@ class BaseTrigger(BaseModel, Generic[TriggerTypeT]):
         return None if due is None else max(0.0, due - instant)
 
 
+def _refuse_bool(value: Any, info: ValidationInfo) -> Any:
+    """pydantic reads True as 1: refuse it where a number is meant (`Every(seconds=True)`)."""
+    if isinstance(value, bool):
+        raise ValueError(f"{info.field_name} must be a number, not a bool, got {value!r}")
+    return value
+
+
+_Count = Annotated[Union[PositiveInt, None], BeforeValidator(_refuse_bool)]
+_One = Annotated[Literal[1], BeforeValidator(_refuse_bool)]
+
+
 class LoopController(BaseTrigger[TriggerTypeT], Generic[TriggerTypeT]):
     """A trigger with `max_loop_count`: it stops after that many occurrences.
 
@@ -233,7 +265,7 @@ class LoopController(BaseTrigger[TriggerTypeT], Generic[TriggerTypeT]):
         max_loop_count: How many times it fires at most; None for no limit.
     """
 
-    max_loop_count: PositiveInt | None = None
+    max_loop_count: _Count = None
 
     def _limit(self) -> int | None:
         return self.max_loop_count
@@ -289,7 +321,7 @@ class Once(_OneShot, LoopController[Literal[Triggers.ONCE]]):
     """
 
     type_: Literal[Triggers.ONCE] = Triggers.ONCE
-    max_loop_count: Literal[1] = 1
+    max_loop_count: _One = 1
 
 
 class OnStartUp(_OneShot, LoopController[Literal[Triggers.ON_START_UP]]):
@@ -301,7 +333,7 @@ class OnStartUp(_OneShot, LoopController[Literal[Triggers.ON_START_UP]]):
     """
 
     type_: Literal[Triggers.ON_START_UP] = Triggers.ON_START_UP
-    max_loop_count: Literal[1] = 1
+    max_loop_count: _One = 1
 
 
 class OnShutDown(_OneShot, LoopController[Literal[Triggers.ON_SHUT_DOWN]]):
@@ -313,7 +345,7 @@ class OnShutDown(_OneShot, LoopController[Literal[Triggers.ON_SHUT_DOWN]]):
     """
 
     type_: Literal[Triggers.ON_SHUT_DOWN] = Triggers.ON_SHUT_DOWN
-    max_loop_count: Literal[1] = 1
+    max_loop_count: _One = 1
 
 
 def _check_unit(value: float | None, info: ValidationInfo) -> float | None:
@@ -326,7 +358,9 @@ def _check_unit(value: float | None, info: ValidationInfo) -> float | None:
     return value
 
 
-_TimeUnit = Annotated[Union[int, float, None], AfterValidator(_check_unit)]
+_TimeUnit = Annotated[
+    Union[int, float, None], BeforeValidator(_refuse_bool), AfterValidator(_check_unit)
+]
 _UNIT_SECONDS = {"weeks": 604800, "days": 86400, "hours": 3600, "minutes": 60, "seconds": 1}
 
 
@@ -356,7 +390,7 @@ class Every(LoopController[Literal[Triggers.EVERY]]):
     hours: _TimeUnit = None
     days: _TimeUnit = None
     weeks: _TimeUnit = None
-    max_loop_count: PositiveInt | None = None
+    max_loop_count: _Count = None
 
     @model_validator(mode="after")
     def _check_period(self) -> "Every":
@@ -405,7 +439,7 @@ def _check_clock_field(value: int, info: ValidationInfo) -> int:
 
 
 _TimeZone = Annotated[str, AfterValidator(_check_zone)]
-_ClockField = Annotated[int, AfterValidator(_check_clock_field)]
+_ClockField = Annotated[int, BeforeValidator(_refuse_bool), AfterValidator(_check_clock_field)]
 _WEEKDAYS = {
     "every monday": 0,
     "every tuesday": 1,
@@ -442,7 +476,7 @@ class At(LoopController[Literal[Triggers.AT]]):
     """
 
     type_: Literal[Triggers.AT] = Triggers.AT
-    max_loop_count: PositiveInt | None = None
+    max_loop_count: _Count = None
     second: _ClockField = 0
     minute: _ClockField = 0
     hour: _ClockField = 0
@@ -520,7 +554,7 @@ class Cron(LoopController[Literal[Triggers.CRON]]):
     """
 
     type_: Literal[Triggers.CRON] = Triggers.CRON
-    max_loop_count: PositiveInt | None = None
+    max_loop_count: _Count = None
     cron: Annotated[str, AfterValidator(_check_cron)]
     tz: _TimeZone = "UTC"
 
@@ -569,7 +603,7 @@ class OrTrigger(LoopController[Literal[Triggers.OR]]):
 
     type_: Literal[Triggers.OR] = Triggers.OR
     triggers: list[SerializeAsAny[BaseTrigger]]  # type: ignore[type-arg]
-    max_loop_count: PositiveInt | None = None
+    max_loop_count: _Count = None
 
     @field_validator("triggers", mode="before")
     @classmethod

@@ -8,7 +8,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Literal
 
 import pytest
-from pydantic import ValidationError
+from pydantic import TypeAdapter, ValidationError
 
 import aioclock.triggers
 from aioclock.triggers import (
@@ -23,6 +23,7 @@ from aioclock.triggers import (
     OnStartUp,
     OrTrigger,
     Triggers,
+    TriggerT,
 )
 
 NOW = datetime(2026, 1, 1, 6, tzinfo=timezone.utc)  # a Thursday
@@ -145,6 +146,40 @@ BAD_INPUT = [
         {"triggers": [Every(seconds=1)], "max_loop_count": 0},
         ["max_loop_count", "input_value=0"],
     ),
+    # Misspelt or unknown fields fail, naming the field (and the one meant, where it is close).
+    (At, {"hour": 3, "minuts": 30, "tz": "UTC"}, ["no field 'minuts'", "did you mean 'minute'?"]),
+    (Cron, {"cron": "0 3 * * *", "timezone": "Europe/Berlin"}, ["no field 'timezone'", "tz"]),
+    (
+        Every,
+        {"seconds": 5, "first_run": "immediate"},
+        ["Every has no field 'first_run'", "did you mean 'first_run_strategy'?"],
+    ),
+    (Once, {"max_loops": 1}, ["Once has no field 'max_loops'", "'max_loop_count'"]),
+    (Forever, {"seconds": 1}, ["Forever has no field 'seconds'"]),
+    (
+        OrTrigger,
+        {"triggers": [{"type_": "EVERY", "second": 1}]},
+        ["no field 'second'", "did you mean 'seconds'?"],
+    ),
+    # A bool is not a number, though pydantic reads True as 1.
+    (Every, {"seconds": True}, ["seconds must be a number, not a bool, got True"]),
+    (Every, {"seconds": 1, "minutes": False}, ["minutes must be a number, not a bool, got False"]),
+    (
+        Every,
+        {"seconds": 1, "max_loop_count": True},
+        ["max_loop_count must be a number, not a bool"],
+    ),
+    (At, {"hour": True, "tz": "UTC"}, ["hour must be a number, not a bool, got True"]),
+    (At, {"minute": True, "tz": "UTC"}, ["minute must be a number, not a bool, got True"]),
+    (At, {"second": False, "tz": "UTC"}, ["second must be a number, not a bool, got False"]),
+    (At, {"tz": "UTC", "max_loop_count": True}, ["max_loop_count must be a number, not a bool"]),
+    (Cron, {"cron": "* * * * *", "max_loop_count": True}, ["max_loop_count must be a number"]),
+    (Once, {"max_loop_count": True}, ["max_loop_count must be a number, not a bool, got True"]),
+    (
+        OrTrigger,
+        {"triggers": [Once()], "max_loop_count": True},
+        ["max_loop_count must be a number, not a bool"],
+    ),
 ]
 
 
@@ -158,6 +193,43 @@ def test_bad_input_names_field_and_value(cls: type, kwargs: dict, fragments: lis
         cls(**kwargs)
     for fragment in fragments:
         assert fragment in str(caught.value)
+
+
+def test_unknown_fields_fail_when_parsed_from_a_dict() -> None:
+    with pytest.raises(ValidationError, match="At has no field 'minuts'"):
+        TypeAdapter(TriggerT).validate_python({"type_": "AT", "minuts": 30, "tz": "UTC"})
+
+
+class WithOwnFields(LoopController[Literal["OWN"]]):
+    """A user's trigger with fields of its own."""
+
+    type_: Literal["OWN"] = "OWN"
+    offset: float = 0.0
+    label: str = ""
+
+    def next_due(self, now: float, previous: float | None) -> float | None:
+        return now + 1 + self.offset
+
+
+@pytest.mark.parametrize(
+    "build",
+    [
+        lambda: Every(seconds=1.5),
+        lambda: Every(seconds=2, minutes=0.5, max_loop_count=3),
+        lambda: Every(type_="EVERY", seconds=1),
+        lambda: Every(type_=Triggers.EVERY, seconds=1, expected_trigger_time=NOW),
+        lambda: Once(max_loop_count=1),
+        lambda: At(type_="AT", hour=3, minute=30, second=15, tz="UTC"),
+        lambda: Cron(type_="CRON", cron="0 3 * * *", tz="Europe/Berlin"),
+        lambda: TypeAdapter(TriggerT).validate_python({"type_": "EVERY", "seconds": 5}),
+        lambda: TypeAdapter(TriggerT).validate_json('{"type_": "AT", "hour": 3, "tz": "UTC"}'),
+        lambda: OrTrigger(triggers=[{"type_": "EVERY", "seconds": 2}, Once()]),
+        lambda: WithOwnFields(offset=2.5, label="mine", max_loop_count=2),
+    ],
+)
+def test_upstreams_inputs_still_build(build) -> None:
+    trigger = build()
+    assert type(trigger).model_validate(trigger.model_dump()) == trigger
 
 
 def test_or_rejects_the_same_instance_twice() -> None:
