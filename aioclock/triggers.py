@@ -510,31 +510,76 @@ class At(LoopController[Literal[Triggers.AT]]):
         return load_zone(self.tz)
 
 
-def _check_cron(expression: str) -> str:
+_SECONDS_LAST = ("minute", "hour", "day", "month", "weekday", "second")  # croniter, aioclock 0.3
+_SECONDS_FIRST = ("second", "minute", "hour", "day", "month", "weekday")  # Quartz, Spring
+
+
+def _seconds_last(fields: list[str]) -> str:
+    """A six-field expression written seconds first, in croniter's order (seconds last)."""
+    return " ".join(fields[1:] + fields[:1])
+
+
+def _reading(names: tuple[str, ...], fields: list[str]) -> str:
+    return " ".join(f"{name}={field}" for name, field in zip(names, fields, strict=True))
+
+
+def _check_cron(expression: str, seconds_first: bool) -> None:
+    """Refuse an expression croniter cannot read, one that never fires, and six fields whose
+    two readings differ where the seconds-last one fires every second of a minute."""
     fields = expression.split()
-    alias = len(fields) == 1 and fields[0].startswith("@")  # "@daily" and the like
-    if not alias and len(fields) not in (5, 6):
+    six = len(fields) == 6
+    if seconds_first:
+        if not six:
+            raise ValueError(
+                "seconds_first=True needs 6 fields (second minute hour day month weekday), "
+                f"got {len(fields)} in {expression!r}"
+            )
+        readable = _seconds_last(fields)
+    else:
+        alias = len(fields) == 1 and fields[0].startswith("@")  # "@daily" and the like
+        if not alias and len(fields) not in (5, 6):
+            raise ValueError(
+                f"cron must have 5 fields, or 6 with seconds last, got {len(fields)} in "
+                f"{expression!r}"
+            )
+        readable = expression
+    quartz_valid = six and not seconds_first and croniter.is_valid(_seconds_last(fields))
+    if not croniter.is_valid(readable):
+        hint = ""
+        if quartz_valid:
+            hint = " (it is valid with seconds first, as Quartz and Spring write 6 fields: pass "
+            hint += "seconds_first=True)"
+        raise ValueError(f"invalid cron expression {expression!r}{hint}")
+    if quartz_valid and fields[5] == "*" and len(set(fields)) > 1:
         raise ValueError(
-            f"cron must have 5 fields, or 6 with seconds last, got {len(fields)} in {expression!r}"
+            f"cron expression {expression!r} is ambiguous: read with seconds last (aioclock 0.3, "
+            f"croniter) it is {_reading(_SECONDS_LAST, fields)}, every second of each matching "
+            f"minute; read with seconds first (Quartz, Spring) it is "
+            f"{_reading(_SECONDS_FIRST, fields)}. For the second reading pass "
+            "seconds_first=True; for the first, write its seconds field as 0-59"
         )
-    if not croniter.is_valid(expression):
-        raise ValueError(f"invalid cron expression {expression!r}")
     try:
-        croniter(expression, datetime(2000, 1, 1)).get_next(datetime)
+        croniter(readable, datetime(2000, 1, 1)).get_next(datetime)
     except CroniterBadDateError:
         raise ValueError(f"cron expression {expression!r} never fires") from None
-    return expression
 
 
 class Cron(LoopController[Literal[Triggers.CRON]]):
     """Runs on a cron schedule in a time zone, parsed by croniter.
 
     Five fields (minute hour day month weekday), or six with seconds as the LAST field
-    (croniter's default, as upstream); aliases such as "@daily" work too. The first run is the
-    first match strictly after `now`. Daylight-saving changes: if the hour field is fixed (no `*`,
-    no `/`) the job runs once a day, at the jump for a time in the spring gap and on the first pass
-    of the repeated autumn hour; with a wildcard or stepped hour the job keeps its real spacing
-    (times in the gap do not exist, times in the repeated hour happen twice).
+    (croniter's default, as upstream); aliases such as "@daily" work too. With
+    `seconds_first=True` six fields are read with seconds FIRST, as Quartz and Spring write them
+    (second minute hour day month weekday; each field keeps cron's meaning: weekday 0-7 or
+    MON-SUN, `?` reads as `*`). Six fields whose two readings differ, where the seconds-last one
+    would fire every second of a minute (`"0 3 * * * *"`: 60 runs at 03:00:00-03:00:59, or once
+    an hour at minute 3), are refused unless `seconds_first=True` says which is meant; write the
+    seconds-last field as `0-59` to mean every second.
+
+    The first run is the first match strictly after `now`. Daylight-saving changes: if the hour
+    field is fixed (no `*`, no `/`) the job runs once a day, at the jump for a time in the spring
+    gap and on the first pass of the repeated autumn hour; with a wildcard or stepped hour the job
+    keeps its real spacing (times in the gap do not exist, times in the repeated hour happen twice).
 
     >>> from datetime import datetime, timezone
     >>> from aioclock.triggers import Cron
@@ -544,23 +589,40 @@ class Cron(LoopController[Literal[Triggers.CRON]]):
     >>> dues = [schedule.advance(autumn) for _ in range(3)]
     >>> [datetime.fromtimestamp(due, timezone.utc).strftime("%H:%M") for due in dues]
     ['00:45', '01:00', '01:15']
+    >>> hourly = Cron(cron="0 3 * * * *", seconds_first=True)  # Quartz: minute 3 of every hour
+    >>> due = hourly.next_due(datetime(2026, 1, 1, tzinfo=timezone.utc).timestamp(), None)
+    >>> datetime.fromtimestamp(due, timezone.utc).strftime("%H:%M:%S")
+    '00:03:00'
 
     Usage: `@app.task(trigger=Cron(cron="0 12 * * *", tz="Asia/Kolkata"))`.
 
     Attributes:
         cron: The cron expression.
         tz: The IANA time zone, e.g. "Europe/Berlin"; "UTC" by default.
+        seconds_first: Read six fields with seconds first (Quartz, Spring); False by default:
+            seconds last (croniter, aioclock 0.3).
         max_loop_count: How many times it fires at most; None for no limit.
     """
 
     type_: Literal[Triggers.CRON] = Triggers.CRON
     max_loop_count: _Count = None
-    cron: Annotated[str, AfterValidator(_check_cron)]
+    cron: str
     tz: _TimeZone = "UTC"
+    seconds_first: bool = False
+
+    @model_validator(mode="after")
+    def _check_expression(self) -> "Cron":
+        _check_cron(self.cron, self.seconds_first)
+        return self
+
+    @property
+    def _expression(self) -> str:
+        """The expression in croniter's order (seconds last)."""
+        return _seconds_last(self.cron.split()) if self.seconds_first else self.cron
 
     @property
     def _fixed_hour(self) -> bool:
-        fields = self.cron.split()
+        fields = self._expression.split()
         if len(fields) == 1:  # an alias: only @hourly has a wildcard hour
             return fields[0] != "@hourly"
         return "*" not in fields[1] and "/" not in fields[1]
@@ -571,7 +633,7 @@ class Cron(LoopController[Literal[Triggers.CRON]]):
         return next_instant(zone, after, self._candidates, fixed=self._fixed_hour)
 
     def _candidates(self, start: datetime) -> Iterator[datetime]:
-        matches = croniter(self.cron, start)
+        matches = croniter(self._expression, start)
         try:
             while True:
                 yield matches.get_next(datetime)

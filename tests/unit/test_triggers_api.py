@@ -161,6 +161,32 @@ BAD_INPUT = [
         {"triggers": [{"type_": "EVERY", "second": 1}]},
         ["no field 'second'", "did you mean 'seconds'?"],
     ),
+    # Six fields whose two readings differ, the seconds-last one firing every second of a minute.
+    (
+        Cron,
+        {"cron": "0 3 * * * *"},
+        [
+            "cron expression '0 3 * * * *' is ambiguous",
+            "minute=0 hour=3 day=* month=* weekday=* second=*",
+            "second=0 minute=3 hour=* day=* month=* weekday=*",
+            "seconds_first=True",
+            "0-59",
+        ],
+    ),
+    (Cron, {"cron": "*/5 * * * * *"}, ["'*/5 * * * * *' is ambiguous", "seconds_first=True"]),
+    (Cron, {"cron": "0 0 12 * * *"}, ["'0 0 12 * * *' is ambiguous"]),
+    (
+        Cron,
+        {"cron": "0 0 12 * * MON"},
+        ["invalid cron expression '0 0 12 * * MON'", "valid with seconds first", "seconds_first"],
+    ),
+    (
+        Cron,
+        {"cron": "*/5 * * * *", "seconds_first": True},
+        ["seconds_first=True needs 6 fields", "got 5 in '*/5 * * * *'"],
+    ),
+    (Cron, {"cron": "@daily", "seconds_first": True}, ["seconds_first=True needs 6 fields"]),
+    (Cron, {"cron": "0 61 * * * *", "seconds_first": True}, ["invalid cron expression"]),
     # A bool is not a number, though pydantic reads True as 1.
     (Every, {"seconds": True}, ["seconds must be a number, not a bool, got True"]),
     (Every, {"seconds": 1, "minutes": False}, ["minutes must be a number, not a bool, got False"]),
@@ -246,9 +272,10 @@ def test_or_rejects_the_same_instance_twice() -> None:
         lambda: At(hour=23, minute=59, second=59, at="every sunday", tz="Asia/Kolkata"),
         lambda: Cron(cron="@daily"),
         lambda: Cron(cron="0 12 * * * 30", tz="Europe/Berlin"),
+        lambda: Cron(cron="0 3 * * * *", tz="Europe/Berlin", seconds_first=True),
         lambda: OrTrigger(triggers=[Every(seconds=1), Once()]),
     ],
-    ids=["every-0", "every-mixed", "at", "cron-alias", "cron-seconds", "or"],
+    ids=["every-0", "every-mixed", "at", "cron-alias", "cron-seconds", "cron-quartz", "or"],
 )
 def test_good_input_builds_and_round_trips(build) -> None:
     trigger: BaseTrigger = build()  # built here: bad input fails this test, not collection
