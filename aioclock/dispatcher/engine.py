@@ -18,7 +18,7 @@ from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from aioclock._protocol import Done, Fire, TaskStats
 from aioclock._schedule import Schedule
@@ -41,7 +41,7 @@ class ScheduledTask:
     """What the engine needs to know of a task: no function, only its id and schedule."""
 
     task_id: str
-    trigger: BaseTrigger
+    trigger: BaseTrigger[Any]
     max_instances: int = 1
 
 
@@ -73,7 +73,7 @@ class _TaskState:
     missed_unlogged: int = 0
 
     @property
-    def trigger(self) -> BaseTrigger:
+    def trigger(self) -> BaseTrigger[Any]:
         return self.spec.trigger
 
     @property
