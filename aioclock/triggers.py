@@ -1,9 +1,12 @@
 """Triggers decide when a task is due. They are pure: given the time, they say when next, or never.
 
-A trigger is a pydantic model validated at construction. It answers `next_due(now, previous)`,
-in POSIX seconds (`time.time()`); the engine asks it, keeps the answer in its heap and sends the run
-when the time comes. Triggers never sleep and never read the clock, except in the methods kept for
-upstream compatibility (`trigger_next`, `get_waiting_time_till_next_trigger`).
+A trigger is a pydantic model validated at construction: an unknown field, or a bool given for a
+number, fails there, naming the field. It answers `next_due(now, previous)`, in POSIX seconds
+(`time.time()`), and holds no schedule state: the engine keeps each task's progress (previous due,
+count, anchor, ...) in a `Schedule` of its own (`aioclock._schedule`), so one trigger object may
+serve several tasks. Triggers never sleep and never read the clock, except in the methods kept for
+upstream compatibility (`should_trigger`, `trigger_next`, `get_waiting_time_till_next_trigger`),
+which advance a schedule the trigger keeps for those callers alone.
 
 Kinds of schedule:
 
@@ -14,9 +17,10 @@ Kinds of schedule:
 """
 
 import asyncio
+import difflib
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta, timezone, tzinfo
 from datetime import time as wall_time
 from enum import Enum
@@ -26,6 +30,8 @@ from croniter import CroniterBadDateError, croniter
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
+    ConfigDict,
     Field,
     PositiveInt,
     PrivateAttr,
@@ -37,6 +43,7 @@ from pydantic import (
 )
 
 from aioclock._calendar import load_zone, next_instant
+from aioclock._schedule import Earliest, FixedRate, Schedule
 
 __all__ = [
     "At",
@@ -99,16 +106,39 @@ class BaseTrigger(BaseModel, Generic[TriggerTypeT]):
     `trigger_next`, and perhaps `get_waiting_time_till_next_trigger`, but not `next_due`) still
     runs: the engine drives it with upstream's loop (see `_is_legacy`).
 
+    A trigger is a declaration: the engine keeps each task's progress through it in a schedule
+    of the task's own (`_new_schedule`), so one trigger object may serve several tasks. The
+    upstream-compatible methods (`should_trigger`, `trigger_next`, ...) advance a schedule the
+    trigger keeps for their callers alone; serving an app never touches it.
+
     Attributes:
         type_: Name of the trigger, fixed by each subclass.
-        expected_trigger_time: When the next run is due (aware UTC); set by the engine, for the API.
+        expected_trigger_time: When the next run is due (aware UTC); set by the in-process
+            runtime, for the API (with one trigger shared by several tasks: the task armed last).
     """
+
+    model_config = ConfigDict(extra="forbid")
 
     type_: TriggerTypeT
     expected_trigger_time: datetime | None = None
 
-    _previous: float | None = PrivateAttr(None)
-    _ended: bool = PrivateAttr(False)
+    _own: Schedule | None = PrivateAttr(None)  # the schedule of the upstream-compat methods
+
+    @model_validator(mode="before")
+    @classmethod
+    def _refuse_unknown_fields(cls, data: Any) -> Any:
+        """Name a misspelt field and the field meant (pydantic only says "extra input")."""
+        if isinstance(data, dict) and cls.model_config.get("extra") == "forbid":
+            fields = list(cls.model_fields)
+            for key in data:
+                if key not in fields:
+                    close = difflib.get_close_matches(str(key), fields, n=1)
+                    hint = f" (did you mean {close[0]!r}?)" if close else ""
+                    raise ValueError(
+                        f"{cls.__name__} has no field {key!r} (given {data[key]!r}){hint}; "
+                        f"its fields are {', '.join(fields)}"
+                    )
+        return data
 
     def next_due(self, now: float, previous: float | None) -> float | None:
         """The next due time (POSIX seconds), or None when the trigger will never fire again."""
@@ -120,40 +150,24 @@ class BaseTrigger(BaseModel, Generic[TriggerTypeT]):
         return False
 
     def should_trigger(self) -> bool:
-        """Whether the trigger can still fire."""
-        return not self.__pydantic_private__["_ended"]
+        """Whether the trigger can still fire (upstream's method: its own schedule's answer)."""
+        return self._schedule().alive()
 
-    # Engine-facing: private, but stable. The hot paths read private attributes through
-    # `__pydantic_private__`: pydantic's attribute fallback costs microseconds per read, and the
-    # dispatcher calls these once per fire.
+    # Engine-facing: private, but stable.
 
-    def _advance(self, now: float) -> float | None:
-        """Consume the next occurrence and return its due time; None once the trigger has ended."""
-        private = self.__pydantic_private__
-        if private["_ended"] or not self.should_trigger():
+    def _new_schedule(self) -> Schedule:
+        """A fresh schedule of this trigger's occurrences, for one task (the engine's state)."""
+        return Schedule(self, self._limit(), self._gate())
+
+    def _limit(self) -> int | None:
+        """How many occurrences at most (LoopController's `max_loop_count`)."""
+        return None
+
+    def _gate(self) -> Callable[[], bool] | None:
+        """`should_trigger`, where a subclass overrides it: asked before each occurrence."""
+        if _owner(type(self), "should_trigger") is BaseTrigger:
             return None
-        due = self.next_due(now, private["_previous"])
-        if due is None:
-            private["_ended"] = True
-            return None
-        self._commit(now, due)
-        return due
-
-    def _peek(self, now: float) -> float | None:
-        """The due time `_advance(now)` would return, consuming nothing."""
-        private = self.__pydantic_private__
-        if private["_ended"] or not self.should_trigger():
-            return None
-        return self.next_due(now, private["_previous"])
-
-    def _commit(self, now: float, due: float) -> None:
-        """Remember that the occurrence due at `due` was consumed (subclasses count it)."""
-        self.__pydantic_private__["_previous"] = due
-
-    def _reset(self) -> None:
-        """Forget every consumed occurrence: a fresh copy of the schedule."""
-        self._previous = None
-        self._ended = False
+        return self.should_trigger
 
     @classmethod
     def _is_legacy(cls) -> bool:
@@ -172,17 +186,40 @@ class BaseTrigger(BaseModel, Generic[TriggerTypeT]):
         """The zone a naive datetime given to the compat methods is read in."""
         return timezone.utc
 
-    # Upstream compatibility: these read the real clock and sleep.
+    # Upstream compatibility: the trigger's own schedule, for code that calls these directly
+    # (and for tests of the schedule maths). These read the real clock and sleep.
+
+    def _schedule(self) -> Schedule:
+        """The trigger's own schedule, made on first use (and for a copy, its own afresh)."""
+        own = self._own
+        if own is None or own.trigger is not self:
+            own = self._own = self._new_schedule()
+        own.limit = self._limit()  # upstream code may change max_loop_count as it goes
+        return own
+
+    def _advance(self, now: float) -> float | None:
+        """Consume the next occurrence of the trigger's own schedule; None once it has ended."""
+        return self._schedule().advance(now)
+
+    def _peek(self, now: float) -> float | None:
+        """The due time `_advance(now)` would return, consuming nothing."""
+        return self._schedule().peek(now)
+
+    def _reset(self) -> None:
+        """Forget the trigger's own consumed occurrences: a fresh copy of its schedule."""
+        self._own = None
 
     async def trigger_next(self) -> None:
         """Consume the next occurrence (counting it) and sleep until it is due."""
+        schedule = self._schedule()
         if _owner(type(self), "next_due") is BaseTrigger:
             wait = await self.get_waiting_time_till_next_trigger()
             now = time.time()
-            self._commit(now, now)
+            schedule.previous = now
+            schedule.count += 1
         else:
             now = time.time()
-            due = self._advance(now)
+            due = schedule.advance(now)
             wait = None if due is None else due - now
         if wait is not None and wait > 0:
             await asyncio.sleep(wait)
@@ -201,6 +238,17 @@ class BaseTrigger(BaseModel, Generic[TriggerTypeT]):
         return None if due is None else max(0.0, due - instant)
 
 
+def _refuse_bool(value: Any, info: ValidationInfo) -> Any:
+    """pydantic reads True as 1: refuse it where a number is meant (`Every(seconds=True)`)."""
+    if isinstance(value, bool):
+        raise ValueError(f"{info.field_name} must be a number, not a bool, got {value!r}")
+    return value
+
+
+_Count = Annotated[Union[PositiveInt, None], BeforeValidator(_refuse_bool)]
+_One = Annotated[Literal[1], BeforeValidator(_refuse_bool)]
+
+
 class LoopController(BaseTrigger[TriggerTypeT], Generic[TriggerTypeT]):
     """A trigger with `max_loop_count`: it stops after that many occurrences.
 
@@ -209,34 +257,30 @@ class LoopController(BaseTrigger[TriggerTypeT], Generic[TriggerTypeT]):
 
     >>> from aioclock.triggers import Every
     >>> trigger = Every(seconds=10, max_loop_count=2)
-    >>> [trigger._advance(now) for now in (0.0, 10.0, 20.0)], trigger.should_trigger()
+    >>> schedule = trigger._new_schedule()  # what the engine keeps for one task
+    >>> [schedule.advance(now) for now in (0.0, 10.0, 20.0)], schedule.alive()
     ([10.0, 20.0, None], False)
 
     Attributes:
         max_loop_count: How many times it fires at most; None for no limit.
     """
 
-    max_loop_count: PositiveInt | None = None
+    max_loop_count: _Count = None
 
-    _current_loop_count: int = PrivateAttr(0)
+    def _limit(self) -> int | None:
+        return self.max_loop_count
+
+    @property
+    def _current_loop_count(self) -> int:
+        """Upstream's counter: occurrences of the trigger's own schedule (not the engine's)."""
+        return self._schedule().count
+
+    @_current_loop_count.setter
+    def _current_loop_count(self, value: int) -> None:
+        self._schedule().count = value
 
     def _increment_loop_counter(self) -> None:
-        self.__pydantic_private__["_current_loop_count"] += 1
-
-    def should_trigger(self) -> bool:
-        private = self.__pydantic_private__
-        limit = self.max_loop_count
-        if limit is not None and private["_current_loop_count"] >= limit:
-            return False
-        return not private["_ended"]
-
-    def _commit(self, now: float, due: float) -> None:
-        super()._commit(now, due)
-        self._increment_loop_counter()
-
-    def _reset(self) -> None:
-        super()._reset()
-        self._current_loop_count = 0
+        self._schedule().count += 1
 
 
 class Forever(BaseTrigger[Literal[Triggers.FOREVER]]):
@@ -271,13 +315,13 @@ class Once(_OneShot, LoopController[Literal[Triggers.ONCE]]):
     """Runs once, as soon as the app starts, then never again.
 
     >>> from aioclock.triggers import Once
-    >>> trigger = Once()
-    >>> trigger._advance(5.0), trigger._advance(6.0)
+    >>> schedule = Once()._new_schedule()
+    >>> schedule.advance(5.0), schedule.advance(6.0)
     (5.0, None)
     """
 
     type_: Literal[Triggers.ONCE] = Triggers.ONCE
-    max_loop_count: Literal[1] = 1  # type: ignore[assignment]
+    max_loop_count: _One = 1
 
 
 class OnStartUp(_OneShot, LoopController[Literal[Triggers.ON_START_UP]]):
@@ -289,7 +333,7 @@ class OnStartUp(_OneShot, LoopController[Literal[Triggers.ON_START_UP]]):
     """
 
     type_: Literal[Triggers.ON_START_UP] = Triggers.ON_START_UP
-    max_loop_count: Literal[1] = 1  # type: ignore[assignment]
+    max_loop_count: _One = 1
 
 
 class OnShutDown(_OneShot, LoopController[Literal[Triggers.ON_SHUT_DOWN]]):
@@ -301,7 +345,7 @@ class OnShutDown(_OneShot, LoopController[Literal[Triggers.ON_SHUT_DOWN]]):
     """
 
     type_: Literal[Triggers.ON_SHUT_DOWN] = Triggers.ON_SHUT_DOWN
-    max_loop_count: Literal[1] = 1  # type: ignore[assignment]
+    max_loop_count: _One = 1
 
 
 def _check_unit(value: float | None, info: ValidationInfo) -> float | None:
@@ -314,7 +358,9 @@ def _check_unit(value: float | None, info: ValidationInfo) -> float | None:
     return value
 
 
-_TimeUnit = Annotated[Union[int, float, None], AfterValidator(_check_unit)]
+_TimeUnit = Annotated[
+    Union[int, float, None], BeforeValidator(_refuse_bool), AfterValidator(_check_unit)
+]
 _UNIT_SECONDS = {"weeks": 604800, "days": 86400, "hours": 3600, "minutes": 60, "seconds": 1}
 
 
@@ -325,8 +371,8 @@ class Every(LoopController[Literal[Triggers.EVERY]]):
     default) one period later. A period of 0 runs again as soon as the previous run ended.
 
     >>> from aioclock.triggers import Every
-    >>> trigger = Every(minutes=1, first_run_strategy="immediate")
-    >>> [trigger._advance(now) for now in (1000.0, 1000.5, 1077.0)]
+    >>> schedule = Every(minutes=1, first_run_strategy="immediate")._new_schedule()
+    >>> [schedule.advance(now) for now in (1000.0, 1000.5, 1077.0)]
     [1000.0, 1060.0, 1120.0]
 
     Usage: `@app.task(trigger=Every(seconds=3))`.
@@ -344,10 +390,7 @@ class Every(LoopController[Literal[Triggers.EVERY]]):
     hours: _TimeUnit = None
     days: _TimeUnit = None
     weeks: _TimeUnit = None
-    max_loop_count: PositiveInt | None = None
-
-    _anchor: float | None = PrivateAttr(None)  # start: run k is due at _anchor + k * period
-    _period: float = PrivateAttr(0.0)  # to_seconds, cached by _check_period and _reset
+    max_loop_count: _Count = None
 
     @model_validator(mode="after")
     def _check_period(self) -> "Every":
@@ -355,7 +398,6 @@ class Every(LoopController[Literal[Triggers.EVERY]]):
             raise ValueError("Every needs at least one of seconds, minutes, hours, days or weeks")
         if not math.isfinite(self.to_seconds):
             raise ValueError(f"the period of Every must be finite, got {self.to_seconds} seconds")
-        self._period = self.to_seconds
         return self
 
     @property
@@ -365,33 +407,23 @@ class Every(LoopController[Literal[Triggers.EVERY]]):
 
     @property
     def waits_for_completion(self) -> bool:
-        return self.__pydantic_private__["_period"] == 0
+        return self.to_seconds == 0
 
     def next_due(self, now: float, previous: float | None) -> float | None:
-        private = self.__pydantic_private__
-        period = private["_period"]
+        """One period after `previous` (the engine's schedule keeps an exact grid instead)."""
+        period = self.to_seconds
         if period == 0:
             return now
         if previous is None:
             return now if self.first_run_strategy == "immediate" else now + period
-        anchor = private["_anchor"]
-        if anchor is not None:  # stay on the grid: no error accumulates over many runs
-            k = round((previous - anchor) / period)
-            if anchor + k * period == previous:
-                return anchor + (k + 1) * period
         return previous + period
 
-    def _commit(self, now: float, due: float) -> None:
-        private = self.__pydantic_private__
-        if private["_previous"] is None:
-            private["_anchor"] = now
-        super()._commit(now, due)
-
-    def _reset(self) -> None:
-        """Forget consumed occurrences; re-read the period (its fields may have changed)."""
-        super()._reset()
-        self._anchor = None
-        self._period = self.to_seconds
+    def _new_schedule(self) -> Schedule:
+        """Run k at anchor + k * period, the anchor being the start: no error accumulates."""
+        if _owner(type(self), "next_due") is not Every or self._gate() is not None:
+            return super()._new_schedule()  # a subclass changed the maths: ask it
+        immediate = self.first_run_strategy == "immediate"
+        return FixedRate(self, self.max_loop_count, self.to_seconds, immediate)
 
 
 def _check_zone(key: str) -> str:
@@ -407,7 +439,7 @@ def _check_clock_field(value: int, info: ValidationInfo) -> int:
 
 
 _TimeZone = Annotated[str, AfterValidator(_check_zone)]
-_ClockField = Annotated[int, AfterValidator(_check_clock_field)]
+_ClockField = Annotated[int, BeforeValidator(_refuse_bool), AfterValidator(_check_clock_field)]
 _WEEKDAYS = {
     "every monday": 0,
     "every tuesday": 1,
@@ -444,7 +476,7 @@ class At(LoopController[Literal[Triggers.AT]]):
     """
 
     type_: Literal[Triggers.AT] = Triggers.AT
-    max_loop_count: PositiveInt | None = None
+    max_loop_count: _Count = None
     second: _ClockField = 0
     minute: _ClockField = 0
     hour: _ClockField = 0
@@ -478,56 +510,119 @@ class At(LoopController[Literal[Triggers.AT]]):
         return load_zone(self.tz)
 
 
-def _check_cron(expression: str) -> str:
+_SECONDS_LAST = ("minute", "hour", "day", "month", "weekday", "second")  # croniter, aioclock 0.3
+_SECONDS_FIRST = ("second", "minute", "hour", "day", "month", "weekday")  # Quartz, Spring
+
+
+def _seconds_last(fields: list[str]) -> str:
+    """A six-field expression written seconds first, in croniter's order (seconds last)."""
+    return " ".join(fields[1:] + fields[:1])
+
+
+def _reading(names: tuple[str, ...], fields: list[str]) -> str:
+    return " ".join(f"{name}={field}" for name, field in zip(names, fields, strict=True))
+
+
+def _check_cron(expression: str, seconds_first: bool) -> None:
+    """Refuse an expression croniter cannot read, one that never fires, and six fields whose
+    two readings differ where the seconds-last one fires every second of a minute."""
     fields = expression.split()
-    alias = len(fields) == 1 and fields[0].startswith("@")  # "@daily" and the like
-    if not alias and len(fields) not in (5, 6):
+    six = len(fields) == 6
+    if seconds_first:
+        if not six:
+            raise ValueError(
+                "seconds_first=True needs 6 fields (second minute hour day month weekday), "
+                f"got {len(fields)} in {expression!r}"
+            )
+        readable = _seconds_last(fields)
+    else:
+        alias = len(fields) == 1 and fields[0].startswith("@")  # "@daily" and the like
+        if not alias and len(fields) not in (5, 6):
+            raise ValueError(
+                f"cron must have 5 fields, or 6 with seconds last, got {len(fields)} in "
+                f"{expression!r}"
+            )
+        readable = expression
+    quartz_valid = six and not seconds_first and croniter.is_valid(_seconds_last(fields))
+    if not croniter.is_valid(readable):
+        hint = ""
+        if quartz_valid:
+            hint = " (it is valid with seconds first, as Quartz and Spring write 6 fields: pass "
+            hint += "seconds_first=True)"
+        raise ValueError(f"invalid cron expression {expression!r}{hint}")
+    if quartz_valid and fields[5] == "*" and len(set(fields)) > 1:
         raise ValueError(
-            f"cron must have 5 fields, or 6 with seconds last, got {len(fields)} in {expression!r}"
+            f"cron expression {expression!r} is ambiguous: read with seconds last (aioclock 0.3, "
+            f"croniter) it is {_reading(_SECONDS_LAST, fields)}, every second of each matching "
+            f"minute; read with seconds first (Quartz, Spring) it is "
+            f"{_reading(_SECONDS_FIRST, fields)}. For the second reading pass "
+            "seconds_first=True; for the first, write its seconds field as 0-59"
         )
-    if not croniter.is_valid(expression):
-        raise ValueError(f"invalid cron expression {expression!r}")
     try:
-        croniter(expression, datetime(2000, 1, 1)).get_next(datetime)
+        croniter(readable, datetime(2000, 1, 1)).get_next(datetime)
     except CroniterBadDateError:
         raise ValueError(f"cron expression {expression!r} never fires") from None
-    return expression
 
 
 class Cron(LoopController[Literal[Triggers.CRON]]):
     """Runs on a cron schedule in a time zone, parsed by croniter.
 
     Five fields (minute hour day month weekday), or six with seconds as the LAST field
-    (croniter's default, as upstream); aliases such as "@daily" work too. The first run is the
-    first match strictly after `now`. Daylight-saving changes: if the hour field is fixed (no `*`,
-    no `/`) the job runs once a day, at the jump for a time in the spring gap and on the first pass
-    of the repeated autumn hour; with a wildcard or stepped hour the job keeps its real spacing
-    (times in the gap do not exist, times in the repeated hour happen twice).
+    (croniter's default, as upstream); aliases such as "@daily" work too. With
+    `seconds_first=True` six fields are read with seconds FIRST, as Quartz and Spring write them
+    (second minute hour day month weekday; each field keeps cron's meaning: weekday 0-7 or
+    MON-SUN, `?` reads as `*`). Six fields whose two readings differ, where the seconds-last one
+    would fire every second of a minute (`"0 3 * * * *"`: 60 runs at 03:00:00-03:00:59, or once
+    an hour at minute 3), are refused unless `seconds_first=True` says which is meant; write the
+    seconds-last field as `0-59` to mean every second.
+
+    The first run is the first match strictly after `now`. Daylight-saving changes: if the hour
+    field is fixed (no `*`, no `/`) the job runs once a day, at the jump for a time in the spring
+    gap and on the first pass of the repeated autumn hour; with a wildcard or stepped hour the job
+    keeps its real spacing (times in the gap do not exist, times in the repeated hour happen twice).
 
     >>> from datetime import datetime, timezone
     >>> from aioclock.triggers import Cron
     >>> trigger = Cron(cron="*/15 * * * *", tz="Europe/Berlin")
     >>> autumn = datetime(2026, 10, 25, 0, 40, tzinfo=timezone.utc).timestamp()  # 02:40 CEST
-    >>> dues = [trigger._advance(autumn) for _ in range(3)]
+    >>> schedule = trigger._new_schedule()
+    >>> dues = [schedule.advance(autumn) for _ in range(3)]
     >>> [datetime.fromtimestamp(due, timezone.utc).strftime("%H:%M") for due in dues]
     ['00:45', '01:00', '01:15']
+    >>> hourly = Cron(cron="0 3 * * * *", seconds_first=True)  # Quartz: minute 3 of every hour
+    >>> due = hourly.next_due(datetime(2026, 1, 1, tzinfo=timezone.utc).timestamp(), None)
+    >>> datetime.fromtimestamp(due, timezone.utc).strftime("%H:%M:%S")
+    '00:03:00'
 
     Usage: `@app.task(trigger=Cron(cron="0 12 * * *", tz="Asia/Kolkata"))`.
 
     Attributes:
         cron: The cron expression.
         tz: The IANA time zone, e.g. "Europe/Berlin"; "UTC" by default.
+        seconds_first: Read six fields with seconds first (Quartz, Spring); False by default:
+            seconds last (croniter, aioclock 0.3).
         max_loop_count: How many times it fires at most; None for no limit.
     """
 
     type_: Literal[Triggers.CRON] = Triggers.CRON
-    max_loop_count: PositiveInt | None = None
-    cron: Annotated[str, AfterValidator(_check_cron)]
+    max_loop_count: _Count = None
+    cron: str
     tz: _TimeZone = "UTC"
+    seconds_first: bool = False
+
+    @model_validator(mode="after")
+    def _check_expression(self) -> "Cron":
+        _check_cron(self.cron, self.seconds_first)
+        return self
+
+    @property
+    def _expression(self) -> str:
+        """The expression in croniter's order (seconds last)."""
+        return _seconds_last(self.cron.split()) if self.seconds_first else self.cron
 
     @property
     def _fixed_hour(self) -> bool:
-        fields = self.cron.split()
+        fields = self._expression.split()
         if len(fields) == 1:  # an alias: only @hourly has a wildcard hour
             return fields[0] != "@hourly"
         return "*" not in fields[1] and "/" not in fields[1]
@@ -538,7 +633,7 @@ class Cron(LoopController[Literal[Triggers.CRON]]):
         return next_instant(zone, after, self._candidates, fixed=self._fixed_hour)
 
     def _candidates(self, start: datetime) -> Iterator[datetime]:
-        matches = croniter(self.cron, start)
+        matches = croniter(self._expression, start)
         try:
             while True:
                 yield matches.get_next(datetime)
@@ -547,9 +642,6 @@ class Cron(LoopController[Literal[Triggers.CRON]]):
 
     def _local_zone(self) -> tzinfo:
         return load_zone(self.tz)
-
-
-_COINCIDENT = 1e-6  # inner dues this close (seconds) are one occurrence of an OrTrigger
 
 
 class OrTrigger(LoopController[Literal[Triggers.OR]]):
@@ -562,7 +654,8 @@ class OrTrigger(LoopController[Literal[Triggers.OR]]):
 
     >>> from aioclock.triggers import Every, OrTrigger
     >>> trigger = OrTrigger(triggers=[Every(seconds=2), Every(seconds=3, max_loop_count=1)])
-    >>> [trigger._advance(now) for now in (0.0, 2.0, 3.0, 4.0)]
+    >>> schedule = trigger._new_schedule()
+    >>> [schedule.advance(now) for now in (0.0, 2.0, 3.0, 4.0)]
     [2.0, 3.0, 4.0, 6.0]
 
     Attributes:
@@ -572,9 +665,7 @@ class OrTrigger(LoopController[Literal[Triggers.OR]]):
 
     type_: Literal[Triggers.OR] = Triggers.OR
     triggers: list[SerializeAsAny[BaseTrigger]]  # type: ignore[type-arg]
-    max_loop_count: PositiveInt | None = None
-
-    _pending: list[float | None] = PrivateAttr(default_factory=list)  # armed due per inner
+    max_loop_count: _Count = None
 
     @field_validator("triggers", mode="before")
     @classmethod
@@ -609,45 +700,15 @@ class OrTrigger(LoopController[Literal[Triggers.OR]]):
             seen.add(id(inner))
         return triggers
 
-    def should_trigger(self) -> bool:
-        if not super().should_trigger():
-            return False
-        pending = self._armed()
-        return any(
-            due is not None or inner.should_trigger()
-            for inner, due in zip(self.triggers, pending, strict=True)
-        )
-
     def next_due(self, now: float, previous: float | None) -> float | None:
-        """The earliest inner due; the schedule lives in the inner triggers, not in `previous`."""
-        dues = [
-            inner._peek(now) if due is None else due
-            for inner, due in zip(self.triggers, self._armed(), strict=True)
-        ]
+        """The earliest inner `next_due(now, previous)`, each inner asked with the same
+        `previous`; the engine's schedule keeps each inner schedule on its own instead."""
+        dues = (inner.next_due(now, previous) for inner in self.triggers)
         return min((due for due in dues if due is not None), default=None)
 
-    def _commit(self, now: float, due: float) -> None:
-        pending = self._armed()
-        for index, inner in enumerate(self.triggers):
-            if pending[index] is None:  # arm it: its schedule starts now and is kept from here
-                pending[index] = inner._advance(now)
-            armed = pending[index]
-            if armed is not None and armed - due <= _COINCIDENT:
-                pending[index] = None
-        super()._commit(now, due)
-
-    def _armed(self) -> list[float | None]:
-        private = self.__pydantic_private__  # read three times per fire: the fast path
-        pending = private["_pending"]
-        if len(pending) != len(self.triggers):
-            pending = private["_pending"] = [None] * len(self.triggers)
-        return pending
-
-    def _reset(self) -> None:
-        super()._reset()
-        self._pending = []
-        for inner in self.triggers:
-            inner._reset()
+    def _new_schedule(self) -> Schedule:
+        inners = [inner._new_schedule() for inner in self.triggers]
+        return Earliest(self, self.max_loop_count, inners, self._gate())
 
 
 TriggerT = Annotated[

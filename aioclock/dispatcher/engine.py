@@ -18,9 +18,10 @@ from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from aioclock._protocol import Done, Fire, TaskStats
+from aioclock._schedule import Schedule
 from aioclock.triggers import BaseTrigger, OnShutDown, OnStartUp
 
 if TYPE_CHECKING:
@@ -40,7 +41,7 @@ class ScheduledTask:
     """What the engine needs to know of a task: no function, only its id and schedule."""
 
     task_id: str
-    trigger: BaseTrigger
+    trigger: BaseTrigger[Any]
     max_instances: int = 1
 
 
@@ -49,10 +50,15 @@ def schedule_of(tasks: Mapping[str, Task]) -> list[ScheduledTask]:
     return [ScheduledTask(name, task.trigger, task.max_instances) for name, task in tasks.items()]
 
 
-@dataclass
+@dataclass(slots=True)
 class _TaskState:
+    """One task in the engine: its schedule state (the trigger holds none) and its counters."""
+
     spec: ScheduledTask
-    scheduled: bool = False  # armed by the engine (not a lifecycle or legacy-driven task)
+    # Where the task is in its trigger's schedule; None for the tasks the engine does not arm
+    # (start-up, shut-down, and legacy triggers, which keep upstream's state in the trigger).
+    schedule: Schedule | None = None
+    waits: bool = False  # the trigger computes its next due from the end of the previous run
     running: int = 0
     next_due: float | None = None
     ended: bool = False
@@ -67,8 +73,13 @@ class _TaskState:
     missed_unlogged: int = 0
 
     @property
-    def trigger(self) -> BaseTrigger:
+    def trigger(self) -> BaseTrigger[Any]:
         return self.spec.trigger
+
+    @property
+    def scheduled(self) -> bool:
+        """Armed by the engine (not a lifecycle or legacy-driven task)."""
+        return self.schedule is not None
 
 
 class Phase(enum.Enum):
@@ -102,18 +113,19 @@ class DeadlineEngine:
         self._shutdown: list[str] = []
         self._external: set[str] = set()
         for spec in tasks:
-            spec.trigger._reset()  # a schedule starts afresh every time an app serves
             if spec.task_id in self._states:
                 raise ValueError(f"task id {spec.task_id!r} is registered twice")
-            self._states[spec.task_id] = _TaskState(spec)
-            if isinstance(spec.trigger, OnStartUp):
+            state = self._states[spec.task_id] = _TaskState(spec)
+            trigger = spec.trigger
+            if isinstance(trigger, OnStartUp):
                 self._startup.append(spec.task_id)
-            elif isinstance(spec.trigger, OnShutDown):
+            elif isinstance(trigger, OnShutDown):
                 self._shutdown.append(spec.task_id)
-            elif spec.trigger._is_legacy():
+            elif trigger._is_legacy():
                 self._external.add(spec.task_id)
-            else:
-                self._states[spec.task_id].scheduled = True
+            else:  # each task its own schedule, from the start, every time an app serves
+                state.schedule = trigger._new_schedule()
+                state.waits = trigger.waits_for_completion
         self._heap: list[tuple[float, int, str]] = []
         self._in_flight: dict[int, tuple[str, float]] = {}
         self._seq = 0
@@ -194,36 +206,40 @@ class DeadlineEngine:
             fire = self._fire_unless_busy(state, due, now)
             if fire is not None:
                 fires.append(fire)
-            if not state.trigger.waits_for_completion:
+            if not state.waits:
                 self._arm(state, now, skip_past=True)
         if not heap:
             fires += self._advance_phase(now)
         return fires
 
     def _arm(self, state: _TaskState, now: float, skip_past: bool = False) -> None:
-        trigger = state.trigger
-        due = trigger._advance(now)
+        schedule = state.schedule
+        assert schedule is not None  # only scheduled tasks are armed
+        due = schedule.advance(now)
         if skip_past and due is not None and due < now:
-            due = self._skip_past(state, due, now)
+            due = self._skip_past(schedule, state, due, now)
         if due is None:
             state.ended = True
             state.next_due = None
-            trigger.expected_trigger_time = None
+            if self._publish_due_times:
+                state.spec.trigger.expected_trigger_time = None
             logger.info("%s: trigger ended, no further runs", state.spec.task_id)
             return
         state.next_due = due
-        if self._publish_due_times:  # a plain field write: no validation happens on assignment
-            trigger.__dict__["expected_trigger_time"] = datetime.fromtimestamp(due, timezone.utc)
+        if self._publish_due_times:  # no validation happens on assignment
+            state.spec.trigger.expected_trigger_time = datetime.fromtimestamp(due, timezone.utc)
         self._seq += 1
         heapq.heappush(self._heap, (due, self._seq, state.spec.task_id))
 
-    def _skip_past(self, state: _TaskState, due: float | None, now: float) -> float | None:
+    def _skip_past(
+        self, schedule: Schedule, state: _TaskState, due: float | None, now: float
+    ) -> float | None:
         """The engine fell behind (a stall, a suspended machine): rather than firing a burst of
         runs that are all late, skip the occurrences already past and count them as missed."""
         skipped = 0
         while due is not None and due < now:
             skipped += 1
-            due = state.trigger._advance(now)
+            due = schedule.advance(now)
         self._count_missed(state, skipped, now, "they were already past due when re-armed")
         return due
 
@@ -276,8 +292,7 @@ class DeadlineEngine:
             return []
         if (
             self.phase is Phase.RUNNING
-            and state.scheduled
-            and state.trigger.waits_for_completion
+            and state.waits  # only scheduled tasks wait for completion
             and not state.ended
         ):
             self._arm(state, now)

@@ -2,7 +2,7 @@
 
 import pytest
 
-from aioclock import Every, Forever, Once, OnShutDown, OnStartUp
+from aioclock import Every, Forever, Once, OnShutDown, OnStartUp, OrTrigger
 from aioclock._protocol import Done
 from aioclock.dispatcher.engine import DeadlineEngine, Phase, ScheduledTask
 
@@ -180,3 +180,31 @@ def test_after_a_stall_past_occurrences_are_skipped_not_fired_in_a_burst(caplog)
     assert engine.next_deadline() == T0 + 101
     assert engine.stats()[0].missed == 98
     assert "already past due" in caplog.text
+
+
+@pytest.mark.parametrize(
+    "trigger",
+    [
+        Every(seconds=10, max_loop_count=3),
+        OrTrigger(triggers=[Every(seconds=10), Every(seconds=15)], max_loop_count=3),
+    ],
+    ids=["every", "or"],
+)
+def test_a_trigger_shared_by_two_tasks_gives_each_task_its_full_schedule(trigger):
+    engine = DeadlineEngine([ScheduledTask("m:a", trigger), ScheduledTask("m:b", trigger)])
+    engine.start(T0)
+    fires = run_grid(engine, until=T0 + 100)
+    dues = {task: [f.due - T0 for f in fires if f.task == task] for task in ("m:a", "m:b")}
+    expected = [10, 20, 30] if isinstance(trigger, Every) else [10, 15, 20]
+    assert dues == {"m:a": expected, "m:b": expected}
+    assert engine.finished
+
+
+def test_serving_does_not_touch_the_triggers_own_schedule():
+    """The engine keeps the schedule; the trigger's upstream-compat state stays its own."""
+    trigger = Every(seconds=1, max_loop_count=2)
+    engine = DeadlineEngine([ScheduledTask("m:t", trigger)])
+    engine.start(T0)
+    assert len(run_grid(engine, until=T0 + 10)) == 2
+    assert trigger.should_trigger()
+    assert trigger._current_loop_count == 0

@@ -8,7 +8,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Literal
 
 import pytest
-from pydantic import ValidationError
+from pydantic import TypeAdapter, ValidationError
 
 import aioclock.triggers
 from aioclock.triggers import (
@@ -23,6 +23,7 @@ from aioclock.triggers import (
     OnStartUp,
     OrTrigger,
     Triggers,
+    TriggerT,
 )
 
 NOW = datetime(2026, 1, 1, 6, tzinfo=timezone.utc)  # a Thursday
@@ -145,6 +146,66 @@ BAD_INPUT = [
         {"triggers": [Every(seconds=1)], "max_loop_count": 0},
         ["max_loop_count", "input_value=0"],
     ),
+    # Misspelt or unknown fields fail, naming the field (and the one meant, where it is close).
+    (At, {"hour": 3, "minuts": 30, "tz": "UTC"}, ["no field 'minuts'", "did you mean 'minute'?"]),
+    (Cron, {"cron": "0 3 * * *", "timezone": "Europe/Berlin"}, ["no field 'timezone'", "tz"]),
+    (
+        Every,
+        {"seconds": 5, "first_run": "immediate"},
+        ["Every has no field 'first_run'", "did you mean 'first_run_strategy'?"],
+    ),
+    (Once, {"max_loops": 1}, ["Once has no field 'max_loops'", "'max_loop_count'"]),
+    (Forever, {"seconds": 1}, ["Forever has no field 'seconds'"]),
+    (
+        OrTrigger,
+        {"triggers": [{"type_": "EVERY", "second": 1}]},
+        ["no field 'second'", "did you mean 'seconds'?"],
+    ),
+    # Six fields whose two readings differ, the seconds-last one firing every second of a minute.
+    (
+        Cron,
+        {"cron": "0 3 * * * *"},
+        [
+            "cron expression '0 3 * * * *' is ambiguous",
+            "minute=0 hour=3 day=* month=* weekday=* second=*",
+            "second=0 minute=3 hour=* day=* month=* weekday=*",
+            "seconds_first=True",
+            "0-59",
+        ],
+    ),
+    (Cron, {"cron": "*/5 * * * * *"}, ["'*/5 * * * * *' is ambiguous", "seconds_first=True"]),
+    (Cron, {"cron": "0 0 12 * * *"}, ["'0 0 12 * * *' is ambiguous"]),
+    (
+        Cron,
+        {"cron": "0 0 12 * * MON"},
+        ["invalid cron expression '0 0 12 * * MON'", "valid with seconds first", "seconds_first"],
+    ),
+    (
+        Cron,
+        {"cron": "*/5 * * * *", "seconds_first": True},
+        ["seconds_first=True needs 6 fields", "got 5 in '*/5 * * * *'"],
+    ),
+    (Cron, {"cron": "@daily", "seconds_first": True}, ["seconds_first=True needs 6 fields"]),
+    (Cron, {"cron": "0 61 * * * *", "seconds_first": True}, ["invalid cron expression"]),
+    # A bool is not a number, though pydantic reads True as 1.
+    (Every, {"seconds": True}, ["seconds must be a number, not a bool, got True"]),
+    (Every, {"seconds": 1, "minutes": False}, ["minutes must be a number, not a bool, got False"]),
+    (
+        Every,
+        {"seconds": 1, "max_loop_count": True},
+        ["max_loop_count must be a number, not a bool"],
+    ),
+    (At, {"hour": True, "tz": "UTC"}, ["hour must be a number, not a bool, got True"]),
+    (At, {"minute": True, "tz": "UTC"}, ["minute must be a number, not a bool, got True"]),
+    (At, {"second": False, "tz": "UTC"}, ["second must be a number, not a bool, got False"]),
+    (At, {"tz": "UTC", "max_loop_count": True}, ["max_loop_count must be a number, not a bool"]),
+    (Cron, {"cron": "* * * * *", "max_loop_count": True}, ["max_loop_count must be a number"]),
+    (Once, {"max_loop_count": True}, ["max_loop_count must be a number, not a bool, got True"]),
+    (
+        OrTrigger,
+        {"triggers": [Once()], "max_loop_count": True},
+        ["max_loop_count must be a number, not a bool"],
+    ),
 ]
 
 
@@ -158,6 +219,43 @@ def test_bad_input_names_field_and_value(cls: type, kwargs: dict, fragments: lis
         cls(**kwargs)
     for fragment in fragments:
         assert fragment in str(caught.value)
+
+
+def test_unknown_fields_fail_when_parsed_from_a_dict() -> None:
+    with pytest.raises(ValidationError, match="At has no field 'minuts'"):
+        TypeAdapter(TriggerT).validate_python({"type_": "AT", "minuts": 30, "tz": "UTC"})
+
+
+class WithOwnFields(LoopController[Literal["OWN"]]):
+    """A user's trigger with fields of its own."""
+
+    type_: Literal["OWN"] = "OWN"
+    offset: float = 0.0
+    label: str = ""
+
+    def next_due(self, now: float, previous: float | None) -> float | None:
+        return now + 1 + self.offset
+
+
+@pytest.mark.parametrize(
+    "build",
+    [
+        lambda: Every(seconds=1.5),
+        lambda: Every(seconds=2, minutes=0.5, max_loop_count=3),
+        lambda: Every(type_="EVERY", seconds=1),
+        lambda: Every(type_=Triggers.EVERY, seconds=1, expected_trigger_time=NOW),
+        lambda: Once(max_loop_count=1),
+        lambda: At(type_="AT", hour=3, minute=30, second=15, tz="UTC"),
+        lambda: Cron(type_="CRON", cron="0 3 * * *", tz="Europe/Berlin"),
+        lambda: TypeAdapter(TriggerT).validate_python({"type_": "EVERY", "seconds": 5}),
+        lambda: TypeAdapter(TriggerT).validate_json('{"type_": "AT", "hour": 3, "tz": "UTC"}'),
+        lambda: OrTrigger(triggers=[{"type_": "EVERY", "seconds": 2}, Once()]),
+        lambda: WithOwnFields(offset=2.5, label="mine", max_loop_count=2),
+    ],
+)
+def test_upstreams_inputs_still_build(build) -> None:
+    trigger = build()
+    assert type(trigger).model_validate(trigger.model_dump()) == trigger
 
 
 def test_or_rejects_the_same_instance_twice() -> None:
@@ -174,9 +272,10 @@ def test_or_rejects_the_same_instance_twice() -> None:
         lambda: At(hour=23, minute=59, second=59, at="every sunday", tz="Asia/Kolkata"),
         lambda: Cron(cron="@daily"),
         lambda: Cron(cron="0 12 * * * 30", tz="Europe/Berlin"),
+        lambda: Cron(cron="0 3 * * * *", tz="Europe/Berlin", seconds_first=True),
         lambda: OrTrigger(triggers=[Every(seconds=1), Once()]),
     ],
-    ids=["every-0", "every-mixed", "at", "cron-alias", "cron-seconds", "or"],
+    ids=["every-0", "every-mixed", "at", "cron-alias", "cron-seconds", "cron-quartz", "or"],
 )
 def test_good_input_builds_and_round_trips(build) -> None:
     trigger: BaseTrigger = build()  # built here: bad input fails this test, not collection
@@ -227,6 +326,25 @@ def test_pickle_round_trip_keeps_state(factory) -> None:
     assert getattr(copy, "_current_loop_count", None) == getattr(
         original, "_current_loop_count", None
     )
+
+
+def test_a_shallow_copy_does_not_share_the_upstream_schedule() -> None:
+    original = Every(seconds=1, max_loop_count=2)
+    original._advance(0.0)
+    copy = original.model_copy()
+    assert [copy._advance(0.0) for _ in range(3)] == [1.0, 2.0, None]  # its own, afresh
+    assert original._current_loop_count == 1
+
+
+def test_serving_state_is_not_in_the_trigger() -> None:
+    """Schedules made for tasks leave the trigger as declared: equal, dumped the same."""
+    trigger = OrTrigger(triggers=[Every(seconds=2), Modern()])
+    fresh = OrTrigger(triggers=[Every(seconds=2), Modern()])
+    schedule = trigger._new_schedule()
+    assert [schedule.advance(now) for now in (0.0, 1.0)] == [1.0, 2.0]
+    assert trigger == fresh
+    assert trigger.model_dump() == fresh.model_dump()
+    assert trigger._peek(0.0) == 1.0 and trigger._current_loop_count == 0
 
 
 def test_expected_trigger_time_is_a_field() -> None:

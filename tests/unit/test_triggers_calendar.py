@@ -30,8 +30,9 @@ def local(instant: float, tz: str) -> str:
 
 
 def run(trigger: BaseTrigger, now: float, count: int) -> list[float]:
-    """The next `count` dues, as the engine consumes them."""
-    dues = [trigger._advance(now) for _ in range(count)]
+    """The next `count` dues, as the engine consumes them (from a task's fresh schedule)."""
+    schedule = trigger._new_schedule()
+    dues = [schedule.advance(now) for _ in range(count)]
     assert None not in dues
     return dues  # type: ignore[return-value]
 
@@ -263,12 +264,51 @@ def test_cron_table_utc(cron: str, now: float, previous: float | None, expected:
             ["12:00:20", "12:00:40", "12:01:00", "12:01:20"],
         ),
         ("30 12 * * * 15", utc(2026, 1, 1), ["12:30:15", "12:30:15"]),
-        ("0 12 * * * *", utc(2026, 1, 1, 11, 59, 58), ["12:00:00", "12:00:01", "12:00:02"]),
+        # every second of 12:00, said so: `0 12 * * * *` is refused as ambiguous (below)
+        ("0 12 * * * 0-59", utc(2026, 1, 1, 11, 59, 58), ["12:00:00", "12:00:01", "12:00:02"]),
+        ("* * * * * *", utc(2026, 1, 1, 11, 59, 58), ["11:59:59", "12:00:00", "12:00:01"]),
+        # seconds first it would not be valid (hour 31): one reading only, not ambiguous
+        ("59 23 31 12 * *", utc(2026, 12, 31, 23, 58), ["23:59:00", "23:59:01"]),
     ],
 )
 def test_cron_six_fields_seconds_last(cron: str, now: float, expected: list[str]) -> None:
     dues = run(Cron(cron=cron), now, len(expected))
     assert [datetime.fromtimestamp(d, timezone.utc).strftime("%H:%M:%S") for d in dues] == expected
+
+
+@pytest.mark.parametrize(
+    ("cron", "now", "expected"),
+    [
+        # Quartz and Spring order: second minute hour day month weekday
+        ("0 3 * * * *", utc(2026, 1, 1), ["00:03:00", "01:03:00", "02:03:00"]),
+        ("*/20 * * * * *", utc(2026, 1, 1, 12, 0, 5), ["12:00:20", "12:00:40", "12:01:00"]),
+        ("15 30 12 * * *", utc(2026, 1, 1), ["12:30:15", "12:30:15"]),  # one a day
+        ("0 0 12 * * MON", utc(2026, 1, 1), ["12:00:00"]),  # 2026-01-05, a Monday
+        ("0 0 12 ? * MON-FRI", utc(2026, 1, 1), ["12:00:00", "12:00:00"]),
+    ],
+)
+def test_cron_six_fields_seconds_first(cron: str, now: float, expected: list[str]) -> None:
+    dues = run(Cron(cron=cron, seconds_first=True), now, len(expected))
+    assert [datetime.fromtimestamp(d, timezone.utc).strftime("%H:%M:%S") for d in dues] == expected
+
+
+def test_cron_seconds_first_every_hour_once() -> None:
+    """Quartz's `0 3 * * * *`: once an hour, at minute 3 second 0, not 60 times at 03:00."""
+    dues = run(Cron(cron="0 3 * * * *", seconds_first=True), utc(2026, 1, 1), 48)
+    assert [due - utc(2026, 1, 1) for due in dues] == [3600 * h + 180 for h in range(48)]
+    mondays = run(Cron(cron="0 0 12 * * MON", seconds_first=True), utc(2026, 1, 1), 2)
+    assert [local(due, "UTC") for due in mondays] == [
+        "2026-01-05T12:00:00+00:00",
+        "2026-01-12T12:00:00+00:00",
+    ]
+
+
+def test_cron_seconds_first_fixed_hour_in_spring_gap() -> None:
+    trigger = Cron(cron="30 0 2 * * *", tz=BERLIN, seconds_first=True)  # 02:00:30, fixed hour
+    assert run_local(trigger, utc(2026, 3, 28, 12), 2, BERLIN) == [
+        "2026-03-29T03:00:00+02:00",
+        "2026-03-30T02:00:30+02:00",
+    ]
 
 
 def test_cron_six_fields_in_spring_gap() -> None:

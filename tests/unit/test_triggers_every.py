@@ -4,6 +4,7 @@ import time
 
 import pytest
 
+from aioclock._schedule import FixedRate
 from aioclock.triggers import (
     At,
     BaseTrigger,
@@ -57,20 +58,21 @@ def test_every_table(kwargs: dict, now: float, previous: float | None, expected:
 @pytest.mark.parametrize("strategy", ["immediate", "wait"])
 def test_every_fixed_rate_grid_has_no_drift(period: float, strategy: str) -> None:
     """Run k is due at exactly start + k * period over 10k runs, however late the engine asks."""
-    trigger = Every(seconds=period, first_run_strategy=strategy)
+    schedule = Every(seconds=period, first_run_strategy=strategy)._new_schedule()
+    assert isinstance(schedule, FixedRate)
     first_k = 0 if strategy == "immediate" else 1
     now = START
     for k in range(first_k, first_k + 10_000):
-        due = trigger._advance(now)
+        due = schedule.advance(now)
         assert due == START + k * period
         now = due + 0.37 * period  # runs cost time; the grid does not move
 
 
 def test_every_wait_and_immediate_with_engine() -> None:
-    wait = Every(seconds=5)
-    immediate = Every(seconds=5, first_run_strategy="immediate")
-    assert [wait._advance(t) for t in (100.0, 105.2, 110.9)] == [105.0, 110.0, 115.0]
-    assert [immediate._advance(t) for t in (100.0, 100.3, 105.1)] == [100.0, 105.0, 110.0]
+    wait = Every(seconds=5)._new_schedule()
+    immediate = Every(seconds=5, first_run_strategy="immediate")._new_schedule()
+    assert [wait.advance(t) for t in (100.0, 105.2, 110.9)] == [105.0, 110.0, 115.0]
+    assert [immediate.advance(t) for t in (100.0, 100.3, 105.1)] == [100.0, 105.0, 110.0]
 
 
 def test_every_zero_period_waits_for_completion() -> None:
@@ -87,6 +89,14 @@ def test_waits_for_completion_triggers(trigger: BaseTrigger) -> None:
 
 
 def test_every_max_loop_count() -> None:
+    schedule = Every(seconds=1, max_loop_count=3)._new_schedule()
+    assert [schedule.advance(0.0) for _ in range(5)] == [1.0, 2.0, 3.0, None, None]
+    assert schedule.count == 3
+    assert not schedule.alive()
+    assert schedule.peek(10.0) is None
+
+
+def test_every_max_loop_count_upstream_methods() -> None:
     trigger = Every(seconds=1, max_loop_count=3)
     assert [trigger._advance(0.0) for _ in range(5)] == [1.0, 2.0, 3.0, None, None]
     assert trigger._current_loop_count == 3
@@ -94,11 +104,33 @@ def test_every_max_loop_count() -> None:
     assert trigger._peek(10.0) is None
 
 
-def test_every_previous_off_the_grid() -> None:
-    """A previous the trigger did not produce: one period after it."""
+def test_every_next_due_is_pure() -> None:
+    """`next_due` holds no state: one period after the previous it is given."""
     trigger = Every(seconds=10)
     trigger._advance(0.0)
     assert trigger.next_due(50.0, 33.3) == pytest.approx(43.3)
+    assert trigger.next_due(50.0, None) == 60.0
+
+
+def test_one_trigger_many_schedules() -> None:
+    """Each task's schedule of one trigger is its own: anchor, grid and count."""
+    trigger = Every(seconds=10, max_loop_count=3)
+    first, second = trigger._new_schedule(), trigger._new_schedule()
+    assert [first.advance(0.0), first.advance(10.0)] == [10.0, 20.0]
+    assert [second.advance(5.0) for _ in range(4)] == [15.0, 25.0, 35.0, None]
+    assert [first.advance(20.0), first.advance(30.0)] == [30.0, None]
+    assert trigger._current_loop_count == 0 and trigger.should_trigger()
+
+
+def test_a_subclass_that_changes_the_maths_is_asked() -> None:
+    class EveryOther(Every):
+        def next_due(self, now: float, previous: float | None) -> float | None:
+            due = super().next_due(now, previous)
+            return None if due is None else due + self.to_seconds
+
+    schedule = EveryOther(seconds=1)._new_schedule()
+    assert not isinstance(schedule, FixedRate)
+    assert [schedule.advance(0.0) for _ in range(3)] == [2.0, 4.0, 6.0]
 
 
 @pytest.mark.parametrize(
@@ -125,12 +157,12 @@ def test_once_like_table(cls: type) -> None:
 
 
 def test_peek_consumes_nothing() -> None:
-    trigger = Every(seconds=10, max_loop_count=1)
-    assert trigger._peek(0.0) == 10.0
-    assert trigger._peek(3.0) == 13.0
-    assert trigger._current_loop_count == 0
-    assert trigger._advance(3.0) == 13.0
-    assert trigger._peek(3.0) is None
+    schedule = Every(seconds=10, max_loop_count=1)._new_schedule()
+    assert schedule.peek(0.0) == 10.0
+    assert schedule.peek(3.0) == 13.0
+    assert schedule.count == 0
+    assert schedule.advance(3.0) == 13.0
+    assert schedule.peek(3.0) is None
 
 
 def test_counting_is_per_occurrence_produced() -> None:
