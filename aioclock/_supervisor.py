@@ -124,7 +124,8 @@ class Supervisor:
         self._tasks = app._task_table()
         refuse_legacy_triggers(self._tasks.values())
         self._app_payload = worker_payload(app)
-        self._context = multiprocessing.get_context(app.start_method)
+        # Any: typeshed's BaseContext has no `Process`, though every concrete context has one.
+        self._context: Any = multiprocessing.get_context(app.start_method)
         has_sync_tasks = any(not task.is_async for task in self._tasks.values())
         self._settings = WorkerSettings(
             log_level=logging.getLogger("aioclock").getEffectiveLevel(),

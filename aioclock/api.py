@@ -32,7 +32,7 @@ class TaskMetadata(BaseModel):
     """
 
     id: uuid.UUID
-    trigger: Union[SerializeAsAny[BaseTrigger], Any]
+    trigger: Union[SerializeAsAny[BaseTrigger[Any]], Any]
     task_name: str
     name: str
     next_due: Union[datetime, None] = None

@@ -136,7 +136,7 @@ class AioClock:
     def task(
         self,
         *,
-        trigger: BaseTrigger,
+        trigger: BaseTrigger[Any],
         timeout: float | None = None,
         max_instances: int = 1,
     ) -> Callable[[F], F]:

@@ -71,7 +71,7 @@ class Group:
     def task(
         self,
         *,
-        trigger: BaseTrigger,
+        trigger: BaseTrigger[Any],
         timeout: float | None = None,
         max_instances: int = 1,
     ) -> Callable[[F], F]:

@@ -63,7 +63,8 @@ def run_from_payload(payload: DispatcherPayload) -> None:
 
 def _load_schedule(payload: DispatcherPayload) -> list[ScheduledTask]:
     try:
-        return pickle.loads(payload.schedule)
+        schedule: list[ScheduledTask] = pickle.loads(payload.schedule)
+        return schedule
     except AttributeError:
         if payload.main_path is None:
             raise
@@ -73,7 +74,8 @@ def _load_schedule(payload: DispatcherPayload) -> list[ScheduledTask]:
     module = types.ModuleType("__mp_main__")
     module.__dict__.update(main)
     sys.modules["__main__"] = sys.modules["__mp_main__"] = module
-    return pickle.loads(payload.schedule)
+    schedule = pickle.loads(payload.schedule)
+    return schedule
 
 
 @dataclass

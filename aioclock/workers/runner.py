@@ -224,6 +224,7 @@ async def _within(awaitable: Any, task: Task) -> Any:
 
 
 async def _within_scope(awaitable: Any, timeout: float) -> Any:
+    assert sys.version_info >= (3, 11)  # asyncio.timeout is new in 3.11
     scope = asyncio.timeout(timeout)
     try:
         async with scope:
