@@ -33,7 +33,7 @@ class Task:
     """
 
     func: Callable[..., Any]
-    trigger: BaseTrigger
+    trigger: BaseTrigger[Any]
     timeout: float | None = None
     max_instances: int = 1
     name: str = ""
