@@ -12,8 +12,7 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 
 from aioclock._clock import PR_SET_PDEATHSIG, prctl, reduce_timer_slack
-
-LOG_FORMAT = "%(asctime)s %(processName)s[%(process)d] %(levelname)s %(name)s: %(message)s"
+from aioclock._logs import ChildLogging, forward_to_main_process
 
 
 def _die_with_parent() -> None:
@@ -24,14 +23,12 @@ def _die_with_parent() -> None:
         os._exit(1)
 
 
-def prepare_child(log_level: int) -> None:
-    """Logging like the parent's, no Ctrl-C (the supervisor orchestrates), precise timers."""
+def prepare_child(logs: ChildLogging) -> None:
+    """Records to the main process's handlers, no Ctrl-C (the supervisor orchestrates),
+    precise timers."""
     _die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    root = logging.getLogger()
-    if not root.handlers:
-        logging.basicConfig(level=logging.WARNING, format=LOG_FORMAT)
-    logging.getLogger("aioclock").setLevel(log_level)
+    forward_to_main_process(logs)
     reduce_timer_slack()
 
 

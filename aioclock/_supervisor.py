@@ -28,6 +28,7 @@ from multiprocessing.process import BaseProcess
 from typing import TYPE_CHECKING, Any, Union
 
 from aioclock._child import plan_cpus
+from aioclock._logs import LogListener
 from aioclock._protocol import (
     Finished,
     Frame,
@@ -118,8 +119,9 @@ class Supervisor:
         self._app_payload = worker_payload(app)
         self._context = multiprocessing.get_context(app.start_method)
         has_sync_tasks = any(not task.is_async for task in self._tasks.values())
+        self._logs = LogListener()  # every child's records reach this process's handlers
         self._settings = WorkerSettings(
-            log_level=logging.getLogger("aioclock").getEffectiveLevel(),
+            logs=self._logs.child_logging(),
             sync_task_priority=app.sync_task_priority,
             cpus=plan_cpus(app.scheduling_cpus, has_sync_tasks, app.sync_task_priority),
         )
@@ -158,6 +160,7 @@ class Supervisor:
         finally:
             self._signals.remove(loop)
             await self._reap(loop)
+            await self._logs.stop()
         if self._fatal is not None:
             raise self._fatal
 
@@ -169,7 +172,7 @@ class Supervisor:
         payload = DispatcherPayload(
             sys_path=list(sys.path),
             main_path=main_script_path(),
-            log_level=self._settings.log_level,
+            logs=self._settings.logs,
             control_fd=child_end.fileno(),
             links=[(index, fire, done) for index, (fire, done) in enumerate(links)],
             sync_tasks=frozenset(name for name, task in self._tasks.items() if not task.is_async),

@@ -57,7 +57,7 @@ SPIN_BEFORE_DEADLINE = 0.0002
 def run_from_payload(payload: DispatcherPayload) -> None:
     """Entry point of the dispatcher process: set up, load the schedule, run until finished."""
     multiprocessing.current_process().name = DispatcherProcess.name  # for log records
-    prepare_child(payload.log_level)
+    prepare_child(payload.logs)
     keep_to_cpus(payload.cpus.scheduling)
     sys.path[:] = payload.sys_path
     schedule = _load_schedule(payload)
