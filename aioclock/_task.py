@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import sys
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -17,9 +18,21 @@ TASK_NAMESPACE = uuid.UUID("6f2b1c58-5a2e-4f55-9d63-2f0c1a7e4b10")
 
 
 def qualified_name(func: Callable[..., Any]) -> str:
-    """`module:qualname` of a function: how every process names the same task."""
+    """`module:qualname` of a function: how every process names the same task.
+
+    The module is named as Python imports it: a function of a module run with `python -m
+    pkg.mod` (whose `__module__` is "__main__") is `pkg.mod:func`, as when `pkg.mod` is imported.
+    """
+    return f"{module_name(func)}:{getattr(func, '__qualname__', repr(func))}"
+
+
+def module_name(func: Callable[..., Any]) -> str:
+    """The importable name of `func`'s module where Python knows it (`__spec__.name`), else
+    `func.__module__` ("__main__" for a script run by path)."""
     module = getattr(func, "__module__", None) or "<unknown>"
-    return f"{module}:{getattr(func, '__qualname__', repr(func))}"
+    spec = getattr(sys.modules.get(module), "__spec__", None)
+    name = getattr(spec, "name", None)
+    return name if isinstance(name, str) and name else module
 
 
 @dataclass
