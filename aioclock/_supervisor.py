@@ -27,7 +27,7 @@ from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from typing import TYPE_CHECKING, Any, Union
 
-from aioclock._child import plan_cpus
+from aioclock._child import exit_reason, plan_cpus, refuse_to_serve_while_importing_main
 from aioclock._logs import LogListener
 from aioclock._protocol import (
     Finished,
@@ -99,7 +99,7 @@ def refuse_legacy_triggers(tasks: Iterable[Task]) -> None:
 def worker_payload(app: AioClock) -> bytes:
     """The app as every worker receives it, pickled once; refuses what a worker cannot import."""
     for task in app._tasks:
-        task.check_reachable()
+        task.check_reachable(app.start_method)
     buffer = io.BytesIO()
     try:
         _WorkerPickler(buffer, protocol=pickle.HIGHEST_PROTOCOL).dump(app)
@@ -113,6 +113,7 @@ def worker_payload(app: AioClock) -> bytes:
 
 class Supervisor:
     def __init__(self, app: AioClock) -> None:
+        refuse_to_serve_while_importing_main()  # a script without `if __name__ == "__main__":`
         self._app = app
         self._tasks = app._task_table()
         refuse_legacy_triggers(self._tasks.values())
@@ -257,9 +258,10 @@ class Supervisor:
             logger.debug("worker %d exited with code %s", index, code)
             return
         if index not in self._ready:
-            self._fail(
-                WorkerProcessError(f"worker {index} exited with code {code} before it was ready")
+            reason = (
+                exit_reason(code) or f"worker {index} exited with code {code} before it was ready"
             )
+            self._fail(WorkerProcessError(reason))
             return
         logger.error(
             "worker %d (pid %s) died with exit code %s; replacing it", index, process.pid, code
@@ -281,11 +283,12 @@ class Supervisor:
         os.close(done_read)
 
     def _on_dispatcher_exit(self, process: Child) -> None:
-        if self._dispatcher_done:
+        if self._dispatcher_done or self._fatal is not None:  # the cause is already reported
             return
         self._fail(
             WorkerProcessError(
-                f"the dispatcher process (pid {process.pid}) died with exit code "
+                exit_reason(process.exitcode)
+                or f"the dispatcher process (pid {process.pid}) died with exit code "
                 f"{process.exitcode}; the app stopped because nothing keeps its schedule"
             )
         )
