@@ -4,16 +4,61 @@ from __future__ import annotations
 
 import gc
 import logging
+import multiprocessing
 import os
+import runpy
 import signal
 import sys
 import threading
+import types
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 
 from aioclock._clock import PR_SET_PDEATHSIG, prctl, reduce_timer_slack
+from aioclock._logs import ChildLogging, forward_to_main_process
+from aioclock.exceptions import WorkerProcessError
 
-LOG_FORMAT = "%(asctime)s %(processName)s[%(process)d] %(levelname)s %(name)s: %(message)s"
+#: How the names of our child processes begin (`aioclock-worker-0`, `aioclock-dispatcher`).
+CHILD_NAME_PREFIX = "aioclock-"
+#: Exit status of a child whose import of the main module started the app again (EX_CONFIG).
+EXIT_MAIN_NOT_GUARDED = 78
+MAIN_NOT_GUARDED = (
+    "the main module starts the app when it is imported, and the app's child processes import "
+    'it: put `asyncio.run(app.serve())` under `if __name__ == "__main__":`'
+)
+
+
+def refuse_to_serve_while_importing_main() -> None:
+    """Call where `serve()` starts child processes. In a child that is importing the main module
+    (as multiprocessing's spawn and forkserver do, or the dispatcher for a trigger class), a
+    module-level `asyncio.run(app.serve())` would start the app again, recursively. One of our
+    children exits with EXIT_MAIN_NOT_GUARDED, which the supervisor reports once, in words;
+    any other process raises `WorkerProcessError`."""
+    process = multiprocessing.current_process()
+    if not getattr(process, "_inheriting", False):  # multiprocessing's flag for that import
+        return
+    if process.name.startswith(CHILD_NAME_PREFIX):
+        raise SystemExit(EXIT_MAIN_NOT_GUARDED)
+    raise WorkerProcessError(MAIN_NOT_GUARDED)
+
+
+def exit_reason(code: int | None) -> str | None:
+    """What the exit code of a child that never became ready says, where it says more."""
+    return MAIN_NOT_GUARDED if code == EXIT_MAIN_NOT_GUARDED else None
+
+
+def import_main_script(path: str) -> None:
+    """Import the main script as multiprocessing's children do: as `__mp_main__` (its
+    `if __name__ == "__main__":` block does not run), flagged as that import."""
+    process = multiprocessing.current_process()
+    process._inheriting = True  # type: ignore[attr-defined]
+    try:
+        main = runpy.run_path(path, run_name="__mp_main__")
+    finally:
+        del process._inheriting  # type: ignore[attr-defined]
+    module = types.ModuleType("__mp_main__")
+    module.__dict__.update(main)
+    sys.modules["__main__"] = sys.modules["__mp_main__"] = module
 
 
 def _die_with_parent() -> None:
@@ -24,14 +69,12 @@ def _die_with_parent() -> None:
         os._exit(1)
 
 
-def prepare_child(log_level: int) -> None:
-    """Logging like the parent's, no Ctrl-C (the supervisor orchestrates), precise timers."""
+def prepare_child(logs: ChildLogging) -> None:
+    """Records to the main process's handlers, no Ctrl-C (the supervisor orchestrates),
+    precise timers."""
     _die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    root = logging.getLogger()
-    if not root.handlers:
-        logging.basicConfig(level=logging.WARNING, format=LOG_FORMAT)
-    logging.getLogger("aioclock").setLevel(log_level)
+    forward_to_main_process(logs)
     reduce_timer_slack()
 
 

@@ -27,7 +27,8 @@ from multiprocessing.process import BaseProcess
 from typing import TYPE_CHECKING, Any, Union
 
 from aioclock._channel import ControlChannel
-from aioclock._child import plan_cpus
+from aioclock._child import exit_reason, plan_cpus, refuse_to_serve_while_importing_main
+from aioclock._logs import LogListener
 from aioclock._protocol import (
     Finished,
     Frame,
@@ -106,7 +107,7 @@ def refuse_legacy_triggers(tasks: Iterable[Task]) -> None:
 def worker_payload(app: AioClock) -> bytes:
     """The app as every worker receives it, pickled once; refuses what a worker cannot import."""
     for task in app._tasks:
-        task.check_reachable()
+        task.check_reachable(app.start_method)
     buffer = io.BytesIO()
     try:
         _WorkerPickler(buffer, protocol=pickle.HIGHEST_PROTOCOL).dump(app)
@@ -120,6 +121,7 @@ def worker_payload(app: AioClock) -> bytes:
 
 class Supervisor:
     def __init__(self, app: AioClock) -> None:
+        refuse_to_serve_while_importing_main()  # a script without `if __name__ == "__main__":`
         self._app = app
         self._tasks = app._task_table()
         refuse_legacy_triggers(self._tasks.values())
@@ -127,8 +129,9 @@ class Supervisor:
         # Any: typeshed's BaseContext has no `Process`, though every concrete context has one.
         self._context: Any = multiprocessing.get_context(app.start_method)
         has_sync_tasks = any(not task.is_async for task in self._tasks.values())
+        self._logs = LogListener()  # every child's records reach this process's handlers
         self._settings = WorkerSettings(
-            log_level=logging.getLogger("aioclock").getEffectiveLevel(),
+            logs=self._logs.child_logging(),
             sync_task_priority=app.sync_task_priority,
             cpus=plan_cpus(app.scheduling_cpus, has_sync_tasks, app.sync_task_priority),
         )
@@ -169,6 +172,7 @@ class Supervisor:
         finally:
             self._signals.remove(loop)
             await self._reap(loop)
+            await self._logs.stop()
         if self._fatal is not None:
             raise self._fatal
 
@@ -180,7 +184,7 @@ class Supervisor:
         payload = DispatcherPayload(
             sys_path=list(sys.path),
             main_path=main_script_path(),
-            log_level=self._settings.log_level,
+            logs=self._settings.logs,
             control_fd=child_end.fileno(),
             links=[(index, fire, done) for index, (fire, done) in enumerate(links)],
             sync_tasks=frozenset(name for name, task in self._tasks.items() if not task.is_async),
@@ -264,9 +268,10 @@ class Supervisor:
             logger.debug("worker %d exited with code %s", index, code)
             return
         if index not in self._ready:
-            self._fail(
-                WorkerProcessError(f"worker {index} exited with code {code} before it was ready")
+            reason = (
+                exit_reason(code) or f"worker {index} exited with code {code} before it was ready"
             )
+            self._fail(WorkerProcessError(reason))
             return
         logger.error(
             "worker %d (pid %s) died with exit code %s; replacing it", index, process.pid, code
@@ -285,11 +290,12 @@ class Supervisor:
         os.close(done_read)
 
     def _on_dispatcher_exit(self, process: Child) -> None:
-        if self._dispatcher_done or self._aborted:
+        if self._dispatcher_done or self._aborted or self._fatal is not None:
             return
         self._fail(
             WorkerProcessError(
-                f"the dispatcher process (pid {process.pid}) died with exit code "
+                exit_reason(process.exitcode)
+                or f"the dispatcher process (pid {process.pid}) died with exit code "
                 f"{process.exitcode}; the app stopped because nothing keeps its schedule"
             )
         )

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import importlib
 import inspect
+import sys
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -17,9 +19,21 @@ TASK_NAMESPACE = uuid.UUID("6f2b1c58-5a2e-4f55-9d63-2f0c1a7e4b10")
 
 
 def qualified_name(func: Callable[..., Any]) -> str:
-    """`module:qualname` of a function: how every process names the same task."""
+    """`module:qualname` of a function: how every process names the same task.
+
+    The module is named as Python imports it: a function of a module run with `python -m
+    pkg.mod` (whose `__module__` is "__main__") is `pkg.mod:func`, as when `pkg.mod` is imported.
+    """
+    return f"{module_name(func)}:{getattr(func, '__qualname__', repr(func))}"
+
+
+def module_name(func: Callable[..., Any]) -> str:
+    """The importable name of `func`'s module where Python knows it (`__spec__.name`), else
+    `func.__module__` ("__main__" for a script run by path)."""
     module = getattr(func, "__module__", None) or "<unknown>"
-    return f"{module}:{getattr(func, '__qualname__', repr(func))}"
+    spec = getattr(sys.modules.get(module), "__spec__", None)
+    name = getattr(spec, "name", None)
+    return name if isinstance(name, str) and name else module
 
 
 @dataclass
@@ -53,25 +67,66 @@ class Task:
         state["limiter"] = None
         return state
 
-    def check_reachable(self) -> None:
-        """Raise `TaskNotReachableError` unless another process can import this function by name.
+    def check_reachable(self, start_method: str = "spawn") -> None:
+        """Raise `TaskNotReachableError` unless a worker process can find this function by name.
 
-        A worker process finds a task's function by importing its module and looking up its
-        qualified name; lambdas, nested functions and objects shadowed by another definition of the
-        same name cannot be found that way.
+        A worker finds a task's function by its module and qualified name, as pickle does: a
+        lambda, a nested function, a `functools.partial`, a method bound to an instance, a
+        callable object and a name that another definition shadows cannot be found that way;
+        nor, unless workers are forked, can a function of an interactive `__main__` (a notebook,
+        `python -c`), which has no file for a new process to import.
         """
         func = self.func
-        qualname = getattr(func, "__qualname__", "")
-        module_name = getattr(func, "__module__", None)
-        if not module_name or "<locals>" in qualname or "<lambda>" in qualname:
+        _refuse_what_has_no_name(self.name, func)
+        qualname: str = func.__qualname__
+        module: str = func.__module__
+        if "<locals>" in qualname or "<lambda>" in qualname:
             raise TaskNotReachableError(self.name, "it is a lambda or a nested function")
+        if start_method != "fork" and module == "__main__" and _main_has_no_file():
+            raise TaskNotReachableError(
+                self.name,
+                "it is defined in an interactive session (a notebook, a REPL, `python -c`), "
+                "whose __main__ has no file for a worker process to import",
+                "move it into a module and import it from there, or serve with workers=0",
+            )
         try:
-            target: Any = importlib.import_module(module_name)
+            target: Any = importlib.import_module(module)
             for part in qualname.split("."):
                 target = getattr(target, part)
         except (ImportError, AttributeError) as error:
             raise TaskNotReachableError(self.name, f"lookup failed: {error}") from error
-        if target is not func:
+        # A classmethod is found by its class; looking it up binds it anew, to the same class.
+        if target is not func and not (inspect.ismethod(func) and target == func):
             raise TaskNotReachableError(
-                self.name, f"{module_name}.{qualname} names another object (is it decorated twice?)"
+                self.name, f"{module}.{qualname} names another object (is it decorated twice?)"
             )
+
+
+#: The fix for a callable that has no name of its own.
+_CALL_IT = "register a module-level function that calls it"
+
+
+def _refuse_what_has_no_name(task: str, func: Callable[..., Any]) -> None:
+    if isinstance(func, functools.partial):
+        inner = func.func
+        inner_name = f"{module_name(inner)}.{getattr(inner, '__qualname__', repr(inner))}"
+        raise TaskNotReachableError(
+            task,
+            f"it is a functools.partial of {inner_name}, which has no name of its own",
+            _CALL_IT,
+        )
+    if inspect.ismethod(func) and not isinstance(func.__self__, type):
+        raise TaskNotReachableError(
+            task,
+            f"it is a method bound to a {type(func.__self__).__name__} instance, and a worker "
+            "process finds functions by name, not objects",
+            _CALL_IT,
+        )
+    if not getattr(func, "__module__", None) or not hasattr(func, "__qualname__"):
+        raise TaskNotReachableError(
+            task, f"it is a {type(func).__name__} object, not a function", _CALL_IT
+        )
+
+
+def _main_has_no_file() -> bool:
+    return getattr(sys.modules.get("__main__"), "__file__", None) is None

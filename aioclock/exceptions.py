@@ -27,10 +27,8 @@ class TaskTimeoutError(BaseAioClockException, TimeoutError):
 class TaskNotReachableError(BaseAioClockException, ValueError):
     """A worker process could not import this task's function by its module and name."""
 
-    def __init__(self, task: str, reason: str) -> None:
-        super().__init__(
-            f"task {task!r} cannot run in a worker process: {reason}; define it at module level"
-        )
+    def __init__(self, task: str, reason: str, fix: str = "define it at module level") -> None:
+        super().__init__(f"task {task!r} cannot run in a worker process: {reason}; {fix}")
         self.task = task
 
 

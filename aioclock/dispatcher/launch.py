@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import os
 import pickle
+import socket
 import subprocess
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from aioclock._child import CpuPlan
+from aioclock._logs import ChildLogging
 
 
 @dataclass(frozen=True)
@@ -23,7 +25,7 @@ class DispatcherPayload:
 
     sys_path: list[str]
     main_path: str | None
-    log_level: int
+    logs: ChildLogging  # its sink is sent as a descriptor number, inherited
     control_fd: int
     links: list[tuple[int, int, int]]  # (worker index, fire write fd, done read fd)
     sync_tasks: frozenset[str]
@@ -38,7 +40,11 @@ class DispatcherProcess:
 
     def __init__(self, payload: DispatcherPayload) -> None:
         sentinel_read, sentinel_write = os.pipe()
-        inherited = [payload.control_fd, sentinel_write]
+        log_sink = payload.logs.sink
+        if isinstance(log_sink, socket.socket):
+            log_sink = log_sink.fileno()
+            payload = replace(payload, logs=replace(payload.logs, sink=log_sink))
+        inherited = [payload.control_fd, sentinel_write, log_sink]
         for _, fire_fd, done_fd in payload.links:
             inherited += [fire_fd, done_fd]
         self._popen = subprocess.Popen(

@@ -14,17 +14,20 @@ import logging
 import multiprocessing
 import os
 import pickle
-import runpy
 import select
 import socket
 import sys
 import time
-import types
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from aioclock._child import keep_to_cpus, prepare_child, settle_garbage_collector
+from aioclock._child import (
+    import_main_script,
+    keep_to_cpus,
+    prepare_child,
+    settle_garbage_collector,
+)
 from aioclock._protocol import (
     Frame,
     FrameReader,
@@ -49,7 +52,7 @@ SPIN_BEFORE_DEADLINE = 0.0002
 def run_from_payload(payload: DispatcherPayload) -> None:
     """Entry point of the dispatcher process: set up, load the schedule, run until finished."""
     multiprocessing.current_process().name = DispatcherProcess.name  # for log records
-    prepare_child(payload.log_level)
+    prepare_child(payload.logs)
     keep_to_cpus(payload.cpus.scheduling)
     sys.path[:] = payload.sys_path
     schedule = _load_schedule(payload)
@@ -70,10 +73,7 @@ def _load_schedule(payload: DispatcherPayload) -> list[ScheduledTask]:
             raise
     # A trigger class is defined in the main script: import it (as multiprocessing does for its
     # children, under a name that keeps its `if __name__ == "__main__":` block from running).
-    main = runpy.run_path(payload.main_path, run_name="__mp_main__")
-    module = types.ModuleType("__mp_main__")
-    module.__dict__.update(main)
-    sys.modules["__main__"] = sys.modules["__mp_main__"] = module
+    import_main_script(payload.main_path)
     schedule = pickle.loads(payload.schedule)
     return schedule
 

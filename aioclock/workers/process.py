@@ -28,6 +28,7 @@ from aioclock._child import (
     settle_garbage_collector,
     take_fd,
 )
+from aioclock._logs import ChildLogging, route_records_to_main_process
 from aioclock._protocol import (
     Cancel,
     Done,
@@ -55,7 +56,7 @@ EXIT_FAILED = 1
 
 @dataclass(frozen=True)
 class WorkerSettings:
-    log_level: int
+    logs: ChildLogging
     sync_task_priority: str
     cpus: CpuPlan
 
@@ -69,11 +70,12 @@ def worker_main(
     settings: WorkerSettings,
 ) -> None:
     """Entry point of a worker process (module level, so every start method finds it)."""
-    prepare_child(settings.log_level)
+    prepare_child(settings.logs)
     keep_to_cpus(settings.cpus.scheduling)  # the event loop; sync threads move to their CPUs
     # Unpickling imports the user's modules: every task function is found by module and name.
     # The tasks come without their triggers (the dispatcher keeps those).
     app: AioClock = pickle.loads(app_payload)
+    route_records_to_main_process()  # those modules may have installed handlers again
     worker = Worker(index, app, take_fd(fire), take_fd(done), take_fd(lifeline), settings)
     try:
         asyncio.run(worker.serve())
