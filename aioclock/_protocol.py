@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
 import struct
 from collections.abc import Sequence
-from typing import Literal, Union
+from typing import Any, Literal, Union
 
 import msgspec
 
-from aioclock.exceptions import FrameTooLargeError
+from aioclock.exceptions import FrameTooLargeError, TaskRunError
 
 logger = logging.getLogger(__name__)
 
@@ -342,3 +343,42 @@ class Outbox:
         except BlockingIOError:
             return
         del self._pending[:written]
+
+
+# -- what a run-now sends back -------------------------------------------------------------
+
+#: The largest pickled run-now value a worker sends back: a `Done` must stay a frame.
+MAX_REPLY_BYTES = MAX_FRAME_BYTES // 2
+
+#: What a run-now left behind: (True, its value) or (False, the exception it raised).
+Reply = tuple[bool, Any]
+
+
+def pack_reply(task: str, reply: Reply | None) -> Union[bytes, None]:
+    """A run-now's value or exception as bytes for the pipe; a value that does not pickle
+    becomes a `TaskRunError` that says so."""
+    if reply is None:
+        return None
+    ok, value = reply
+    kind = "result" if ok else "exception"
+    try:
+        data = pickle.dumps(reply)
+    except Exception as error:
+        problem = f"cannot be sent from a worker process: {error}"
+    else:
+        if len(data) <= MAX_REPLY_BYTES:
+            return data
+        problem = f"is {len(data)} bytes pickled, over the {MAX_REPLY_BYTES} a frame carries"
+    message = f"its {kind} ({type(value).__name__}) {problem}"
+    return pickle.dumps((False, TaskRunError(task, "failed", message)))
+
+
+def unpack_reply(data: Union[bytes, None]) -> Reply | None:
+    if data is None:
+        return None
+    try:
+        reply: Reply = pickle.loads(data)
+    except Exception as error:
+        logger.warning("a run-now result could not be read back: %r", error)
+        return None
+    return reply

@@ -16,7 +16,7 @@ from aioclock.group import Group, check_int
 from aioclock.triggers import BaseTrigger
 
 if TYPE_CHECKING:
-    from aioclock._runtime import Runtime
+    from aioclock.runtime import Runtime
 
 F = TypeVar("F", bound=Callable[..., Any])
 Lifespan = Callable[
@@ -239,11 +239,11 @@ class AioClock:
         if self._runtime is not None:
             raise RuntimeError("this AioClock app is already serving")
         if self.workers == 0:
-            from aioclock._local import LocalRuntime
+            from aioclock.runtime.local import LocalRuntime
 
             runtime: Runtime = LocalRuntime(self)
         else:
-            from aioclock._supervisor import Supervisor
+            from aioclock.runtime.supervisor import Supervisor
 
             runtime = Supervisor(self)
         self._runtime = runtime

@@ -40,7 +40,7 @@ from aioclock._protocol import (
 )
 from aioclock.dispatcher.core import ControlCore, Event, Send, ToControl
 from aioclock.dispatcher.engine import ScheduledTask
-from aioclock.dispatcher.launch import DispatcherPayload, DispatcherProcess
+from aioclock.dispatcher.payload import DISPATCHER_NAME, DispatcherPayload
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ SPIN_BEFORE_DEADLINE = 0.0002
 
 def run_from_payload(payload: DispatcherPayload) -> None:
     """Entry point of the dispatcher process: set up, load the schedule, run until finished."""
-    multiprocessing.current_process().name = DispatcherProcess.name  # for log records
+    multiprocessing.current_process().name = DISPATCHER_NAME  # for log records
     prepare_child(payload.logs)
     keep_to_cpus(payload.cpus.scheduling)
     sys.path[:] = payload.sys_path

@@ -37,9 +37,9 @@ from aioclock._protocol import (
     Ready,
     Stop,
     encode,
+    pack_reply,
     read_frames,
 )
-from aioclock._runtime import pack_reply
 from aioclock._task import Task
 from aioclock.workers.runner import TaskRunner, enter_lifespan
 

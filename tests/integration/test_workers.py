@@ -131,7 +131,7 @@ async def test_a_killed_worker_is_replaced_and_its_run_reported_failed(events):
 
 
 async def test_a_worker_that_cannot_be_replaced_stops_the_app(events, monkeypatch):
-    from aioclock._supervisor import Supervisor
+    from aioclock.runtime.supervisor import Supervisor
 
     app = AioClock(workers=1)
     app.task(trigger=Every(seconds=0.05))(tasks.probe)
@@ -212,7 +212,7 @@ async def test_a_tasks_own_timeout_error_is_a_failure_and_its_worker_stays(event
     "sign", [signal.SIGKILL, signal.SIGSTOP], ids=["killed", "silent (SIGSTOP)"]
 )
 async def test_a_dispatcher_that_dies_or_stops_answering_stops_the_app(events, monkeypatch, sign):
-    from aioclock import _supervisor
+    from aioclock.runtime import supervisor as _supervisor
 
     monkeypatch.setattr(_supervisor, "PING_INTERVAL", 0.1)  # a silent one is killed in 0.5 s
     monkeypatch.setattr(_supervisor, "LIVENESS_TIMEOUT", 0.5)
@@ -485,7 +485,7 @@ async def test_an_app_without_sync_tasks_keeps_every_cpu(events):
 async def test_liveness_pings_wait_until_the_dispatcher_has_loaded_its_schedule(
     events, monkeypatch
 ):
-    from aioclock import _supervisor
+    from aioclock.runtime import supervisor as _supervisor
 
     monkeypatch.setattr(_supervisor, "PING_INTERVAL", 0.1)
     monkeypatch.setattr(_supervisor, "LIVENESS_TIMEOUT", 0.5)  # shorter than the 1.5 s load
@@ -498,7 +498,7 @@ async def test_liveness_pings_wait_until_the_dispatcher_has_loaded_its_schedule(
 async def test_the_supervisor_never_joins_a_process_in_the_callers_event_loop(events, monkeypatch):
     """An embedded app (FastAPI's loop) must not stall its host: no blocking join, ever,
     while the app runs, replaces a killed worker and stops."""
-    from aioclock.dispatcher.launch import DispatcherProcess
+    from aioclock.runtime.launch import DispatcherProcess
 
     def refuse_join(self, timeout=None):
         raise AssertionError(f"{self.name}.join() would block the event loop")

@@ -6,9 +6,9 @@ import asyncio
 import os
 import socket
 
-from aioclock._channel import ControlChannel
 from aioclock._clock import RealClock, Waker
 from aioclock._protocol import FrameReader, Ping, WorkerJoined
+from aioclock.runtime.channel import ControlChannel
 
 
 async def test_a_full_socket_queues_frames_and_delivers_them_in_order_with_their_fds():

@@ -21,13 +21,13 @@ from aioclock import (
     OnStartUp,
 )
 from aioclock._clock import FakeClock
-from aioclock._local import LocalRuntime
 from aioclock.api import (
     get_metadata_of_all_tasks,
     run_specific_task,
     run_with_injected_deps,
 )
 from aioclock.exceptions import TaskIdNotFound, TaskTimeoutError
+from aioclock.runtime.local import LocalRuntime
 from aioclock.triggers import BaseTrigger
 
 HANG_GUARD = 10
@@ -533,7 +533,7 @@ def test_bad_task_options_are_named(kwargs, message):
 def test_signals_are_taken_only_where_nobody_else_decided(sigint, sigterm, expected):
     import signal
 
-    from aioclock._signals import StopSignals
+    from aioclock.runtime.signals import StopSignals
 
     def custom(signum, frame):
         return None

@@ -4,7 +4,7 @@ import asyncio
 
 from aioclock import AioClock, Every, OrTrigger
 from aioclock._clock import FakeClock
-from aioclock._local import LocalRuntime
+from aioclock.runtime.local import LocalRuntime
 
 HANG_GUARD = 10
 T0 = 1_000_000.0

@@ -28,8 +28,6 @@ from aioclock._protocol import (
     Stop,
     TaskStats,
 )
-from aioclock._runtime import result_of_run_now
-from aioclock._signals import StopSignals
 from aioclock._task import Task
 from aioclock.dispatcher.core import (
     Abort,
@@ -41,7 +39,9 @@ from aioclock.dispatcher.core import (
     ToControl,
 )
 from aioclock.dispatcher.engine import schedule_of
-from aioclock.dispatcher.legacy import drive_legacy_trigger
+from aioclock.runtime import result_of_run_now
+from aioclock.runtime.legacy import drive_legacy_trigger
+from aioclock.runtime.signals import StopSignals
 from aioclock.workers.runner import TaskRunner, enter_lifespan
 
 if TYPE_CHECKING:

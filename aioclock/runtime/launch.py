@@ -13,30 +13,15 @@ import pickle
 import socket
 import subprocess
 import sys
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
-from aioclock._child import CpuPlan
-from aioclock._logs import ChildLogging
-
-
-@dataclass(frozen=True)
-class DispatcherPayload:
-    """What the dispatcher process reads from stdin: descriptors are inherited by number."""
-
-    sys_path: list[str]
-    main_path: str | None
-    logs: ChildLogging  # its sink is sent as a descriptor number, inherited
-    control_fd: int
-    links: list[tuple[int, int, int]]  # (worker index, fire write fd, done read fd)
-    sync_tasks: frozenset[str]
-    cpus: CpuPlan  # it runs on `cpus.scheduling`, with the workers' event loops
-    schedule: bytes  # pickled list[ScheduledTask], unpickled once sys.path is in place
+from aioclock.dispatcher.payload import DISPATCHER_NAME, DispatcherPayload
 
 
 class DispatcherProcess:
     """The dispatcher as a child process, with the parts of `multiprocessing.Process` we use."""
 
-    name = "aioclock-dispatcher"
+    name = DISPATCHER_NAME
 
     def __init__(self, payload: DispatcherPayload) -> None:
         sentinel_read, sentinel_write = os.pipe()

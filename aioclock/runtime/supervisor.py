@@ -26,7 +26,6 @@ from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from typing import TYPE_CHECKING, Any, Union
 
-from aioclock._channel import ControlChannel
 from aioclock._child import exit_reason, plan_cpus, refuse_to_serve_while_importing_main
 from aioclock._logs import LogListener
 from aioclock._protocol import (
@@ -46,14 +45,17 @@ from aioclock._protocol import (
     WorkerGone,
     WorkerJoined,
     encode,
+    unpack_reply,
 )
-from aioclock._runtime import result_of_run_now, unpack_reply
-from aioclock._signals import StopSignals
 from aioclock._task import Task
 from aioclock.dispatcher.core import CANCEL_ANSWER_WAIT
 from aioclock.dispatcher.engine import schedule_of
-from aioclock.dispatcher.launch import DispatcherPayload, DispatcherProcess, main_script_path
+from aioclock.dispatcher.payload import DispatcherPayload
 from aioclock.exceptions import WorkerProcessError
+from aioclock.runtime import result_of_run_now
+from aioclock.runtime.channel import ControlChannel
+from aioclock.runtime.launch import DispatcherProcess, main_script_path
+from aioclock.runtime.signals import StopSignals
 from aioclock.triggers import BaseTrigger
 from aioclock.workers.process import WorkerSettings, worker_main
 
