@@ -13,7 +13,9 @@ import pickle
 import socket
 import subprocess
 import sys
+import threading
 from dataclasses import replace
+from typing import IO
 
 from aioclock.dispatcher.payload import DISPATCHER_NAME, DispatcherPayload
 
@@ -40,12 +42,13 @@ class DispatcherProcess:
         os.close(sentinel_write)
         #: Readable (EOF) once the process has exited: only the child holds the write end.
         self.sentinel = sentinel_read
-        assert self._popen.stdin is not None
-        try:
-            self._popen.stdin.write(pickle.dumps(payload))
-            self._popen.stdin.close()
-        except BrokenPipeError:  # it died at start-up; its exit code tells the supervisor
-            pass
+        stdin = self._popen.stdin
+        assert stdin is not None
+        # A large schedule is megabytes, which the pipe takes only as fast as the child starts
+        # and reads: a thread writes it, so that the caller's event loop never waits for that.
+        threading.Thread(
+            target=_write_and_close, args=(stdin, pickle.dumps(payload)), daemon=True
+        ).start()
 
     @property
     def pid(self) -> int:
@@ -70,6 +73,14 @@ class DispatcherProcess:
 
     def close(self) -> None:
         os.close(self.sentinel)
+
+
+def _write_and_close(stream: IO[bytes], data: bytes) -> None:
+    try:
+        stream.write(data)
+        stream.close()
+    except (BrokenPipeError, ValueError):  # it died at start-up; its exit code says why
+        pass
 
 
 def main_script_path() -> str | None:
