@@ -7,9 +7,12 @@ watches and replaces the dispatcher and worker processes (`workers >= 1`), with 
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+import asyncio
+import itertools
+from collections.abc import Callable
+from typing import Any, Protocol, Union
 
-from aioclock._protocol import Reply, RunNowDone, TaskStats
+from aioclock._protocol import Reply, RunNow, RunNowDone, Stats, StatsRequest, TaskStats
 from aioclock._task import Task
 from aioclock.exceptions import TaskRunError, TaskTimeoutError
 
@@ -36,3 +39,35 @@ def result_of_run_now(task: Task, done: RunNowDone, reply: Reply | None) -> Any:
     if done.outcome == "timeout" and task.timeout is not None:
         raise TaskTimeoutError(task.name, task.timeout)
     raise TaskRunError(task.name, done.outcome, done.error)
+
+
+class Requests:
+    """Questions to the control core (stats, run now) waiting for their answers, by number."""
+
+    def __init__(self, send: Callable[[Union[RunNow, StatsRequest]], None]) -> None:
+        self._send = send
+        self._numbers = itertools.count(1)
+        self._waiting: dict[int, asyncio.Future[Any]] = {}
+
+    def next_number(self) -> int:
+        return next(self._numbers)
+
+    async def ask(self, make_request: Callable[[int], Union[RunNow, StatsRequest]]) -> Any:
+        number = self.next_number()
+        answer: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._waiting[number] = answer
+        self._send(make_request(number))
+        try:
+            return await answer
+        finally:
+            self._waiting.pop(number, None)
+
+    def answer(self, frame: Union[Stats, RunNowDone]) -> None:
+        waiting = self._waiting.pop(frame.request, None)
+        if waiting is not None and not waiting.done():
+            waiting.set_result(frame)
+
+    def cancel_all(self) -> None:
+        """The runtime ended: nobody will answer."""
+        for waiting in self._waiting.values():
+            waiting.cancel()

@@ -8,7 +8,6 @@ request from the API) goes through one inbox, exactly as frames reach the dispat
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 import os
 from collections import deque
@@ -39,7 +38,7 @@ from aioclock.dispatcher.core import (
     ToControl,
 )
 from aioclock.dispatcher.engine import schedule_of
-from aioclock.runtime import result_of_run_now
+from aioclock.runtime import Requests, result_of_run_now
 from aioclock.runtime.legacy import drive_legacy_trigger
 from aioclock.runtime.signals import StopSignals
 from aioclock.workers.runner import TaskRunner, enter_lifespan
@@ -67,19 +66,18 @@ class LocalRuntime:
         self._runner = TaskRunner(self._tasks, app._provider, self._on_done)
         self._waker = Waker()
         self._inbox: deque[Event] = deque()
-        self._requests = itertools.count(1)
-        self._replies: dict[int, asyncio.Future[Any]] = {}
+        self._requests = Requests(self._post)
         self._signals = StopSignals(self.request_stop, self.abort, app.handle_signals)
 
     # -- what the API asks of a runtime -------------------------------------------------------
 
     async def stats(self) -> list[TaskStats]:
-        reply: Stats = await self._ask(StatsRequest)
+        reply: Stats = await self._requests.ask(StatsRequest)
         return reply.tasks
 
     async def run_now(self, task: Task) -> Any:
         """Run `task` now as one of its runs; return its result or raise its exception."""
-        reply: RunNowDone = await self._ask(lambda request: RunNow(task.name, request))
+        reply: RunNowDone = await self._requests.ask(lambda number: RunNow(task.name, number))
         return result_of_run_now(task, reply, self._runner.take_reply(reply.seq))
 
     def request_stop(self) -> None:
@@ -93,16 +91,6 @@ class LocalRuntime:
     def _post(self, event: Event) -> None:
         self._inbox.append(event)
         self._waker.wake()
-
-    async def _ask(self, make_request: Any) -> Any:
-        request = next(self._requests)
-        reply: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._replies[request] = reply
-        self._post(make_request(request))
-        try:
-            return await reply
-        finally:
-            self._replies.pop(request, None)
 
     # -- the loop -----------------------------------------------------------------------------
 
@@ -129,8 +117,7 @@ class LocalRuntime:
                     driver.cancel()
                 await asyncio.gather(*drivers, return_exceptions=True)
                 await self._runner.cancel_all(grace=0)
-                for reply in self._replies.values():
-                    reply.cancel()
+                self._requests.cancel_all()
 
     async def _loop(self) -> None:
         core = self._core
@@ -149,9 +136,7 @@ class LocalRuntime:
             if isinstance(send, ToControl):
                 frame = send.frame
                 if isinstance(frame, (Stats, RunNowDone)):
-                    reply = self._replies.pop(frame.request, None)
-                    if reply is not None and not reply.done():
-                        reply.set_result(frame)
+                    self._requests.answer(frame)
             elif isinstance(send.frame, Fire):
                 self._runner.start(send.frame)
             elif isinstance(send.frame, Cancel):

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import io
-import itertools
 import logging
 import multiprocessing
 import os
@@ -52,7 +51,7 @@ from aioclock.dispatcher.core import CANCEL_ANSWER_WAIT
 from aioclock.dispatcher.engine import schedule_of
 from aioclock.dispatcher.payload import DispatcherPayload
 from aioclock.exceptions import WorkerProcessError
-from aioclock.runtime import result_of_run_now
+from aioclock.runtime import Requests, result_of_run_now
 from aioclock.runtime.channel import ControlChannel
 from aioclock.runtime.launch import DispatcherProcess, main_script_path
 from aioclock.runtime.signals import StopSignals
@@ -150,10 +149,9 @@ class Supervisor:
         self._stopping = False
         self._aborted = False
         self._stop_watchdog: asyncio.TimerHandle | None = None
-        self._requests = itertools.count(1)
+        self._requests = Requests(self._send)
         self._last_pong = time.monotonic()
         self._pinger: asyncio.TimerHandle | None = None
-        self._replies: dict[int, asyncio.Future[Any]] = {}
         self._signals = StopSignals(self.request_stop, self.abort, app.handle_signals)
 
     # -- serving ------------------------------------------------------------------------------
@@ -258,7 +256,7 @@ class Supervisor:
             logger.error("the dispatcher has not answered for %.1f s: killing it", silent)
             dispatcher.kill()
             return
-        self._send(Ping(next(self._requests)))
+        self._send(Ping(self._requests.next_number()))
         self._pinger = loop.call_later(PING_INTERVAL, self._check_liveness, loop)
 
     def _on_worker_exit(self, index: int, process: BaseProcess) -> None:
@@ -343,31 +341,19 @@ class Supervisor:
             loop = asyncio.get_running_loop()
             self._pinger = loop.call_later(PING_INTERVAL, self._check_liveness, loop)
         elif isinstance(frame, (Stats, RunNowDone)):
-            reply = self._replies.pop(frame.request, None)
-            if reply is not None and not reply.done():
-                reply.set_result(frame)
-
-    async def _ask(self, make_frame: Any) -> Any:
-        request = next(self._requests)
-        reply: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._replies[request] = reply
-        self._send(make_frame(request))
-        try:
-            return await reply
-        finally:
-            self._replies.pop(request, None)
+            self._requests.answer(frame)
 
     # -- what the API asks --------------------------------------------------------------------
 
     async def stats(self) -> list[TaskStats]:
         if self._dispatcher_done or self._fatal is not None:
             return []
-        reply: Stats = await asyncio.wait_for(self._ask(StatsRequest), timeout=5)
+        reply: Stats = await asyncio.wait_for(self._requests.ask(StatsRequest), timeout=5)
         return reply.tasks
 
     async def run_now(self, task: Task) -> Any:
         """Run `task` in a worker now, as one of its runs; return its value or raise its error."""
-        reply: RunNowDone = await self._ask(lambda request: RunNow(task.name, request))
+        reply: RunNowDone = await self._requests.ask(lambda number: RunNow(task.name, number))
         return result_of_run_now(task, reply, unpack_reply(reply.result))
 
     def request_stop(self) -> None:
@@ -450,8 +436,7 @@ class Supervisor:
             loop.remove_reader(self._control.fileno())
             self._control.close()
             self._control = None
-        for reply in self._replies.values():
-            reply.cancel()
+        self._requests.cancel_all()
 
 
 def _when_reaped(
