@@ -342,10 +342,16 @@ class Outbox:
             written = os.write(self.fd, self._pending)
         except BlockingIOError:
             return
+        except OSError:
+            self._pending.clear()  # nobody reads the other end: keep nothing to write
+            raise
         del self._pending[:written]
 
 
 # -- what a run-now sends back -------------------------------------------------------------
+
+#: A run told to cancel that has not answered after this long (seconds) is given up as lost.
+CANCEL_ANSWER_WAIT = 5.0
 
 #: The largest pickled run-now value a worker sends back: a `Done` must stay a frame.
 MAX_REPLY_BYTES = MAX_FRAME_BYTES // 2

@@ -28,9 +28,10 @@ import logging
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Union
+from typing import NamedTuple, Union
 
 from aioclock._protocol import (
+    CANCEL_ANSWER_WAIT,
     Cancel,
     Done,
     Finished,
@@ -52,12 +53,10 @@ from aioclock.dispatcher.router import Router, WorkerLink
 
 logger = logging.getLogger(__name__)
 
-#: A run told to cancel that has not answered after this long is given up as lost.
-CANCEL_ANSWER_WAIT = 5.0
+__all__ = ["CANCEL_ANSWER_WAIT", "ControlCore", "Event", "Send", "ToControl", "ToWorker"]
 
 
-@dataclass(frozen=True)
-class ToWorker:
+class ToWorker(NamedTuple):  # a tuple: one is built per fire, on the hot path
     """Send `frame` to worker `worker`; `sync` marks a fire that will occupy a thread there."""
 
     worker: int
@@ -65,8 +64,7 @@ class ToWorker:
     sync: bool = False
 
 
-@dataclass(frozen=True)
-class ToControl:
+class ToControl(NamedTuple):
     """Send `frame` to whoever controls the app: the supervisor, or the in-process API."""
 
     frame: Frame
@@ -94,6 +92,13 @@ class ExternalEnded:
     task: str
 
 
+@dataclass(frozen=True)
+class WorkerClosed:
+    """Worker `worker`'s pipe closed: send it nothing more (its `WorkerGone` follows)."""
+
+    worker: int
+
+
 Event = Union[
     Done,
     Ready,
@@ -103,6 +108,7 @@ Event = Union[
     StatsRequest,
     WorkerGone,
     WorkerJoined,
+    WorkerClosed,
     Ping,
     ExternalDue,
     ExternalEnded,
@@ -150,10 +156,6 @@ class ControlCore:
         """Nothing more will be fired or sent: the driver may end."""
         return self._finished_sent
 
-    @property
-    def stopping(self) -> bool:
-        return self._stopping
-
     def next_wakeup(self) -> float | None:
         """When `tick` has something to do next; None if only an event can move things on."""
         wakeup = self.engine.next_deadline() if self._started else None
@@ -174,7 +176,9 @@ class ControlCore:
             sends += self._cancel_overdue(now)
         if self._answer_by:
             sends += self._give_up_silent_runs(now)
-        return sends + self._finish_if_done()
+        if self.engine.phase is Phase.FINISHED:
+            sends += self._finish_if_done()
+        return sends
 
     def handle(self, now: float, event: Event) -> list[Send]:
         """What to send in answer to `event`."""
@@ -193,7 +197,11 @@ class ControlCore:
         elif isinstance(event, WorkerGone):
             sends = self._on_worker_gone(event, now)
         elif isinstance(event, WorkerJoined):
-            self.router.add(event.worker)
+            sends = self._on_worker_joined(event, now)
+        elif isinstance(event, WorkerClosed):
+            link = self.router.workers.get(event.worker)
+            if link is not None:
+                link.alive = False
             sends = []
         elif isinstance(event, Ping):
             sends = [ToControl(Pong(event.token))]
@@ -204,7 +212,9 @@ class ControlCore:
         else:
             logger.warning("the control core ignored %s", type(event).__name__)
             sends = []
-        return sends + self._finish_if_done()
+        if self.engine.phase is Phase.FINISHED:
+            sends += self._finish_if_done()
+        return sends
 
     # -- runs ---------------------------------------------------------------------------------
 
@@ -225,11 +235,21 @@ class ControlCore:
             return []
         link.ready = True
         self._expected_ready.discard(ready.worker)
-        sends: list[Send] = [ToControl(ready)]
-        if not self._started and not self._expected_ready:
-            self._started = True
-            sends += self._route(self.engine.start(now), now)
-        return sends + self._route_waiting()
+        return [ToControl(ready), *self._start_if_ready(now), *self._route_waiting()]
+
+    def _start_if_ready(self, now: float) -> list[Send]:
+        """Start the schedule once every worker the app started with is ready (or gone)."""
+        if self._started or self._expected_ready or not self.router.available():
+            return []
+        self._started = True
+        return self._route(self.engine.start(now), now) + self._route_waiting()
+
+    def _on_worker_joined(self, joined: WorkerJoined, now: float) -> list[Send]:
+        sends: list[Send] = []
+        if joined.worker in self.router.workers:  # its predecessor's loss was not reported
+            sends = self._on_worker_gone(WorkerGone(joined.worker, None), now)
+        self.router.add(joined.worker)
+        return sends
 
     def _on_run_now(self, request: RunNow, now: float) -> list[Send]:
         """Run a task at once, outside its schedule: a run like any other (counted in its
@@ -252,6 +272,9 @@ class ControlCore:
         if self._stopping:
             for fire in fires:
                 heapq.heappush(self._cancel_at, (now + self._grace, fire.seq))
+        if not self._started:  # a run-now before every worker is ready waits for the start
+            self._waiting.extend(fires)
+            return []
         return self._place(fires) if fires else []
 
     def _place(self, fires: list[Fire]) -> list[Send]:
@@ -288,7 +311,7 @@ class ControlCore:
         return sends
 
     def _route_waiting(self) -> list[Send]:
-        if not self._waiting or not self.router.available():
+        if not self._started or not self._waiting or not self.router.available():
             return []
         waiting = list(self._waiting)
         self._waiting.clear()
@@ -320,39 +343,47 @@ class ControlCore:
         return sends
 
     def _cancel_overdue(self, now: float) -> list[Send]:
+        """Cancel the runs whose grace is over. Ending a run that never reached a worker may
+        fire shut-down tasks, whose own grace may be over too (`shutdown_timeout=0`): repeat."""
         sends: list[Send] = []
-        in_flight = self.engine.in_flight()
+        engine = self.engine
         while self._cancel_at and self._cancel_at[0][0] <= now:
-            _, seq = heapq.heappop(self._cancel_at)
-            if seq not in in_flight:
-                continue  # it ended in time
-            sends += self._cancel(seq, in_flight[seq][0], now)
+            overdue: set[int] = set()
+            while self._cancel_at and self._cancel_at[0][0] <= now:
+                seq = heapq.heappop(self._cancel_at)[1]
+                if engine.flight(seq) is not None:  # else it ended in time
+                    overdue.add(seq)
+            never_sent = [fire for fire in self._waiting if fire.seq in overdue]
+            if never_sent:
+                self._waiting = deque(f for f in self._waiting if f.seq not in overdue)
+            for fire in never_sent:
+                overdue.discard(fire.seq)
+                error = "cancelled before it started (shutdown)"
+                sends += self._on_done(Done(fire.task, fire.seq, now, now, "cancelled", error), now)
+            for seq in sorted(overdue):
+                sends += self._cancel(seq, now)
         return sends
 
-    def _cancel(self, seq: int, task_id: str, now: float) -> list[Send]:
-        for fire in self._waiting:
-            if fire.seq == seq:  # never reached a worker: it ends here
-                self._waiting.remove(fire)
-                error = "cancelled before it started (shutdown)"
-                return self._on_done(Done(task_id, seq, now, now, "cancelled", error), now)
+    def _cancel(self, seq: int, now: float) -> list[Send]:
+        flight = self.engine.flight(seq)
         link = self.router.owner(seq)
-        if link is None:
+        if flight is None or link is None:
             return []
-        logger.warning("run %d of %s outlived the grace period: cancelling it", seq, task_id)
+        logger.warning("run %d of %s outlived the grace period: cancelling it", seq, flight[0])
         self._answer_by[seq] = now + CANCEL_ANSWER_WAIT
         return [ToWorker(link.index, Cancel(seq))]
 
     def _give_up_silent_runs(self, now: float) -> list[Send]:
         """A run that did not answer its cancellation is given up, so that the stop ends."""
         sends: list[Send] = []
-        in_flight = self.engine.in_flight()
         for seq, deadline in list(self._answer_by.items()):
             if deadline > now:
                 continue
             del self._answer_by[seq]
-            if seq not in in_flight:
+            flight = self.engine.flight(seq)
+            if flight is None:
                 continue
-            task_id = in_flight[seq][0]
+            task_id = flight[0]
             error = f"did not answer its cancellation within {CANCEL_ANSWER_WAIT:g} s"
             logger.error("run %d of %s %s; giving it up", seq, task_id, error)
             sends += self._on_done(Done(task_id, seq, now, now, "cancelled", error), now)
@@ -360,7 +391,7 @@ class ControlCore:
 
     def _finish_if_done(self) -> list[Send]:
         """Once the engine has finished: tell the controller, then stop every worker."""
-        if self._finished_sent or self.engine.phase is not Phase.FINISHED:
+        if self._finished_sent:
             return []
         self._finished_sent = True
         workers = self.router.workers.values()
@@ -373,13 +404,12 @@ class ControlCore:
         """A worker died: its runs failed. Fires sent to it after its last `Done` die with it."""
         link = self.router.remove(gone.worker)
         self._expected_ready.discard(gone.worker)
+        sends = self._start_if_ready(now)  # it was the last one the start waited for
         if link is None:
-            return []
+            return sends
         error = f"worker {gone.worker} died with exit code {gone.exitcode}"
-        in_flight = self.engine.in_flight()
-        sends: list[Send] = []
         for seq in list(link.in_flight):
-            task_id = in_flight.get(seq, ("?", now))[0]
+            task_id = (self.engine.flight(seq) or ("?", now))[0]
             logger.error("run %d of %s failed: %s", seq, task_id, error)
             sends += self._on_done(Done(task_id, seq, now, now, "crashed", error), now)
         return sends

@@ -128,6 +128,7 @@ class DeadlineEngine:
                 state.waits = trigger.waits_for_completion
         self._heap: list[tuple[float, int, str]] = []
         self._in_flight: dict[int, tuple[str, float]] = {}
+        self._startup_runs: set[int] = set()  # the start-up runs the schedule waits for
         self._seq = 0
         self.phase = Phase.STARTUP
 
@@ -150,7 +151,9 @@ class DeadlineEngine:
         if self.phase is not Phase.STARTUP:
             return []
         if self._startup:
-            return [self._fire(task_id, now) for task_id in self._startup]
+            fires = [self._fire(task_id, now) for task_id in self._startup]
+            self._startup_runs = {fire.seq for fire in fires}
+            return fires
         return self._enter_running(now)
 
     def request_stop(self, now: float) -> list[Fire]:
@@ -287,8 +290,11 @@ class DeadlineEngine:
         state.running -= 1
         self._record(state, done, due)
         if self.phase is Phase.STARTUP:
-            if not self._in_flight:
-                return self._enter_running(now)
+            # The schedule is armed when the start-up tasks are done (a run-now may overlap).
+            if done.seq in self._startup_runs:
+                self._startup_runs.discard(done.seq)
+                if not self._startup_runs:
+                    return self._enter_running(now)
             return []
         if (
             self.phase is Phase.RUNNING
@@ -343,6 +349,10 @@ class DeadlineEngine:
     def in_flight(self) -> dict[int, tuple[str, float]]:
         """Runs fired and not yet done: sequence number -> (task id, due time)."""
         return dict(self._in_flight)
+
+    def flight(self, seq: int) -> tuple[str, float] | None:
+        """(task id, due time) of run `seq` while it is in flight, else None."""
+        return self._in_flight.get(seq)
 
 
 def _snapshot(state: _TaskState) -> TaskStats:

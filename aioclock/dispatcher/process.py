@@ -38,7 +38,7 @@ from aioclock._protocol import (
     encode,
     read_frames,
 )
-from aioclock.dispatcher.core import ControlCore, Event, Send, ToControl
+from aioclock.dispatcher.core import ControlCore, Event, Send, ToControl, WorkerClosed
 from aioclock.dispatcher.engine import ScheduledTask
 from aioclock.dispatcher.payload import DISPATCHER_NAME, DispatcherPayload
 
@@ -159,12 +159,12 @@ class Dispatcher:
             logger.exception("dispatcher failed to handle input on fd %d", fd)
 
     def _flush(self, fd: int) -> None:
-        for pipes in self._pipes.values():
+        for index, pipes in list(self._pipes.items()):
             if pipes.outbox.fd == fd:
-                self._flush_outbox(pipes.outbox)
+                self._flush_outbox(index, pipes.outbox)
 
-    def _handle(self, event: Event) -> None:
-        self._deliver(self.core.handle(time.time(), event))
+    def _handle(self, event: Event, now: float) -> None:
+        self._deliver(self.core.handle(now, event))
 
     # -- writing what the core decided --------------------------------------------------------
 
@@ -178,7 +178,7 @@ class Dispatcher:
         """
         if not sends:
             return
-        light: dict[int, Outbox] = {}
+        light: dict[int, Outbox] = {}  # worker index -> its outbox
         sync: dict[int, Outbox] = {}
         for send in sends:
             if isinstance(send, ToControl):
@@ -192,20 +192,27 @@ class Dispatcher:
                 sync.setdefault(send.worker, pipes.outbox)
             else:
                 light[send.worker] = pipes.outbox
-        for outbox in light.values():
-            self._flush_outbox(outbox)
-        sync_only = [outbox for index, outbox in sync.items() if index not in light]
+        for index, outbox in light.items():
+            self._flush_outbox(index, outbox)
+        sync_only = [(index, outbox) for index, outbox in sync.items() if index not in light]
         if light and sync_only and self._yield_after_light_fires:
             os.sched_yield()
-        for outbox in sync_only:
-            self._flush_outbox(outbox)
+        for index, outbox in sync_only:
+            self._flush_outbox(index, outbox)
 
-    @staticmethod
-    def _flush_outbox(outbox: Outbox) -> None:
+    def _flush_outbox(self, index: int, outbox: Outbox) -> None:
         try:
             outbox.flush()
         except OSError:  # the worker is gone; its runs are reported when the supervisor says so
-            pass
+            self._worker_closed(index)
+
+    def _worker_closed(self, index: int) -> None:
+        """Route nothing more to worker `index` (its pipe closed) until the supervisor's
+        `WorkerGone` ends its runs."""
+        pipes = self._pipes.get(index)
+        if pipes is not None and pipes.done_fd in self._by_done_fd:
+            del self._by_done_fd[pipes.done_fd]
+        self._deliver(self.core.handle(time.time(), WorkerClosed(index)))
 
     # -- frames from the workers --------------------------------------------------------------
 
@@ -216,10 +223,11 @@ class Dispatcher:
         frames = read_frames(fd, self._pipes[index].reader)
         if frames is None:
             logger.info("worker %d closed its pipe", index)
-            del self._by_done_fd[fd]
+            self._worker_closed(index)
             return
+        now = time.time()
         for frame in frames:
-            self._handle(frame)  # type: ignore[arg-type]  # the core ignores what it does not know
+            self._handle(frame, now)  # type: ignore[arg-type]  # the core ignores the unknown
 
     # -- frames from the supervisor -----------------------------------------------------------
 
@@ -241,7 +249,7 @@ class Dispatcher:
             elif isinstance(frame, WorkerJoined):
                 fire_fd, done_fd = self._passed_fds.popleft(), self._passed_fds.popleft()
                 self._add_worker(frame.worker, fire_fd, done_fd)
-            self._handle(frame)  # type: ignore[arg-type]
+            self._handle(frame, time.time())  # type: ignore[arg-type]
 
     def _close_worker(self, index: int) -> None:
         pipes = self._pipes.pop(index, None)

@@ -45,12 +45,11 @@ def build(monkeypatch):
         dispatcher = Dispatcher(list(schedule), SYNC, control, links, shares_cpu)
         for link in dispatcher.core.router.workers.values():
             link.ready = True
-        index_of = {pipes.outbox.fd: index for index, pipes in dispatcher._pipes.items()}
-        flush = Dispatcher._flush_outbox
+        flush = dispatcher._flush_outbox
 
-        def recording_flush(outbox):
-            events.append(("flush", index_of[outbox.fd]))
-            flush(outbox)
+        def recording_flush(index, outbox):
+            events.append(("flush", index))
+            flush(index, outbox)
 
         monkeypatch.setattr(dispatcher, "_flush_outbox", recording_flush)
         return dispatcher, readers, events
@@ -115,7 +114,7 @@ def test_a_pipe_that_drains_wakes_the_loop_without_spinning_to_the_deadline(buil
     dispatcher, readers, _ = build(
         1, shares_cpu=False, schedule=[ScheduledTask("m:t", Every(seconds=3))]
     )
-    dispatcher._handle(Ready(0, 1))  # next deadline: 3 s away
+    dispatcher._handle(Ready(0, 1), time.time())  # next deadline: 3 s away
     outbox = dispatcher._pipes[0].outbox
     while not outbox.backlog:  # fill the pipe: the rest waits in the outbox
         outbox.send(Fire("x" * 1000, 1, 0.0))
