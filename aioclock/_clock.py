@@ -1,7 +1,10 @@
 """Clocks: what "now" is and how to wait for a deadline or an earlier wake-up.
 
-The runtimes never call `time.time()` or sleep directly: they ask a clock, so tests can pass
-`FakeClock`, whose time moves only when every task is waiting (then it jumps to the next deadline).
+The runtimes never call `time.time()` or sleep directly: they ask a clock. `RealClock` is wall-clock
+time. For tests, `run_with_fake_time()` runs a coroutine on a `FakeTimeLoop`, an event loop whose
+time is virtual and jumps to the next timer whenever every task is blocked (as trio's `MockClock`
+with `autojump_threshold=0`), and `FakeClock` reads that time: an hour of schedule, with task
+bodies that `await asyncio.sleep(...)`, runs in milliseconds and lands exactly on its dues.
 """
 
 from __future__ import annotations
@@ -9,13 +12,27 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import ctypes.util
+import selectors
 import sys
 import time
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, Protocol, TypeVar, Union
+
+T = TypeVar("T")
 
 #: asyncio's selector rounds timeouts up to whole milliseconds; the last stretch before a
 #: deadline is spent yielding to the event loop (`asyncio.sleep(0)`), which keeps the wake-up
 #: within tens of microseconds and never blocks the loop (it may be a host's, FastAPI's).
 PRECISE_TAIL = 0.0012
+
+#: Where a `FakeTimeLoop`'s virtual time starts: seconds since the POSIX epoch (1970-01-12), so
+#: that it can be handed to triggers and calendars as a time.
+FAKE_START = 1_000_000.0
+
+#: A jump that lands this close to the earliest timer lands exactly on it (float rounding), and
+#: a timer this close to the loop's time is due: above a float's step at POSIX-like times (0.24 us
+#: in 2023), where asyncio's own resolution (1 ns, for the monotonic clock) would never be reached.
+_RESOLUTION = 1e-6
 
 
 PR_SET_PDEATHSIG = 1
@@ -57,6 +74,16 @@ class Waker:
         return self._future
 
 
+class Clock(Protocol):
+    """What a runtime asks of time: the time now, and a wait for a deadline or a wake-up."""
+
+    def now(self) -> float:
+        """Seconds since the POSIX epoch."""
+
+    async def wait(self, deadline: float | None, waker: Waker) -> None:
+        """Return at `deadline` (None: never) or as soon as `waker` is woken."""
+
+
 class RealClock:
     """Wall-clock time (`time.time()`), waited on precisely."""
 
@@ -92,38 +119,175 @@ class RealClock:
         waker.pending = False
 
 
-class FakeClock:
-    """A clock for tests: time stands still until every task waits, then jumps to the deadline.
+# -- virtual time ----------------------------------------------------------------------------
 
-    Example:
-        >>> clock = FakeClock(start=1000.0)
-        >>> clock.now()
-        1000.0
+
+class _JumpingSelector(selectors.DefaultSelector):
+    """A selector that, asked to wait `timeout` seconds with no I/O ready, jumps time instead."""
+
+    def __init__(self, jump: Callable[[float], None]) -> None:
+        super().__init__()
+        self._jump = jump
+
+    def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
+        if timeout is None or timeout <= 0:
+            return super().select(timeout)  # nothing scheduled: wait for I/O (or a thread) for real
+        ready = super().select(0)
+        if not ready:
+            self._jump(timeout)
+        return ready
+
+
+class FakeTimeLoop(asyncio.SelectorEventLoop):
+    """An event loop whose `time()` is virtual: with every task blocked, it jumps to the next timer.
+
+    The loop polls for I/O without waiting first; only when nothing is ready does it move its time
+    on to the earliest timer (`call_at`, `asyncio.sleep`, timeouts), so time never passes while a
+    callback could run. With no timer at all it waits for real, for I/O or for a thread's result
+    (`run_in_executor`, `call_soon_threadsafe` wake it through its self-pipe).
+
+    Caveat (trio's too): a thread that is still running, or I/O that has not arrived yet when the
+    loop polls, does not hold time back. Code whose timing depends on threads or on real I/O
+    belongs on a real loop.
     """
 
-    def __init__(self, start: float = 1_000_000.0, settle_rounds: int = 20) -> None:
-        self._now = start
-        self._settle_rounds = settle_rounds
+    def __init__(self, start: float = FAKE_START) -> None:
+        self._virtual_now = float(start)
+        super().__init__(_JumpingSelector(self._jump))
+        self._clock_resolution = _RESOLUTION
+
+    def time(self) -> float:
+        return self._virtual_now
+
+    def advance(self, seconds: float) -> None:
+        """Move virtual time on by `seconds` (>= 0); timers now due run at the next iteration."""
+        if not seconds >= 0:
+            raise ValueError(f"seconds must be >= 0, got {seconds!r}")
+        self._virtual_now += seconds
+
+    def _jump(self, timeout: float) -> None:
+        target = self._virtual_now + timeout
+        # `timeout` is the distance to the earliest timer (or asyncio's cap of a day): land on that
+        # timer's own value, so that `clock.now()` equals the deadline it was asked to wait for.
+        scheduled: list[asyncio.TimerHandle] = getattr(self, "_scheduled", [])
+        if scheduled:
+            head = scheduled[0].when()
+            if target >= head - _RESOLUTION:
+                target = max(head, self._virtual_now)
+        self._virtual_now = target
+
+
+class FakeClock:
+    """The virtual time of the `FakeTimeLoop` it runs on, for tests.
+
+    Time moves only when every task of the loop is blocked; it then jumps to the next deadline.
+    `start` sets what `now()` reads when the clock is bound to its loop (at construction inside
+    the loop, else at first use); without it, `now()` is the loop's own time.
+
+    Example:
+        >>> async def main():
+        ...     clock = FakeClock()
+        ...     await asyncio.sleep(3600)
+        ...     return clock.now()
+        >>> run_with_fake_time(main, start=1000.0)
+        4600.0
+    """
+
+    def __init__(self, start: float | None = None, *, loop: FakeTimeLoop | None = None) -> None:
+        self._start = start
+        self._offset = 0.0
+        self._loop: FakeTimeLoop | None = None
+        if loop is None:
+            try:
+                running = asyncio.get_running_loop()
+            except RuntimeError:
+                return
+            self._bind(running)
+        else:
+            self._bind(loop)
+
+    def _bind(self, loop: asyncio.AbstractEventLoop) -> FakeTimeLoop:
+        if not isinstance(loop, FakeTimeLoop):
+            raise TypeError(
+                f"FakeClock needs a FakeTimeLoop, got loop={type(loop).__name__}: "
+                "run the code with aioclock._clock.run_with_fake_time()"
+            )
+        self._loop = loop
+        self._offset = 0.0 if self._start is None else self._start - loop.time()
+        return loop
+
+    def _bound(self) -> FakeTimeLoop:
+        return self._loop or self._bind(asyncio.get_running_loop())
 
     def now(self) -> float:
-        return self._now
+        return self._bound().time() + self._offset
 
     async def wait(self, deadline: float | None, waker: Waker) -> None:
-        # Let every runnable task run first: only when nothing woke us is the deadline reached.
-        for _ in range(self._settle_rounds):
-            if waker.pending:
-                waker.pending = False
-                return
-            await asyncio.sleep(0)
-        if deadline is None:
-            future = waker._arm(asyncio.get_running_loop())
-            try:
-                await future
-            finally:
-                waker._future = None
+        """Return at `deadline` (None: never) or as soon as `waker` is woken, whichever is first."""
+        if waker.pending:
             waker.pending = False
             return
-        self._now = max(self._now, deadline)
+        loop = self._bound()
+        future = waker._arm(loop)
+        handle = None
+        if deadline is not None:
+            handle = loop.call_at(deadline - self._offset, _resolve, future)
+        try:
+            await future
+        finally:
+            if handle is not None:
+                handle.cancel()
+            waker._future = None
+        waker.pending = False
+
+
+def default_clock() -> RealClock | FakeClock:
+    """The clock of the running loop: `FakeClock` on a `FakeTimeLoop`, else `RealClock`."""
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        return RealClock()
+    return FakeClock(loop=loop) if isinstance(loop, FakeTimeLoop) else RealClock()
+
+
+def run_with_fake_time(
+    main: Union[Callable[[], Awaitable[T]], Coroutine[Any, Any, T]], *, start: float = FAKE_START
+) -> T:
+    """Run `main` (a coroutine, or a function that returns an awaitable) on a new
+    `FakeTimeLoop` whose time starts at `start`; return its result (as `asyncio.run` does).
+
+    On the way out, tasks still pending are cancelled, async generators closed and the default
+    executor joined (for real: no virtual timeout there), then the loop is closed.
+    """
+    loop = FakeTimeLoop(start)
+    try:
+        awaitable = main if isinstance(main, Coroutine) else main()
+        return loop.run_until_complete(awaitable)
+    finally:
+        try:
+            _cancel_pending(loop)
+            loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.run_until_complete(loop.shutdown_default_executor())
+        finally:
+            loop.close()
+
+
+def _cancel_pending(loop: asyncio.AbstractEventLoop) -> None:
+    pending = [task for task in asyncio.all_tasks(loop) if not task.done()]
+    for task in pending:
+        task.cancel()
+    if not pending:
+        return
+    loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+    for task in pending:
+        if not task.cancelled() and task.exception() is not None:
+            loop.call_exception_handler(
+                {
+                    "message": "unhandled exception in a task cancelled by run_with_fake_time()",
+                    "exception": task.exception(),
+                    "task": task,
+                }
+            )
 
 
 def _resolve(future: asyncio.Future[None]) -> None:

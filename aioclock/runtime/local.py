@@ -14,7 +14,7 @@ from collections import deque
 from contextlib import AsyncExitStack
 from typing import TYPE_CHECKING, Any
 
-from aioclock._clock import RealClock, Waker
+from aioclock._clock import Clock, Waker, default_clock
 from aioclock._protocol import (
     Cancel,
     Done,
@@ -44,7 +44,6 @@ from aioclock.runtime.signals import StopSignals
 from aioclock.workers.runner import TaskRunner, enter_lifespan
 
 if TYPE_CHECKING:
-    from aioclock._clock import FakeClock
     from aioclock.app import AioClock
 
 logger = logging.getLogger(__name__)
@@ -54,16 +53,20 @@ LOCAL_WORKER = 0
 
 
 class LocalRuntime:
-    """Fires and runs every task in the current event loop."""
+    """Fires and runs every task in the current event loop.
 
-    def __init__(self, app: AioClock, clock: RealClock | FakeClock | None = None) -> None:
+    Without a `clock`, it takes the running loop's (`default_clock()`): wall-clock time, or the
+    virtual time of a `FakeTimeLoop` in tests.
+    """
+
+    def __init__(self, app: AioClock, clock: Clock | None = None) -> None:
         self._app = app
-        self._clock = clock or RealClock()
+        self._clock = clock or default_clock()
         self._tasks = app._task_table()
         self._core = ControlCore(
             schedule_of(self._tasks), workers=[LOCAL_WORKER], publish_due_times=True
         )
-        self._runner = TaskRunner(self._tasks, app._provider, self._on_done)
+        self._runner = TaskRunner(self._tasks, app._provider, self._on_done, now=self._clock.now)
         self._waker = Waker()
         self._inbox: deque[Event] = deque()
         self._requests = Requests(self._post)

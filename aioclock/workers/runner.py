@@ -36,7 +36,8 @@ class TaskRunner:
     `on_sync_timeout` is called when a sync task outlives its timeout: a thread cannot be
     cancelled, so a worker process replaces itself there; in-process the thread runs on and
     only the run is reported as timed out. A sync task with a `limiter` (`Task.limiter`) waits
-    for one of its tokens before it gets a thread.
+    for one of its tokens before it gets a thread. `now` reads the time a `Done` reports (the
+    runtime's clock, so that lateness is measured on the time the deadlines are kept in).
     """
 
     def __init__(
@@ -47,12 +48,14 @@ class TaskRunner:
         *,
         executor: ThreadPoolExecutor | None = None,
         on_sync_timeout: Callable[[Task], None] | None = None,
+        now: Callable[[], float] = time.time,
     ) -> None:
         self._tasks = tasks
         self._provider = provider
         self._on_done = on_done
         self._executor = executor
         self._on_sync_timeout = on_sync_timeout
+        self._now = now
         self._injected: dict[str, Callable[..., Any]] = {}
         self._running: dict[int, asyncio.Task[None]] = {}
         self._replies: dict[int, tuple[bool, Any]] = {}  # seq -> (ok, value or exception)
@@ -78,7 +81,7 @@ class TaskRunner:
         """A run cancelled before its first step never enters `_run` (whose `finally` reports
         and forgets it): report it here, or the dispatcher would wait for it forever."""
         if self._running.pop(fire.seq, None) is not None:
-            now = time.time()
+            now = self._now()
             error = "cancelled before it started (shutdown)"
             self._on_done(Done(fire.task, fire.seq, now, now, "cancelled", error))
 
@@ -98,7 +101,7 @@ class TaskRunner:
             raise _timeout_error(task) from None
 
     async def _run(self, fire: Fire) -> None:
-        started = time.time()
+        started = self._now()
         task = self._tasks.get(fire.task)
         outcome: Outcome = "ok"
         error: str | None = None
@@ -124,7 +127,7 @@ class TaskRunner:
                 self._replies[fire.seq] = (False, failure)
         finally:
             self._running.pop(fire.seq, None)
-            self._on_done(Done(fire.task, fire.seq, started, time.time(), outcome, error))
+            self._on_done(Done(fire.task, fire.seq, started, self._now(), outcome, error))
 
     def _injector(self, task: Task) -> Callable[..., Any]:
         call = self._injected.get(task.name)

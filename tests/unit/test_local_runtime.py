@@ -1,4 +1,9 @@
-"""The in-process runtime (`workers=0`): the behaviour aioclock 0.3 users rely on, done right."""
+"""The in-process runtime (`workers=0`): the behaviour aioclock 0.3 users rely on, done right.
+
+Tests marked `@fake_time()` run on virtual time (tests/fakeclock.py): the loop jumps to the next
+deadline whenever every task is blocked, so their schedules take no real time and land exactly on
+their dues. Tests with a sync task (a thread) run on a real loop.
+"""
 
 import asyncio
 import contextlib
@@ -28,9 +33,11 @@ from aioclock.api import (
 )
 from aioclock.exceptions import TaskIdNotFound, TaskTimeoutError
 from aioclock.runtime.local import LocalRuntime
-from aioclock.triggers import BaseTrigger
+from aioclock.triggers import BaseTrigger, LoopController
+from tests.fakeclock import VIRTUAL_HANG_GUARD, fake_time
 
 HANG_GUARD = 10
+T0 = 1_000_000.0
 
 
 class EventLog(list):
@@ -61,8 +68,8 @@ async def serve_until(app, log, condition):
         await asyncio.wait_for(serving, HANG_GUARD)
 
 
-async def serve_to_end(app):
-    await asyncio.wait_for(app.serve(), HANG_GUARD)
+async def serve_to_end(app, guard=HANG_GUARD):
+    await asyncio.wait_for(app.serve(), guard)
 
 
 # The example at the top of aioclock 0.3's README, with its periods shortened.
@@ -135,20 +142,48 @@ async def test_upstream_readme_example_runs_unchanged():
     assert "at" not in events  # midnight UTC did not come
 
 
+@fake_time(start=T0)
 async def test_every_keeps_a_fixed_rate_with_a_40ms_body():
+    clock = FakeClock()
     starts = []
     app = AioClock()
 
     @app.task(trigger=Every(seconds=0.1, max_loop_count=20))
     async def probe():
-        starts.append(time.time())
+        starts.append(clock.now())
         await asyncio.sleep(0.04)
 
     await serve_to_end(app)
-    assert len(starts) == 20
-    first = starts[0]
-    for k, started in enumerate(starts):
-        assert started - (first + k * 0.1) == pytest.approx(0, abs=0.015), k
+    assert starts == [T0 + k * 0.1 for k in range(1, 21)]
+
+
+@fake_time(start=T0)
+async def test_an_hour_of_every_second_with_a_400ms_body_runs_on_the_grid_in_virtual_time():
+    clock = FakeClock()
+    starts = []
+    ends = []
+    app = AioClock(handle_signals=False)
+
+    @app.task(trigger=Every(seconds=1))
+    async def tick():
+        starts.append(clock.now())
+        await asyncio.sleep(0.4)
+        ends.append(clock.now())
+
+    real_start = time.monotonic()
+    serving = asyncio.create_task(app.serve())
+    await asyncio.sleep(3600.5)
+    (metadata,) = await get_metadata_of_all_tasks(app)
+    serving.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await serving
+    assert time.monotonic() - real_start < HANG_GUARD  # a guard: in real time, an hour
+
+    assert starts == [T0 + k * 1.0 for k in range(1, 3601)]
+    assert ends == [start + 0.4 for start in starts]
+    assert (metadata.runs, metadata.missed, metadata.failures) == (3600, 0, 0)
+    assert (metadata.lateness_p50, metadata.lateness_max) == (0.0, 0.0)
+    assert clock.now() == T0 + 3600.5
 
 
 async def test_a_sync_task_does_not_block_the_event_loop():
@@ -170,6 +205,7 @@ async def test_a_sync_task_does_not_block_the_event_loop():
     assert any(seen_while_sync_ran)
 
 
+@fake_time()
 async def test_a_failing_task_is_logged_with_its_traceback_and_the_app_goes_on(caplog):
     runs = []
     app = AioClock()
@@ -188,7 +224,9 @@ async def test_a_failing_task_is_logged_with_its_traceback_and_the_app_goes_on(c
     assert "ValueError: boom" in caplog.text
 
 
+@fake_time(start=T0)
 async def test_timeouts_cancel_the_run_and_log_task_timeout_error(caplog):
+    clock = FakeClock()
     finished = []
     group = Group(timeout=0.05)
 
@@ -200,13 +238,13 @@ async def test_timeouts_cancel_the_run_and_log_task_timeout_error(caplog):
     @group.task(trigger=Once(), timeout=2)
     async def own_timeout_wins():
         await asyncio.sleep(0.1)
-        finished.append("own")
+        finished.append(("own", clock.now() - T0))
 
     app = AioClock()
     app.include_group(group)
     with caplog.at_level(logging.ERROR, logger="aioclock"):
         await serve_to_end(app)
-    assert finished == ["own"]
+    assert finished == [("own", pytest.approx(0.1, abs=1e-9))]
     assert "exceeded its timeout of 0.05 s" in caplog.text
     assert "slow_in_group" in caplog.text
 
@@ -251,17 +289,32 @@ def answer():
     return "real"
 
 
+class BackToBack(LoopController):
+    """Runs again as soon as its previous run ended, `max_loop_count` times: for tests that count
+    runs with threads involved, where a short period could be overrun (a run counted missed)."""
+
+    type_: str = "BackToBack"
+
+    @property
+    def waits_for_completion(self) -> bool:
+        return True
+
+    def next_due(self, now, previous):
+        return now
+
+
 async def test_overrides_apply_per_app_and_from_the_next_run_on():
+    # Real time: fast-depends calls a sync dependency (`answer`) in a thread.
     seen = {"a": [], "b": []}
     app_a, app_b = AioClock(), AioClock()
 
-    @app_a.task(trigger=Every(seconds=0.01, max_loop_count=6))
+    @app_a.task(trigger=BackToBack(max_loop_count=6))
     async def task_a(value: str = Depends(answer)):
         seen["a"].append(value)
         if len(seen["a"]) == 3:
             app_a.override_dependencies(original=answer, override=lambda: "late override")
 
-    @app_b.task(trigger=Every(seconds=0.01, max_loop_count=3))
+    @app_b.task(trigger=BackToBack(max_loop_count=3))
     async def task_b(value: str = Depends(answer)):
         seen["b"].append(value)
 
@@ -281,7 +334,7 @@ async def test_generator_dependencies_are_torn_down_after_each_run():
 
     app = AioClock()
 
-    @app.task(trigger=Every(seconds=0.01, max_loop_count=2))
+    @app.task(trigger=BackToBack(max_loop_count=2))
     def uses_resource(conn: str = Depends(resource)):
         log.append(conn)
 
@@ -318,7 +371,9 @@ async def test_lifespan_wraps_every_task(kind):
     assert log == ["enter", "work", "exit"]
 
 
+@fake_time(start=T0)
 async def test_first_signal_drains_gracefully_and_second_stops_at_once():
+    clock = FakeClock()
     log = []
     app = AioClock(handle_signals=False)
     started = asyncio.Event()
@@ -331,14 +386,14 @@ async def test_first_signal_drains_gracefully_and_second_stops_at_once():
 
     @app.task(trigger=OnShutDown())
     async def shutdown():
-        log.append("shutdown")
+        log.append(("shutdown", clock.now() - T0))
 
     runtime = LocalRuntime(app)
     serving = asyncio.create_task(runtime.serve())
     await asyncio.wait_for(started.wait(), HANG_GUARD)
     runtime._signals.handle_stop(15)
     await asyncio.wait_for(serving, HANG_GUARD)
-    assert log == ["long job finished", "shutdown"]
+    assert log == ["long job finished", ("shutdown", pytest.approx(0.2, abs=1e-9))]
 
     log.clear()
     started.clear()
@@ -351,8 +406,10 @@ async def test_first_signal_drains_gracefully_and_second_stops_at_once():
     assert log == []
 
 
+@fake_time(start=T0)
 async def test_shutdown_timeout_bounds_the_wait_for_running_tasks(caplog):
-    app = AioClock(shutdown_timeout=0.05, handle_signals=False)
+    clock = FakeClock()
+    app = AioClock(shutdown_timeout=5, handle_signals=False)
     started = asyncio.Event()
 
     @app.task(trigger=Once())
@@ -366,6 +423,7 @@ async def test_shutdown_timeout_bounds_the_wait_for_running_tasks(caplog):
     with pytest.raises(asyncio.CancelledError):
         await asyncio.wait_for(serving, HANG_GUARD)
     assert "outlived the grace period: cancelling it" in caplog.text
+    assert clock.now() - T0 == pytest.approx(5, abs=1e-9)  # the grace, not the task's 30 s
 
 
 async def test_serve_returns_when_no_trigger_can_fire_again():
@@ -378,17 +436,20 @@ async def test_serve_returns_when_no_trigger_can_fire_again():
     await serve_to_end(app)
 
 
+@fake_time(start=T0)
 async def test_fake_clock_runs_an_hour_of_schedule_instantly_on_the_grid():
-    clock = FakeClock(start=1_000_000.0)
+    clock = FakeClock()
     seen = []
     app = AioClock()
 
     @app.task(trigger=Every(minutes=6, max_loop_count=10))
     async def report():
         seen.append(clock.now())
+        await asyncio.sleep(300)  # five of its six minutes
 
-    await asyncio.wait_for(LocalRuntime(app, clock=clock).serve(), HANG_GUARD)
-    assert seen == [1_000_000.0 + 360 * k for k in range(1, 11)]
+    await asyncio.wait_for(LocalRuntime(app, clock=clock).serve(), VIRTUAL_HANG_GUARD)
+    assert seen == [T0 + 360 * k for k in range(1, 11)]
+    assert clock.now() == T0 + 3600 + 300
 
 
 class EveryTick(BaseTrigger):
@@ -408,6 +469,7 @@ class EveryTick(BaseTrigger):
         return 0.01
 
 
+@fake_time()
 async def test_a_trigger_written_for_upstream_still_runs():
     runs = []
     app = AioClock()
@@ -424,7 +486,9 @@ async def plain_task():
     return "result"
 
 
+@fake_time(start=T0)
 async def test_run_specific_task_returns_the_result_and_honours_the_timeout():
+    clock = FakeClock()
     app = AioClock()
     app.task(trigger=Every(hours=1))(plain_task)
 
@@ -436,6 +500,7 @@ async def test_run_specific_task_returns_the_result_and_honours_the_timeout():
     assert await run_specific_task(str(app._tasks[0].id), app) == "result"
     with pytest.raises(TaskTimeoutError):
         await run_specific_task(app._tasks[1].id, app)
+    assert clock.now() - T0 == pytest.approx(0.05, abs=1e-9)
     with pytest.raises(TaskIdNotFound, match="no task with id"):
         await run_specific_task(uuid.uuid4(), app)
 
@@ -461,6 +526,7 @@ async def test_run_with_injected_deps_uses_the_owning_apps_overrides():
     assert await run_with_injected_deps(wants_answer) == "fake"
 
 
+@fake_time()
 async def test_metadata_reports_triggers_and_run_statistics():
     app = AioClock()
 
@@ -481,8 +547,8 @@ async def test_metadata_reports_triggers_and_run_statistics():
 
     metadata = await asyncio.wait_for(three_runs(), HANG_GUARD)
     await asyncio.wait_for(serving, HANG_GUARD)
-    assert metadata[0].runs >= 3
-    assert metadata[0].lateness_max is not None
+    assert metadata[0].runs == 3  # polled at 10, 20, 30 ms: the run at 30 ms came first
+    assert metadata[0].lateness_max == 0.0
     assert isinstance(metadata[0].trigger, Every)
 
 
