@@ -56,3 +56,10 @@ class FrameTooLargeError(BaseAioClockException, ValueError):
 
 class WorkerProcessError(BaseAioClockException, RuntimeError):
     """A process of the multi-process runtime failed in a way the app cannot recover from."""
+
+
+class AppStoppedError(BaseAioClockException, RuntimeError):
+    """The app stopped serving before it could answer (a run-now or stats request)."""
+
+    def __init__(self, what: str) -> None:
+        super().__init__(f"{what}: the app is not serving (it stopped, or has not started)")

@@ -141,6 +141,7 @@ class ControlCore:
         self._started = False
         self._stopping = False
         self._grace = 0.0
+        self._last_seq_before_stop = 0  # runs fired later get the grace from their start
         self._finished_sent = False
         self._waiting: deque[Fire] = deque()  # fired, but no worker was ready
         self._run_now: dict[int, int] = {}  # seq -> request
@@ -235,14 +236,14 @@ class ControlCore:
             return []
         link.ready = True
         self._expected_ready.discard(ready.worker)
-        return [ToControl(ready), *self._start_if_ready(now), *self._route_waiting()]
+        return [ToControl(ready), *self._start_if_ready(now), *self._route_waiting(now)]
 
     def _start_if_ready(self, now: float) -> list[Send]:
         """Start the schedule once every worker the app started with is ready (or gone)."""
         if self._started or self._expected_ready or not self.router.available():
             return []
         self._started = True
-        return self._route(self.engine.start(now), now) + self._route_waiting()
+        return self._route(self.engine.start(now), now) + self._route_waiting(now)
 
     def _on_worker_joined(self, joined: WorkerJoined, now: float) -> list[Send]:
         sends: list[Send] = []
@@ -268,16 +269,14 @@ class ControlCore:
     # -- routing ------------------------------------------------------------------------------
 
     def _route(self, fires: list[Fire], now: float) -> list[Send]:
-        """Send new fires to workers; after a stop they get the same grace as the others."""
-        if self._stopping:
-            for fire in fires:
-                heapq.heappush(self._cancel_at, (now + self._grace, fire.seq))
-        if not self._started:  # a run-now before every worker is ready waits for the start
+        """Send new fires to workers (a run-now before every worker is ready waits for the
+        start)."""
+        if not self._started:
             self._waiting.extend(fires)
             return []
-        return self._place(fires) if fires else []
+        return self._place(fires, now) if fires else []
 
-    def _place(self, fires: list[Fire]) -> list[Send]:
+    def _place(self, fires: list[Fire], now: float) -> list[Send]:
         """A worker for each fire: light fires first, then the sync ones (marked `sync`).
 
         Sync fires choose their workers first, so that the light fires of the same batch land
@@ -287,10 +286,10 @@ class ControlCore:
         light_fires: list[Fire] = []
         for fire in fires:
             (sync_fires if fire.task in self._sync_tasks else light_fires).append(fire)
-        sync = self._assign(sync_fires, is_sync=True)
-        return self._assign(light_fires, is_sync=False) + sync
+        sync = self._assign(sync_fires, True, now)
+        return self._assign(light_fires, False, now) + sync
 
-    def _assign(self, fires: list[Fire], *, is_sync: bool) -> list[Send]:
+    def _assign(self, fires: list[Fire], is_sync: bool, now: float) -> list[Send]:
         """Choose a worker per fire; a fire that finds no ready worker waits for one.
 
         The light fires of one batch share one worker without sync work (one wake-up instead
@@ -308,14 +307,17 @@ class ControlCore:
                 light_worker = link
             router.assign(link, fire.seq, is_sync)
             sends.append(ToWorker(link.index, fire, is_sync))
+            if self._stopping and fire.seq > self._last_seq_before_stop:
+                # A run started after a stop (a shut-down task) gets the grace from its start.
+                heapq.heappush(self._cancel_at, (now + self._grace, fire.seq))
         return sends
 
-    def _route_waiting(self) -> list[Send]:
+    def _route_waiting(self, now: float) -> list[Send]:
         if not self._started or not self._waiting or not self.router.available():
             return []
         waiting = list(self._waiting)
         self._waiting.clear()
-        return self._place(waiting)
+        return self._place(waiting, now)
 
     # -- stopping -----------------------------------------------------------------------------
 
@@ -326,7 +328,9 @@ class ControlCore:
             return []
         self._stopping = True
         self._grace = stop.grace
-        for seq in self.engine.in_flight():
+        in_flight = self.engine.in_flight()
+        self._last_seq_before_stop = max(in_flight, default=0)
+        for seq in in_flight:
             heapq.heappush(self._cancel_at, (now + stop.grace, seq))
         return self._route(self.engine.request_stop(now), now)
 

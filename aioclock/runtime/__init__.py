@@ -14,7 +14,7 @@ from typing import Any, Protocol, Union
 
 from aioclock._protocol import Reply, RunNow, RunNowDone, Stats, StatsRequest, TaskStats
 from aioclock._task import Task
-from aioclock.exceptions import TaskRunError, TaskTimeoutError
+from aioclock.exceptions import AppStoppedError, TaskRunError, TaskTimeoutError
 
 
 class Runtime(Protocol):
@@ -67,7 +67,8 @@ class Requests:
         if waiting is not None and not waiting.done():
             waiting.set_result(frame)
 
-    def cancel_all(self) -> None:
-        """The runtime ended: nobody will answer."""
+    def fail_all(self) -> None:
+        """The runtime ended: nobody will answer the questions still waiting."""
         for waiting in self._waiting.values():
-            waiting.cancel()
+            if not waiting.done():
+                waiting.set_exception(AppStoppedError("no answer came"))

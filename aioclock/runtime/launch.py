@@ -38,6 +38,9 @@ class DispatcherProcess:
             [sys.executable, "-m", "aioclock.dispatcher"],
             stdin=subprocess.PIPE,
             pass_fds=inherited,
+            # Out of the terminal's process group: Ctrl-C goes to the main process, which
+            # orchestrates the stop (a dispatcher still starting up would die of it).
+            start_new_session=True,
         )
         os.close(sentinel_write)
         #: Readable (EOF) once the process has exited: only the child holds the write end.
@@ -60,12 +63,6 @@ class DispatcherProcess:
 
     def is_alive(self) -> bool:
         return self._popen.poll() is None
-
-    def join(self, timeout: float | None = None) -> None:
-        try:
-            self._popen.wait(timeout)
-        except subprocess.TimeoutExpired:
-            return
 
     def kill(self) -> None:
         if self.is_alive():

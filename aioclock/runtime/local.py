@@ -70,16 +70,23 @@ class LocalRuntime:
         self._waker = Waker()
         self._inbox: deque[Event] = deque()
         self._requests = Requests(self._post)
+        self._looping = False  # only the loop answers the inbox
         self._signals = StopSignals(self.request_stop, self.abort, app.handle_signals)
 
     # -- what the API asks of a runtime -------------------------------------------------------
 
     async def stats(self) -> list[TaskStats]:
+        if not self._looping:  # in the lifespan, before or after the schedule
+            return self._core.engine.stats()
         reply: Stats = await self._requests.ask(StatsRequest)
         return reply.tasks
 
     async def run_now(self, task: Task) -> Any:
-        """Run `task` now as one of its runs; return its result or raise its exception."""
+        """Run `task` now as one of its runs; return its result or raise its exception.
+
+        Outside the schedule (in the lifespan, before or after it) it is simply called."""
+        if not self._looping:
+            return await self._runner.run_inline(task)
         reply: RunNowDone = await self._requests.ask(lambda number: RunNow(task.name, number))
         return result_of_run_now(task, reply, self._runner.take_reply(reply.seq))
 
@@ -120,19 +127,24 @@ class LocalRuntime:
                     driver.cancel()
                 await asyncio.gather(*drivers, return_exceptions=True)
                 await self._runner.cancel_all(grace=0)
-                self._requests.cancel_all()
+                self._requests.fail_all()
 
     async def _loop(self) -> None:
         core = self._core
         inbox = self._inbox
-        while not core.finished:
-            await self._clock.wait(core.next_wakeup(), self._waker)
-            now = self._clock.now()
-            sends: list[Send] = []
-            while inbox:
-                sends += core.handle(now, inbox.popleft())
-            sends += core.tick(now)
-            self._deliver(sends)
+        self._looping = True
+        try:
+            while not core.finished:
+                await self._clock.wait(core.next_wakeup(), self._waker)
+                now = self._clock.now()
+                sends: list[Send] = []
+                while inbox:
+                    sends += core.handle(now, inbox.popleft())
+                sends += core.tick(now)
+                self._deliver(sends)
+        finally:
+            self._looping = False
+            self._requests.fail_all()
 
     def _deliver(self, sends: list[Send]) -> None:
         for send in sends:

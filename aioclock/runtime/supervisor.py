@@ -50,7 +50,7 @@ from aioclock._task import Task
 from aioclock.dispatcher.core import CANCEL_ANSWER_WAIT
 from aioclock.dispatcher.engine import schedule_of
 from aioclock.dispatcher.payload import DispatcherPayload
-from aioclock.exceptions import WorkerProcessError
+from aioclock.exceptions import AppStoppedError, WorkerProcessError
 from aioclock.runtime import Requests, result_of_run_now
 from aioclock.runtime.channel import ControlChannel
 from aioclock.runtime.launch import DispatcherProcess, main_script_path
@@ -148,6 +148,7 @@ class Supervisor:
         self._fatal: BaseException | None = None
         self._stopping = False
         self._aborted = False
+        self._reaping = False  # every exit from now on is expected
         self._stop_watchdog: asyncio.TimerHandle | None = None
         self._requests = Requests(self._send)
         self._last_pong = time.monotonic()
@@ -177,25 +178,29 @@ class Supervisor:
             raise self._fatal
 
     def _start(self, loop: asyncio.AbstractEventLoop) -> None:
+        schedule = pickle.dumps(schedule_of(self._tasks))  # may fail: before any process starts
         parent_end, child_end = socket.socketpair()
         self._control = ControlChannel(parent_end, loop)
         loop.add_reader(parent_end.fileno(), self._read_control)
-        links = [self._spawn_worker(loop, index) for index in range(self._app.workers)]
-        payload = DispatcherPayload(
-            sys_path=list(sys.path),
-            main_path=main_script_path(),
-            logs=self._settings.logs,
-            control_fd=child_end.fileno(),
-            links=[(index, fire, done) for index, (fire, done) in enumerate(links)],
-            sync_tasks=frozenset(name for name, task in self._tasks.items() if not task.is_async),
-            cpus=self._settings.cpus,
-            schedule=pickle.dumps(schedule_of(self._tasks)),
-        )
-        dispatcher = DispatcherProcess(payload)
-        child_end.close()
-        for fire, done in links:
-            os.close(fire)
-            os.close(done)
+        links: list[tuple[int, int]] = []
+        try:
+            links += [self._spawn_worker(loop, index) for index in range(self._app.workers)]
+            payload = DispatcherPayload(
+                sys_path=list(sys.path),
+                main_path=main_script_path(),
+                logs=self._settings.logs,
+                control_fd=child_end.fileno(),
+                links=[(index, fire, done) for index, (fire, done) in enumerate(links)],
+                sync_tasks=frozenset(n for n, task in self._tasks.items() if not task.is_async),
+                cpus=self._settings.cpus,
+                schedule=schedule,
+            )
+            dispatcher = DispatcherProcess(payload)
+        finally:  # the dispatcher holds its own copies now (or never will)
+            child_end.close()
+            for fire, done in links:
+                os.close(fire)
+                os.close(done)
         self._dispatcher = dispatcher
         self._watch_exit(loop, dispatcher, self._on_dispatcher_exit)
         logger.info(
@@ -264,10 +269,12 @@ class Supervisor:
             return
         code = process.exitcode
         self._read_control()  # a Finished frame may be waiting: then this exit is expected
-        if self._aborted or self._fatal is not None or self._dispatcher_done:
+        if self._reaping or self._aborted or self._fatal is not None or self._dispatcher_done:
             logger.debug("worker %d exited with code %s", index, code)
             return
-        if index not in self._ready:
+        if index not in self._ready and not self._stopping:
+            # (While stopping, a worker still starting may have taken the terminal's Ctrl-C:
+            # it is replaced like any other, so that the shut-down tasks can run.)
             reason = (
                 exit_reason(code) or f"worker {index} exited with code {code} before it was ready"
             )
@@ -290,7 +297,7 @@ class Supervisor:
         os.close(done_read)
 
     def _on_dispatcher_exit(self, process: Child) -> None:
-        if self._dispatcher_done or self._aborted or self._fatal is not None:
+        if self._dispatcher_done or self._reaping or self._aborted or self._fatal is not None:
             return
         self._fail(
             WorkerProcessError(
@@ -353,6 +360,8 @@ class Supervisor:
 
     async def run_now(self, task: Task) -> Any:
         """Run `task` in a worker now, as one of its runs; return its value or raise its error."""
+        if self._dispatcher_done or self._fatal is not None or self._control is None:
+            raise AppStoppedError(f"task {task.name!r} was not run")
         reply: RunNowDone = await self._requests.ask(lambda number: RunNow(task.name, number))
         return result_of_run_now(task, reply, unpack_reply(reply.result))
 
@@ -408,13 +417,14 @@ class Supervisor:
     async def _reap(self, loop: asyncio.AbstractEventLoop) -> None:
         """Stop every child, wait for it, kill what does not exit, and close our descriptors."""
         self._stopping = True
+        self._reaping = True
         for timer in (self._pinger, self._stop_watchdog):
             if timer is not None:
                 timer.cancel()
         grace = 0.0 if self._fatal is None else self._app.shutdown_timeout
-        if self._fatal is not None and self._control is not None:
-            # After a failure the dispatcher may still be waiting (for a worker that will never
-            # be ready, say): end of file on its control socket makes it exit at once.
+        if not self._dispatcher_done and self._control is not None:
+            # After a failure, or a second cancellation during the grace, the dispatcher may
+            # still be waiting: end of file on its control socket makes it exit at once.
             self._control.shutdown_write()
         for index, lifeline in list(self._lifelines.items()):
             self._tell_worker(index, lifeline, Stop(grace=grace))
@@ -425,8 +435,9 @@ class Supervisor:
             process.kill()
         if stuck:
             await self._exited(timeout=REAP_PATIENCE + 1.0)
-        for sentinel in self._exits:
-            loop.remove_reader(sentinel)
+        for sentinel, exited in self._exits.items():
+            if not exited.done():  # a reaped child's number may belong to someone else now
+                loop.remove_reader(sentinel)
         for lifeline in self._lifelines.values():
             os.close(lifeline)
         self._lifelines.clear()
@@ -436,7 +447,7 @@ class Supervisor:
             loop.remove_reader(self._control.fileno())
             self._control.close()
             self._control = None
-        self._requests.cancel_all()
+        self._requests.fail_all()
 
 
 def _when_reaped(

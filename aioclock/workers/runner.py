@@ -19,7 +19,7 @@ from typing import Any
 
 from fast_depends import Provider, inject
 
-from aioclock._protocol import Done, Fire, Outcome
+from aioclock._protocol import CANCEL_ANSWER_WAIT, Done, Fire, Outcome
 from aioclock._task import Task
 from aioclock.exceptions import TaskTimeoutError
 
@@ -188,7 +188,13 @@ class TaskRunner:
             logger.warning(
                 "cancelled %d run(s) still going after %.1f s", len(still_running), grace
             )
-            await asyncio.wait(still_running)
+            _, stubborn = await asyncio.wait(still_running, timeout=CANCEL_ANSWER_WAIT)
+            for run in stubborn:  # it swallowed its cancellation: the stop does not wait for it
+                logger.error(
+                    "a run ignored its cancellation for %g s; abandoning it: %r",
+                    CANCEL_ANSWER_WAIT,
+                    run,
+                )
 
 
 def _summary(failure: BaseException) -> str:

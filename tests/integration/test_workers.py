@@ -498,13 +498,11 @@ async def test_liveness_pings_wait_until_the_dispatcher_has_loaded_its_schedule(
 async def test_the_supervisor_never_joins_a_process_in_the_callers_event_loop(events, monkeypatch):
     """An embedded app (FastAPI's loop) must not stall its host: no blocking join, ever,
     while the app runs, replaces a killed worker and stops."""
-    from aioclock.runtime.launch import DispatcherProcess
 
     def refuse_join(self, timeout=None):
         raise AssertionError(f"{self.name}.join() would block the event loop")
 
     monkeypatch.setattr(multiprocessing.process.BaseProcess, "join", refuse_join)
-    monkeypatch.setattr(DispatcherProcess, "join", refuse_join)
     app = AioClock(workers=2)
     app.task(trigger=Every(seconds=0.02))(tasks.probe)
     async with serving(app):

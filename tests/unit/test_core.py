@@ -167,3 +167,59 @@ def test_sync_fires_avoid_the_worker_of_the_light_fires():
     sends = core.tick(101.0)
     assert [(s.frame.task, s.sync) for s in sends] == [("m:light", False), ("m:crunch", True)]
     assert sends[0].worker != sends[1].worker
+
+
+def test_a_run_now_before_every_worker_is_ready_waits_and_start_up_tasks_still_run_first():
+    core = core_with(ScheduledTask("m:boot", OnStartUp()), TICK, workers=(0, 1))
+    core.handle(100.0, Ready(0, 1))  # worker 1 is still importing
+    assert fires(core.handle(100.1, RunNow("m:tick", request=7))) == []
+    placed = fires(core.handle(100.3, Ready(1, 2)))
+    assert sorted(f.task for f in placed) == ["m:boot", "m:tick"]
+    run_now = next(f for f in placed if f.task == "m:tick")
+    core.handle(100.4, done(run_now, 100.4))
+    assert core.next_wakeup() is None  # the schedule waits for m:boot, not for the run-now
+    boot = next(f for f in placed if f.task == "m:boot")
+    core.handle(100.5, done(boot, 100.5))
+    assert core.next_wakeup() == 101.5
+
+
+def test_a_worker_lost_before_it_was_ready_does_not_keep_the_schedule_from_starting():
+    core = core_with(TICK, workers=(0, 1))
+    core.handle(100.0, Ready(0, 1))
+    core.handle(100.1, WorkerGone(1, -2))
+    assert core.next_wakeup() == 101.1
+
+
+def test_a_shut_down_task_waiting_for_a_worker_gets_its_grace_once_it_runs():
+    core = core_with(TICK, BYE)
+    core.handle(100.0, Ready(0, 1))
+    core.handle(100.5, WorkerGone(0, -9))
+    core.handle(100.5, WorkerJoined(0))  # the replacement is starting
+    assert core.tick(101.0) == []  # m:tick waits for a worker
+    core.handle(101.1, Stop(grace=0.0))
+    core.tick(101.1)  # the waiting m:tick is cancelled: m:bye is fired, and waits too
+    (bye,) = fires(core.handle(101.2, Ready(0, 2)))
+    assert bye.task == "m:bye"
+    assert core.tick(101.2) == [ToWorker(0, Cancel(bye.seq))]  # grace 0, from its start
+
+
+def test_a_worker_whose_pipe_closed_gets_no_more_fires():
+    from aioclock.dispatcher.core import WorkerClosed
+
+    core = core_with(TICK, workers=(0, 1))
+    core.handle(100.0, Ready(0, 1))
+    core.handle(100.0, Ready(1, 2))
+    core.handle(100.5, WorkerClosed(1))
+    for second in range(101, 105):
+        sends = core.tick(float(second))
+        assert [s.worker for s in sends] == [0]
+        core.handle(second + 0.1, done(sends[0].frame, second + 0.1))
+
+
+def test_a_worker_joined_under_a_known_index_ends_its_predecessors_runs():
+    core = core_with(TICK)
+    core.handle(100.0, Ready(0, 1))
+    core.tick(101.0)
+    core.handle(101.5, WorkerJoined(0))  # its loss was never reported
+    (stats,) = core.engine.stats()
+    assert stats.failures == 1 and "died with exit code None" in stats.last_error

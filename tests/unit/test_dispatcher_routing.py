@@ -71,7 +71,7 @@ def received(fd: int) -> list[str]:
 
 def route(dispatcher: Dispatcher, fires: list[Fire]) -> None:
     """What the dispatcher does with a batch of fires: the core places them, the loop writes."""
-    dispatcher._deliver(dispatcher.core._place(fires))
+    dispatcher._deliver(dispatcher.core._place(fires, 1.0))
 
 
 def batch() -> list[Fire]:

@@ -656,3 +656,47 @@ def test_cpu_plan_without_sync_tasks_sets_no_affinity(monkeypatch):
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
     assert plan_cpus(None, has_sync_tasks=False, sync_priority="idle") == CpuPlan()
     assert plan_cpus(2, has_sync_tasks=False, sync_priority="idle") == CpuPlan()
+
+
+@pytest.mark.parametrize("where", ["before the schedule", "after the schedule"])
+@fake_time()
+async def test_the_api_answers_from_the_lifespan_before_and_after_the_schedule(where):
+    answers = {}
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        if where == "before the schedule":
+            answers["stats"] = await get_metadata_of_all_tasks(app)
+            answers["run"] = await run_specific_task(app._tasks[0].id, app)
+        yield
+        if where == "after the schedule":
+            answers["stats"] = await get_metadata_of_all_tasks(app)
+            answers["run"] = await run_specific_task(app._tasks[0].id, app)
+
+    app = AioClock(lifespan=lifespan, handle_signals=False)
+
+    @app.task(trigger=Once())
+    async def once():
+        return 1
+
+    await asyncio.wait_for(app.serve(), VIRTUAL_HANG_GUARD)
+    assert answers["run"] == 1 and answers["stats"][0].task_name == "once"
+
+
+@fake_time()
+async def test_a_stop_ends_even_if_a_task_swallows_its_cancellation(caplog):
+    app = AioClock(shutdown_timeout=0.1, handle_signals=False)
+    started = asyncio.Event()
+
+    @app.task(trigger=Once())
+    async def stubborn():
+        started.set()
+        for _ in range(10_000):  # a retry loop that catches every exception
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.sleep(1)
+
+    serving = asyncio.create_task(app.serve())
+    await started.wait()
+    app._runtime.request_stop()
+    await asyncio.wait_for(serving, VIRTUAL_HANG_GUARD)
+    assert "ignored its cancellation" in caplog.text
