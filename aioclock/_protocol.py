@@ -145,7 +145,8 @@ class WorkerJoined(msgspec.Struct, frozen=True, tag=True, array_like=True):
 
 
 class Finished(msgspec.Struct, frozen=True, tag=True, array_like=True):
-    """The dispatcher has nothing left to fire and no run is in flight."""
+    """The dispatcher has nothing left to fire and waits for no run (each ended or was given
+    up): the exits of the workers that follow are expected."""
 
 
 Frame = Union[

@@ -58,10 +58,13 @@ def find_task(app: AioClock, task_id: Union[uuid.UUID, str]) -> Task:
 async def run_specific_task(task_id: Union[uuid.UUID, str], app: AioClock) -> Any:
     """Run one task now, with its dependencies and its timeout, whatever its trigger.
 
-    In-process (`workers=0`) the task runs in the caller: its result is returned and its own
-    exception raised. With workers it is fired in a worker process; this returns None when that
-    run has ended, or raises `TaskRunError` if it failed. Either way a run past the task's timeout
-    raises `TaskTimeoutError`, and an unknown id `TaskIdNotFound`.
+    While the app serves, the run is one of the task's runs in either runtime: counted in its
+    statistics, cancelled by a stop (with workers it runs in a worker process). It returns the
+    task's value and raises the task's own exception (with workers both travel back pickled; one
+    that cannot raises `TaskRunError` saying why). A run past the task's timeout raises
+    `TaskTimeoutError`, an unknown id `TaskIdNotFound`, a request the stopping app can no longer
+    serve `TaskRunError` or `AppStoppedError`. While the app is not serving, the task is simply
+    called here.
 
     Example:
         ```python
