@@ -149,6 +149,7 @@ class Supervisor:
         self._stopping = False
         self._aborted = False
         self._reaping = False  # every exit from now on is expected
+        self._replacements: set[asyncio.Task[None]] = set()
         self._stop_watchdog: asyncio.TimerHandle | None = None
         self._requests = Requests(self._send)
         self._last_pong = time.monotonic()
@@ -161,7 +162,7 @@ class Supervisor:
         loop = asyncio.get_running_loop()
         self._finished = loop.create_future()
         try:
-            self._start(loop)
+            await self._start(loop)
             self._signals.install(loop)
             try:
                 await asyncio.shield(self._finished)
@@ -177,14 +178,21 @@ class Supervisor:
         if self._fatal is not None:
             raise self._fatal
 
-    def _start(self, loop: asyncio.AbstractEventLoop) -> None:
+    async def _start(self, loop: asyncio.AbstractEventLoop) -> None:
         schedule = pickle.dumps(schedule_of(self._tasks))  # may fail: before any process starts
         parent_end, child_end = socket.socketpair()
         self._control = ControlChannel(parent_end, loop)
         loop.add_reader(parent_end.fileno(), self._read_control)
         links: list[tuple[int, int]] = []
         try:
-            links += [self._spawn_worker(loop, index) for index in range(self._app.workers)]
+            started = await asyncio.gather(
+                *(self._spawn_worker(loop, index) for index in range(self._app.workers)),
+                return_exceptions=True,
+            )
+            links += [link for link in started if not isinstance(link, BaseException)]
+            failures = [error for error in started if isinstance(error, BaseException)]
+            if failures:
+                raise failures[0]
             payload = DispatcherPayload(
                 sys_path=list(sys.path),
                 main_path=main_script_path(),
@@ -210,8 +218,14 @@ class Supervisor:
             ", ".join(str(p.pid) for p in self._workers.values()),
         )
 
-    def _spawn_worker(self, loop: asyncio.AbstractEventLoop, index: int) -> tuple[int, int]:
-        """Start worker `index`; return the ends the dispatcher needs: (fire write, done read)."""
+    async def _spawn_worker(
+        self, loop: asyncio.AbstractEventLoop, index: int
+    ) -> tuple[int, int]:
+        """Start worker `index`; return the ends the dispatcher needs: (fire write, done read).
+
+        The start runs in a thread: it writes the pickled app to the new process, which reads
+        it only once its interpreter is up, and a large app does not fit in a pipe's buffer.
+        """
         fire_read, fire_write = os.pipe()
         done_read, done_write = os.pipe()
         lifeline_read, lifeline_write = os.pipe()
@@ -225,9 +239,15 @@ class Supervisor:
             name=f"aioclock-worker-{index}",
             args=(index, self._app_payload, *carried, self._settings),
         )
-        process.start()
-        for connection in carried:
-            connection.close()
+        try:
+            await asyncio.to_thread(process.start)
+        except BaseException:
+            for fd in (fire_write, done_read, lifeline_write):
+                os.close(fd)
+            raise
+        finally:
+            for connection in carried:
+                connection.close()
         self._workers[index] = process
         os.set_blocking(lifeline_write, False)
         self._lifelines[index] = lifeline_write
@@ -286,8 +306,13 @@ class Supervisor:
         self._ready.discard(index)
         os.close(self._lifelines.pop(index))
         self._send(WorkerGone(index, code))
+        replacing = asyncio.get_running_loop().create_task(self._replace_worker(index))
+        self._replacements.add(replacing)
+        replacing.add_done_callback(self._replacements.discard)
+
+    async def _replace_worker(self, index: int) -> None:
         try:
-            fire_write, done_read = self._spawn_worker(asyncio.get_running_loop(), index)
+            fire_write, done_read = await self._spawn_worker(asyncio.get_running_loop(), index)
         except Exception as error:  # in a loop callback, it would only be logged: fail loudly
             self._fail(WorkerProcessError(f"could not replace worker {index}: {error!r}"))
             return
@@ -418,6 +443,8 @@ class Supervisor:
         """Stop every child, wait for it, kill what does not exit, and close our descriptors."""
         self._stopping = True
         self._reaping = True
+        if self._replacements:  # a worker being started is stopped like the others
+            await asyncio.wait(set(self._replacements))
         for timer in (self._pinger, self._stop_watchdog):
             if timer is not None:
                 timer.cancel()

@@ -140,7 +140,7 @@ async def test_a_worker_that_cannot_be_replaced_stops_the_app(events, monkeypatc
         await events.wait_for(lambda e: len(e) >= 2)
         _, (worker_pid,) = runtime_pids(app)
 
-        def no_more_processes(self, loop, index):
+        async def no_more_processes(self, loop, index):
             raise OSError("fork failed")
 
         monkeypatch.setattr(Supervisor, "_spawn_worker", no_more_processes)
@@ -495,7 +495,7 @@ async def test_liveness_pings_wait_until_the_dispatcher_has_loaded_its_schedule(
         await events.wait_for(lambda e: len(e) >= 3)
 
 
-async def test_the_supervisor_never_joins_a_process_in_the_callers_event_loop(events, monkeypatch):
+async def test_the_supervisor_never_joins_nor_starts_a_process_in_the_callers_event_loop(events, monkeypatch):
     """An embedded app (FastAPI's loop) must not stall its host: no blocking join, ever,
     while the app runs, replaces a killed worker and stops."""
 
@@ -503,6 +503,15 @@ async def test_the_supervisor_never_joins_a_process_in_the_callers_event_loop(ev
         raise AssertionError(f"{self.name}.join() would block the event loop")
 
     monkeypatch.setattr(multiprocessing.process.BaseProcess, "join", refuse_join)
+    start = multiprocessing.process.BaseProcess.start
+
+    def start_off_the_loop(self):
+        # Starting writes the pickled app to the child, which reads it only once it is up.
+        with pytest.raises(RuntimeError):
+            asyncio.get_running_loop()  # raises: this is not the event loop's thread
+        start(self)
+
+    monkeypatch.setattr(multiprocessing.process.BaseProcess, "start", start_off_the_loop)
     app = AioClock(workers=2)
     app.task(trigger=Every(seconds=0.02))(tasks.probe)
     async with serving(app):
