@@ -218,9 +218,7 @@ class Supervisor:
             ", ".join(str(p.pid) for p in self._workers.values()),
         )
 
-    async def _spawn_worker(
-        self, loop: asyncio.AbstractEventLoop, index: int
-    ) -> tuple[int, int]:
+    async def _spawn_worker(self, loop: asyncio.AbstractEventLoop, index: int) -> tuple[int, int]:
         """Start worker `index`; return the ends the dispatcher needs: (fire write, done read).
 
         The start runs in a thread: it writes the pickled app to the new process, which reads

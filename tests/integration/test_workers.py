@@ -495,7 +495,9 @@ async def test_liveness_pings_wait_until_the_dispatcher_has_loaded_its_schedule(
         await events.wait_for(lambda e: len(e) >= 3)
 
 
-async def test_the_supervisor_never_joins_nor_starts_a_process_in_the_callers_event_loop(events, monkeypatch):
+async def test_the_supervisor_never_joins_nor_starts_a_process_in_the_callers_event_loop(
+    events, monkeypatch
+):
     """An embedded app (FastAPI's loop) must not stall its host: no blocking join, ever,
     while the app runs, replaces a killed worker and stops."""
 
