@@ -99,20 +99,14 @@ class RealClock:
             waker.pending = False
             return
         loop = asyncio.get_running_loop()
-        future = waker._arm(loop)
-        handle = None
-        if deadline is not None:
+        if deadline is None:
+            await _until_woken(waker, loop, None)
+        else:
             coarse = deadline - time.time() - PRECISE_TAIL
             if coarse > 0:
-                handle = loop.call_later(coarse, _resolve, future)
+                await _until_woken(waker, loop, lambda f: loop.call_later(coarse, _resolve, f))
             else:  # due already: still let the loop run once, so that runs can start
-                loop.call_soon(_resolve, future)
-        try:
-            await future
-        finally:
-            if handle is not None:
-                handle.cancel()
-            waker._future = None
+                await _until_woken(waker, loop, lambda f: loop.call_soon(_resolve, f))
         # A spin that lets other callbacks run: asyncio cannot wait for less than a millisecond.
         while deadline is not None and not waker.pending and time.time() < deadline:  # noqa: ASYNC110
             await asyncio.sleep(0)
@@ -228,16 +222,10 @@ class FakeClock:
             waker.pending = False
             return
         loop = self._bound()
-        future = waker._arm(loop)
-        handle = None
-        if deadline is not None:
-            handle = loop.call_at(deadline - self._offset, _resolve, future)
-        try:
-            await future
-        finally:
-            if handle is not None:
-                handle.cancel()
-            waker._future = None
+        at = None if deadline is None else deadline - self._offset
+        await _until_woken(
+            waker, loop, None if at is None else lambda f: loop.call_at(at, _resolve, f)
+        )
         waker.pending = False
 
 
@@ -288,6 +276,22 @@ def _cancel_pending(loop: asyncio.AbstractEventLoop) -> None:
                     "task": task,
                 }
             )
+
+
+async def _until_woken(
+    waker: Waker,
+    loop: asyncio.AbstractEventLoop,
+    schedule: Callable[[asyncio.Future[None]], asyncio.Handle] | None,
+) -> None:
+    """Wait until `waker` is woken or the timer that `schedule` sets on the future fires."""
+    future = waker._arm(loop)
+    handle = None if schedule is None else schedule(future)
+    try:
+        await future
+    finally:
+        if handle is not None:
+            handle.cancel()
+        waker._future = None
 
 
 def _resolve(future: asyncio.Future[None]) -> None:
