@@ -74,6 +74,8 @@ def prepare_child(logs: ChildLogging) -> None:
     precise timers."""
     _die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if hasattr(signal, "pthread_sigmask"):  # blocked by `sigint_held` while it started
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     forward_to_main_process(logs)
     reduce_timer_slack()
 

@@ -8,12 +8,15 @@ trigger's class is defined in the main script is that script imported, to unpick
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
+import signal
 import socket
 import subprocess
 import sys
 import threading
+from collections.abc import Iterator
 from dataclasses import replace
 from typing import IO
 
@@ -34,14 +37,12 @@ class DispatcherProcess:
         inherited = [payload.control_fd, sentinel_write, log_sink]
         for _, fire_fd, done_fd in payload.links:
             inherited += [fire_fd, done_fd]
-        self._popen = subprocess.Popen(
-            [sys.executable, "-m", "aioclock.dispatcher"],
-            stdin=subprocess.PIPE,
-            pass_fds=inherited,
-            # Out of the terminal's process group: Ctrl-C goes to the main process, which
-            # orchestrates the stop (a dispatcher still starting up would die of it).
-            start_new_session=True,
-        )
+        with sigint_held():
+            self._popen = subprocess.Popen(
+                [sys.executable, "-m", "aioclock.dispatcher"],
+                stdin=subprocess.PIPE,
+                pass_fds=inherited,
+            )
         os.close(sentinel_write)
         #: Readable (EOF) once the process has exited: only the child holds the write end.
         self.sentinel = sentinel_read
@@ -70,6 +71,25 @@ class DispatcherProcess:
 
     def close(self) -> None:
         os.close(self.sentinel)
+
+
+@contextlib.contextmanager
+def sigint_held() -> Iterator[None]:
+    """Block SIGINT in the calling thread while it starts a child process.
+
+    A child inherits the blocked set through fork and exec, so a Ctrl-C in the terminal (sent to
+    the whole process group) cannot kill it while it starts up, importing the user's modules;
+    it ignores SIGINT for good once it runs (`_child.prepare_child`), and the main process,
+    which orchestrates the stop, still gets the signal (on its main thread, or at once after).
+    """
+    if not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def _write_and_close(stream: IO[bytes], data: bytes) -> None:
