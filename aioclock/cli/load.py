@@ -44,7 +44,7 @@ class UsageError(Exception):
 
 
 def _is_ours(filename: str) -> bool:
-    return filename == __file__ or filename.startswith("<frozen importlib")
+    return filename in (__file__, importlib.__file__) or filename.startswith("<frozen importlib")
 
 
 def load_app(reference: str) -> AioClock:

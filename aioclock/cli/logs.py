@@ -34,7 +34,7 @@ def parse_level(text: str) -> int:
 def configure(level: int | None, config: str | None) -> None:
     """Set logging up for the command line (see the module docstring)."""
     if config is None:
-        logging.basicConfig(format=FORMAT)
+        logging.basicConfig(format=FORMAT, force=True)  # over any handler set before
         logging.root.setLevel(logging.INFO if level is None else level)
         return
     path = Path(config)
