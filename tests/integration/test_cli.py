@@ -72,14 +72,14 @@ def run(command: list[str], cwd: Path = REPOSITORY_ROOT, **variables: str):
 
 
 @contextlib.contextmanager
-def serving(command: list[str], **variables: str):
+def serving(command: list[str], cwd: Path = REPOSITORY_ROOT, **variables: str):
     """The command, started; killed (and reaped) if the test leaves it running."""
     process = subprocess.Popen(
         command,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        cwd=REPOSITORY_ROOT,
+        cwd=cwd,
         env=environment(**variables),
     )
     try:
@@ -175,16 +175,28 @@ def test_tasks_prints_the_plan_without_starting_anything(console_script, events)
     assert stopped[3] == "  due      at shut-down, after the last runs"
 
 
-def test_the_console_script_finds_an_app_in_the_current_directory(console_script, tmp_path):
+def test_an_app_in_the_current_directory_is_found_by_the_command_and_its_workers(
+    console_script, tmp_path, events
+):
     (tmp_path / "my_jobs.py").write_text(
-        "from aioclock import AioClock, Every\n"
+        "from aioclock import AioClock, Every, OnStartUp\n"
+        "from tests.integration.worker_tasks import record\n"
         "app = AioClock()\n"
+        "@app.task(trigger=OnStartUp())\n"
+        "async def hello():\n"
+        "    record('hello')\n"
         "@app.task(trigger=Every(hours=1))\n"
         "async def hourly(): ...\n"
     )
     result = run([str(console_script), "tasks", "my_jobs:app"], cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "my_jobs:hourly\n" in result.stdout
+    command = [str(console_script), "run", "my_jobs:app", "--workers", "1"]
+    with serving(command, cwd=tmp_path) as process:
+        (hello,) = wait_for(events, "hello", process)  # a spawned worker imported my_jobs
+        code, err = stop(process, signal.SIGTERM)
+    assert code == 0, err[-2000:]
+    assert hello["pid"] != process.pid
 
 
 @pytest.mark.parametrize(
