@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-import math
 import weakref
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager, AbstractContextManager
-from typing import TYPE_CHECKING, Any, Literal, TypeVar, Union
+from typing import TYPE_CHECKING, Any, TypeVar, Union
 
 import anyio
 from fast_depends import Provider
 
 from aioclock._task import Task
-from aioclock.group import Group, check_int
+from aioclock.group import Group
+from aioclock.settings import Settings, StartMethod, SyncTaskPriority
 from aioclock.triggers import BaseTrigger
 
 if TYPE_CHECKING:
@@ -22,8 +22,6 @@ F = TypeVar("F", bound=Callable[..., Any])
 Lifespan = Callable[
     ["AioClock"], Union[AbstractAsyncContextManager[Any], AbstractContextManager[Any]]
 ]
-StartMethod = Literal["spawn", "forkserver", "fork"]
-SyncTaskPriority = Literal["idle", "low", "normal"]
 
 _apps: weakref.WeakSet[AioClock] = weakref.WeakSet()
 
@@ -99,31 +97,20 @@ class AioClock:
         sync_task_priority: SyncTaskPriority = "idle",
         scheduling_cpus: int | None = None,
     ) -> None:
-        check_int("workers", workers, 0)
-        if start_method not in ("spawn", "forkserver", "fork"):
-            raise ValueError(
-                f"start_method must be 'spawn', 'forkserver' or 'fork', got {start_method!r}"
-            )
-        if not isinstance(shutdown_timeout, (int, float)) or not (
-            math.isfinite(shutdown_timeout) and shutdown_timeout >= 0
-        ):
-            raise ValueError(
-                "shutdown_timeout must be a finite number of seconds >= 0, "
-                f"got {shutdown_timeout!r}"
-            )
-        if sync_task_priority not in ("idle", "low", "normal"):
-            raise ValueError(
-                f"sync_task_priority must be 'idle', 'low' or 'normal', got {sync_task_priority!r}"
-            )
-        if scheduling_cpus is not None:
-            check_int("scheduling_cpus", scheduling_cpus, 0)
+        settings = Settings(  # validates each, naming the setting and the value
+            workers=workers,
+            start_method=start_method,
+            shutdown_timeout=shutdown_timeout,
+            sync_task_priority=sync_task_priority,
+            scheduling_cpus=scheduling_cpus,
+        )
         self.lifespan = lifespan
-        self.workers = workers
-        self.start_method = start_method
-        self.shutdown_timeout = float(shutdown_timeout)
+        self.workers = settings.workers
+        self.start_method = settings.start_method
+        self.shutdown_timeout = settings.shutdown_timeout
         self.handle_signals = handle_signals
-        self.sync_task_priority = sync_task_priority
-        self.scheduling_cpus = scheduling_cpus
+        self.sync_task_priority = settings.sync_task_priority
+        self.scheduling_cpus = settings.scheduling_cpus
         self._app_group = Group(limiter=limiter)
         self._groups: list[Group] = []
         self._overrides: list[tuple[Callable[..., Any], Callable[..., Any]]] = []
