@@ -61,6 +61,11 @@ def import_main_script(path: str) -> None:
     sys.modules["__main__"] = sys.modules["__mp_main__"] = module
 
 
+#: Signals a child ignores: they stop the app, and only the main process acts on them (a
+#: terminal's Ctrl-C and systemd's stop reach every process of the app).
+CHILD_IGNORES = (signal.SIGINT, signal.SIGTERM)
+
+
 def _die_with_parent() -> None:
     """Linux: have the kernel kill this process if its parent dies (belt and braces to EOF)."""
     if not prctl(PR_SET_PDEATHSIG, signal.SIGKILL):
@@ -70,12 +75,13 @@ def _die_with_parent() -> None:
 
 
 def prepare_child(logs: ChildLogging) -> None:
-    """Records to the main process's handlers, no Ctrl-C (the supervisor orchestrates),
+    """Records to the main process's handlers, no stop signals (the supervisor orchestrates),
     precise timers."""
     _die_with_parent()
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    if hasattr(signal, "pthread_sigmask"):  # blocked by `sigint_held` while it started
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    for signum in CHILD_IGNORES:
+        signal.signal(signum, signal.SIG_IGN)
+    if hasattr(signal, "pthread_sigmask"):  # blocked by `stop_signals_held` while it started
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, set(CHILD_IGNORES))
     forward_to_main_process(logs)
     reduce_timer_slack()
 

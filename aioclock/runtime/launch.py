@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from dataclasses import replace
 from typing import IO
 
+from aioclock._child import CHILD_IGNORES
 from aioclock.dispatcher.payload import DISPATCHER_NAME, DispatcherPayload
 
 
@@ -37,7 +38,7 @@ class DispatcherProcess:
         inherited = [payload.control_fd, sentinel_write, log_sink]
         for _, fire_fd, done_fd in payload.links:
             inherited += [fire_fd, done_fd]
-        with sigint_held():
+        with stop_signals_held():
             self._popen = subprocess.Popen(
                 [sys.executable, "-m", "aioclock.dispatcher"],
                 stdin=subprocess.PIPE,
@@ -74,18 +75,19 @@ class DispatcherProcess:
 
 
 @contextlib.contextmanager
-def sigint_held() -> Iterator[None]:
-    """Block SIGINT in the calling thread while it starts a child process.
+def stop_signals_held() -> Iterator[None]:
+    """Block SIGINT and SIGTERM in the calling thread while it starts a child process.
 
-    A child inherits the blocked set through fork and exec, so a Ctrl-C in the terminal (sent to
-    the whole process group) cannot kill it while it starts up, importing the user's modules;
-    it ignores SIGINT for good once it runs (`_child.prepare_child`), and the main process,
-    which orchestrates the stop, still gets the signal (on its main thread, or at once after).
+    A terminal's Ctrl-C and systemd's stop (KillMode=control-group) signal every process of the
+    app; only the main process, which orchestrates the stop, may act on them. A child inherits
+    the blocked set through fork and exec, so it cannot die of them while it starts up
+    (importing the user's modules), and it ignores them for good once it runs
+    (`_child.prepare_child`). The main process still gets them, on its main thread.
     """
     if not hasattr(signal, "pthread_sigmask"):
         yield
         return
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, set(CHILD_IGNORES))
     try:
         yield
     finally:

@@ -53,7 +53,7 @@ from aioclock.dispatcher.payload import DispatcherPayload
 from aioclock.exceptions import AppStoppedError, WorkerProcessError
 from aioclock.runtime import Requests, result_of_run_now
 from aioclock.runtime.channel import ControlChannel
-from aioclock.runtime.launch import DispatcherProcess, main_script_path, sigint_held
+from aioclock.runtime.launch import DispatcherProcess, main_script_path, stop_signals_held
 from aioclock.runtime.signals import StopSignals
 from aioclock.triggers import BaseTrigger
 from aioclock.workers.process import WorkerSettings, worker_main
@@ -238,7 +238,7 @@ class Supervisor:
             args=(index, self._app_payload, *carried, self._settings),
         )
         try:
-            await asyncio.to_thread(_start_holding_sigint, process)
+            await asyncio.to_thread(_start_holding_stop_signals, process)
         except BaseException:
             for fd in (fire_write, done_read, lifeline_write):
                 os.close(fd)
@@ -475,8 +475,8 @@ class Supervisor:
         self._requests.fail_all()
 
 
-def _start_holding_sigint(process: BaseProcess) -> None:
-    with sigint_held():
+def _start_holding_stop_signals(process: BaseProcess) -> None:
+    with stop_signals_held():
         process.start()
 
 

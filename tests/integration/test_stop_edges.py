@@ -36,7 +36,7 @@ SLOW_TO_IMPORT = textwrap.dedent(
         time.sleep(3)
 
     app = AioClock(workers=1, shutdown_timeout=1)
-    app.task(trigger=Every(seconds=60))(tasks.probe)
+    app.task(trigger=Every(seconds=0.2))(tasks.probe)
     app.task(trigger=OnShutDown())(tasks.shutdown)
 
     if __name__ == "__main__":
@@ -46,7 +46,19 @@ SLOW_TO_IMPORT = textwrap.dedent(
 )
 
 
-def test_ctrl_c_while_a_worker_starts_stops_cleanly_and_runs_shutdown(events, tmp_path):
+@pytest.mark.parametrize(
+    ("signum", "when"),
+    [
+        pytest.param(signal.SIGINT, "starting", id="ctrl-c while a worker starts"),
+        pytest.param(signal.SIGTERM, "starting", id="sigterm to the group while a worker starts"),
+        pytest.param(signal.SIGTERM, "serving", id="sigterm to the group (systemd) while serving"),
+    ],
+)
+def test_a_signal_to_the_whole_process_group_stops_cleanly_and_runs_shutdown(
+    events, tmp_path, signum, when
+):
+    """A terminal's Ctrl-C, and systemd's stop (KillMode=control-group), signal every process
+    of the app: only the main process may act on it."""
     marker = tmp_path / "worker-importing"
     script = tmp_path / "app.py"
     script.write_text(SLOW_TO_IMPORT.format(root=REPOSITORY_ROOT, marker=str(marker)))
@@ -61,14 +73,17 @@ def test_ctrl_c_while_a_worker_starts_stops_cleanly_and_runs_shutdown(events, tm
         deadline = time.monotonic() + HANG_GUARD
         while not marker.exists() and time.monotonic() < deadline:
             time.sleep(0.02)
-        os.killpg(process.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
+        if when == "serving":
+            while not events.read() and time.monotonic() < deadline:
+                time.sleep(0.02)
+        os.killpg(process.pid, signum)
         output, _ = process.communicate(timeout=HANG_GUARD)
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)
     assert process.returncode == 0, output[-3000:]
     assert "CLEAN EXIT" in output
-    assert [event["name"] for event in events.read()] == ["shutdown"]
+    assert [event["name"] for event in events.read()][-1] == "shutdown"
     assert wait_until_gone({event["pid"] for event in events.read()}) == set()
 
 
