@@ -1,9 +1,9 @@
-"""Periodic CPU-bound jobs on four worker processes, with light tasks that must start on time.
+"""Periodic CPU-bound jobs on four worker processes, with a light task that must start on time.
 
 Run:  python examples/cpu_jobs.py [--seconds 10] [--workers 4]
   or: aioclock run examples.cpu_jobs:app [--workers 4]   (from the repository's root; Ctrl-C stops)
 
-Three jobs burn 300 ms of CPU every 400 ms; eight light tasks fire every 100 ms. Every run
+Three jobs burn 300 ms of CPU every 400 ms; a light task fires every 100 ms. Every CPU job
 prints where it ran, and every two seconds the main process prints how late each task started
 (measured by the dispatcher against the fixed-rate due time).
 """
