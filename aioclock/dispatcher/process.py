@@ -86,14 +86,18 @@ def _load_schedule(payload: DispatcherPayload) -> list[ScheduledTask]:
     return schedule
 
 
+_imported_main: list[str] = []  # the main script, once this process has imported it
+
+
 def _unpickle(data: bytes, main_path: str | None) -> Any:
     try:
         return pickle.loads(data)
     except AttributeError:
-        if main_path is None or "__mp_main__" in sys.modules:
+        if main_path is None or _imported_main:
             raise
     # A trigger class is defined in the main script: import it (as multiprocessing does for its
     # children, under a name that keeps its `if __name__ == "__main__":` block from running).
+    _imported_main.append(main_path)
     import_main_script(main_path)
     return pickle.loads(data)
 

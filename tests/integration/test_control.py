@@ -8,13 +8,15 @@ import contextlib
 import os
 import signal
 import time
+import uuid
 
 import pytest
 
-from aioclock import AioClock, Every
+from aioclock import AioClock, Every, OnStartUp
 from aioclock.api import get_metadata_of_all_tasks
 from aioclock.exceptions import TaskIdNotFound, TaskNotReachableError
 
+from ..router_client import client_of, get_tasks
 from . import control_tasks as tasks
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
@@ -127,3 +129,48 @@ async def test_a_replacement_worker_knows_the_tasks_added_before_it_started(even
         await events.wait_for(lambda e: any(x["name"] == "added" and x["pid"] != first for x in e))
         listed = await metadata_of(app, tasks.added)
     assert listed.last_error is None or "no task with id" not in listed.last_error
+
+
+# -- the FastAPI router ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("workers", RUNTIMES)
+async def test_the_router_pauses_resumes_reschedules_and_removes_with_http_status_codes(
+    events, workers
+):
+    app = app_with(workers, (tasks.paced, Every(hours=1)))
+    app.task(trigger=OnStartUp())(tasks.added)
+    paced = f"{tasks.__name__}:paced"
+    async with client_of(app, serve=True) as client:
+        listed = await get_tasks(client)
+        paced_id = listed["paced"]["id"]
+
+        async def call(method, path, **kwargs):
+            request = client.request(method, path, **kwargs)
+            return await asyncio.wait_for(request, HANG_GUARD)
+
+        every = {"type_": "EVERY", "seconds": 0.1}
+        assert (await call("PUT", f"/task/{paced_id}/trigger", json=every)).status_code == 200
+        await events.wait_for(lambda e: any(x["name"] == "paced" for x in e))
+        paused = await call("POST", f"/task/{paced}/pause")  # by name
+        again = await call("POST", f"/task/{paced_id}/pause")  # idempotent
+        listed = await get_tasks(client)
+        assert listed["paced"]["paused"] and listed["paced"]["trigger"]["seconds"] == 0.1
+        resumed = await call("POST", f"/task/{paced_id}/resume")
+        missing = await call("POST", f"/task/{uuid.uuid4()}/pause")
+        conflict = await call("POST", f"/task/{tasks.__name__}:added/pause")
+        bad = await call("PUT", f"/task/{paced_id}/trigger", json={"type_": "EVERY"})
+        no_schedule = await call("PUT", f"/task/{paced_id}/trigger", json={"type_": "ON_SHUT_DOWN"})
+        removed = await call("DELETE", f"/task/{paced_id}")
+        gone = await call("DELETE", f"/task/{paced_id}")
+        after = await get_tasks(client)
+
+    assert [r.status_code for r in (paused, again, resumed, removed)] == [200] * 4
+    assert missing.status_code == gone.status_code == 404
+    assert "is registered" in missing.json()["detail"]
+    assert conflict.status_code == 409
+    assert "runs at start-up, outside the schedule" in conflict.json()["detail"]
+    assert bad.status_code == 422 and "at least one of seconds" in str(bad.json()["detail"])
+    assert no_schedule.status_code == 422
+    assert "OnShutDown(): it has no schedule" in no_schedule.json()["detail"]
+    assert "paced" not in after
