@@ -99,6 +99,8 @@ class TaskStats(msgspec.Struct, frozen=True, array_like=True):
     lateness_p50: Union[float, None]
     lateness_p99: Union[float, None]
     lateness_max: Union[float, None]
+    paused: bool = False
+    removed: bool = False  # removed while the app served: its counters stay readable
 
 
 class Stats(msgspec.Struct, frozen=True, tag=True, array_like=True):
@@ -123,6 +125,69 @@ class RunNowDone(msgspec.Struct, frozen=True, tag=True, array_like=True):
     outcome: Outcome
     error: Union[str, None] = None
     result: Union[bytes, None] = None  # as in `Done.result`
+
+
+# -- runtime control: each request is answered by a `ControlReply` with the same number ------
+
+
+class PauseTask(msgspec.Struct, frozen=True, tag=True, array_like=True):
+    """Fire no further occurrence of `task` until it is resumed (runs in flight go on)."""
+
+    request: int
+    task: str
+
+
+class ResumeTask(msgspec.Struct, frozen=True, tag=True, array_like=True):
+    """Arm a paused `task` again, its schedule starting from now."""
+
+    request: int
+    task: str
+
+
+class RemoveTask(msgspec.Struct, frozen=True, tag=True, array_like=True):
+    """End `task` as if its trigger had ended; its statistics stay."""
+
+    request: int
+    task: str
+
+
+class RescheduleTask(msgspec.Struct, frozen=True, tag=True, array_like=True):
+    """Give `task` a new trigger (pickled), its schedule starting from now."""
+
+    request: int
+    task: str
+    trigger: bytes
+
+
+class AddTask(msgspec.Struct, frozen=True, tag=True, array_like=True):
+    """Register `task` while the app serves: `schedule` is its pickled `ScheduledTask` (for the
+    dispatcher), `code` its pickled `Task` without trigger (for the workers, found by reference)."""
+
+    request: int
+    task: str
+    schedule: bytes
+    code: bytes
+    sync: bool
+
+
+class LearnTask(msgspec.Struct, frozen=True, tag=True, array_like=True):
+    """To a worker, ahead of any fire of it: `task` (a pickled `Task`) exists from now on."""
+
+    task: str
+    code: bytes
+
+
+#: Why a control request was refused: no such task (HTTP 404), the task's state forbids it (409),
+#: the app is stopping (503), the request itself is wrong (422).
+Refusal = Literal["unknown", "conflict", "stopping", "invalid"]
+
+
+class ControlReply(msgspec.Struct, frozen=True, tag=True, array_like=True):
+    """The answer to a control request: applied (`refusal` None), or refused and why."""
+
+    request: int
+    refusal: Union[Refusal, None] = None
+    error: Union[str, None] = None
 
 
 class Listening(msgspec.Struct, frozen=True, tag=True, array_like=True):
@@ -165,6 +230,13 @@ Frame = Union[
     WorkerJoined,
     Finished,
     Listening,
+    PauseTask,
+    ResumeTask,
+    RemoveTask,
+    RescheduleTask,
+    AddTask,
+    LearnTask,
+    ControlReply,
 ]
 
 _encoder = msgspec.msgpack.Encoder()

@@ -44,15 +44,14 @@ class TaskMetadata(BaseModel):
     lateness_p50: Union[float, None] = None
     lateness_p99: Union[float, None] = None
     lateness_max: Union[float, None] = None
+    paused: bool = False
 
 
 def find_task(app: AioClock, task_id: Union[uuid.UUID, str]) -> Task:
     """The task with this UUID (or its string, or its `module:qualname` name)."""
-    wanted = str(task_id)
-    for task in app._tasks:
-        if str(task.id) == wanted or task.name == wanted:
-            return task
-    raise TaskIdNotFound(task_id)
+    if not isinstance(task_id, (uuid.UUID, str)):
+        raise TaskIdNotFound(task_id)
+    return app._find_task(task_id)
 
 
 async def run_specific_task(task_id: Union[uuid.UUID, str], app: AioClock) -> Any:
@@ -139,15 +138,16 @@ async def get_metadata_of_all_tasks(app: AioClock) -> list[TaskMetadata]:
     runtime = app._runtime
     if runtime is not None:
         stats = {entry.task: entry for entry in await runtime.stats()}
-    return [_metadata(task, stats.get(task.name)) for task in app._tasks]
+    return [_metadata(task, stats.get(task.name), app._paused) for task in app._tasks]
 
 
-def _metadata(task: Task, stats: TaskStats | None) -> TaskMetadata:
+def _metadata(task: Task, stats: TaskStats | None, paused: set[str]) -> TaskMetadata:
     metadata = TaskMetadata(
         id=task.id,
         trigger=task.trigger,
         task_name=getattr(task.func, "__name__", task.name),
         name=task.name,
+        paused=task.name in paused,
     )
     if stats is None:
         return metadata
@@ -165,5 +165,6 @@ def _metadata(task: Task, stats: TaskStats | None) -> TaskMetadata:
             "lateness_p50": stats.lateness_p50,
             "lateness_p99": stats.lateness_p99,
             "lateness_max": stats.lateness_max,
+            "paused": stats.paused,
         }
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 import weakref
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager, AbstractContextManager
@@ -10,8 +11,10 @@ from typing import TYPE_CHECKING, Any, TypeVar, Union
 import anyio
 from fast_depends import Provider
 
-from aioclock._task import Task
-from aioclock.group import Group
+from aioclock._task import Task, qualified_name
+from aioclock.dispatcher.engine import control_refusal, reschedule_refusal, trigger_refusal
+from aioclock.exceptions import TaskIdNotFound, TaskStateError
+from aioclock.group import Group, _check_timeout, check_int
 from aioclock.settings import Settings, StartMethod, SyncTaskPriority
 from aioclock.triggers import BaseTrigger
 
@@ -22,6 +25,8 @@ F = TypeVar("F", bound=Callable[..., Any])
 Lifespan = Callable[
     ["AioClock"], Union[AbstractAsyncContextManager[Any], AbstractContextManager[Any]]
 ]
+#: How the control methods name a task: its function, its `module:qualname` name or its id.
+TaskRef = Union[Callable[..., Any], str, uuid.UUID]
 
 _apps: weakref.WeakSet[AioClock] = weakref.WeakSet()
 
@@ -116,6 +121,8 @@ class AioClock:
         self._overrides: list[tuple[Callable[..., Any], Callable[..., Any]]] = []
         self._provider = Provider()
         self._runtime: Runtime | None = None
+        self._paused: set[str] = set()  # names of the tasks paused (they serve paused)
+        self._adding: set[str] = set()  # names being added while the app serves
         _apps.add(self)
 
     # -- registration -------------------------------------------------------------------------
@@ -188,6 +195,175 @@ class AioClock:
                 )
             table[task.name] = task
         return table
+
+    def _find_task(self, task: Any) -> Task:
+        """The registered task named by `task`: its function, its name or its id."""
+        if isinstance(task, (str, uuid.UUID)):
+            wanted = str(task)
+            for candidate in self._tasks:
+                if candidate.name == wanted or str(candidate.id) == wanted:
+                    return candidate
+            raise TaskIdNotFound(task)
+        if callable(task):
+            for candidate in self._tasks:
+                if candidate.func is task or candidate.func == task:
+                    return candidate
+            raise TaskIdNotFound(qualified_name(task))
+        raise TypeError(
+            f"task must be a task's function, its 'module:qualname' name or its id, got {task!r}"
+        )
+
+    # -- runtime control ----------------------------------------------------------------------
+    # While the app serves, each change is applied by its control core (in both runtimes alike)
+    # before the method returns; then, as when it does not serve, the registration is changed
+    # too, so that the next `serve()` starts from it.
+
+    async def pause(self, task: TaskRef) -> None:
+        """Fire no further occurrence of `task` until `resume(task)`; a run in progress goes on.
+
+        Immediate: once it returns, no run of `task` is started by the schedule (a run-now still
+        is). Occurrences that fall while it is paused are skipped and not counted as missed; a
+        paused task keeps the app serving. Pausing a paused task does nothing. While the app
+        does not serve, the task will start paused. A start-up or shut-down task, or one whose
+        trigger has ended, raises `TaskStateError`; an unknown task `TaskIdNotFound`.
+
+        Example:
+            ```python
+            from aioclock import AioClock, Every
+
+            app = AioClock()
+
+            @app.task(trigger=Every(hours=1))
+            async def send_digest(): ...
+
+            async def some_other_func():
+                await app.pause(send_digest)  # the function, its "module:qualname" name or its id
+                await app.resume(send_digest)
+            ```
+        """
+        found = self._find_task(task)
+        runtime = self._runtime
+        if runtime is None:
+            self._refuse_control("pause", found)
+        else:
+            await runtime.pause(found)
+        self._paused.add(found.name)
+
+    async def resume(self, task: TaskRef) -> None:
+        """Arm a paused task again: its schedule starts from now, as at a start, and keeps its
+        count of occurrences (`max_loop_count`). Resuming a task that is not paused does nothing.
+        """
+        found = self._find_task(task)
+        runtime = self._runtime
+        if runtime is None:
+            self._refuse_control("resume", found)
+        else:
+            await runtime.resume(found)
+        self._paused.discard(found.name)
+
+    async def remove(self, task: TaskRef) -> None:
+        """Unregister `task`: it never fires again, as if its trigger had ended (a run in progress
+        goes on). While the app serves, its statistics stay in `runtime stats` (marked removed);
+        once nothing else can fire, the app stops as usual. A task of an included `Group` is
+        removed from that group."""
+        found = self._find_task(task)
+        if self._runtime is not None:
+            await self._runtime.remove(found)
+        for group in (*self._groups, self._app_group):
+            group._tasks[:] = [candidate for candidate in group._tasks if candidate is not found]
+        self._paused.discard(found.name)
+
+    async def reschedule(self, task: TaskRef, trigger: BaseTrigger[Any]) -> None:
+        """Give `task` a new trigger; its schedule starts from now (a paused task stays paused).
+
+        The trigger must have a schedule: not `OnStartUp`, `OnShutDown` or a trigger written
+        for aioclock 0.3's `trigger_next` (`ValueError`); the task must not be a start-up or
+        shut-down task (`TaskStateError`).
+        """
+        found = self._find_task(task)
+        problem = reschedule_refusal(trigger)
+        if problem is not None:
+            raise (ValueError if isinstance(trigger, BaseTrigger) else TypeError)(problem)
+        runtime = self._runtime
+        if runtime is None:
+            self._refuse_control("reschedule", found)
+        else:
+            await runtime.reschedule(found, trigger)
+        found.trigger = trigger
+
+    async def add_task(
+        self,
+        func: Callable[..., Any],
+        *,
+        trigger: BaseTrigger[Any],
+        timeout: float | None = None,  # noqa: ASYNC109  # the task's timeout, as in `task()`
+        max_instances: int = 1,
+    ) -> None:
+        """Register `func` as `@app.task(...)` does, while the app serves or not.
+
+        While it serves, the task is armed from now; with `workers >= 1` every worker process
+        learns it first, by reference (module and qualified name): a function a worker cannot
+        import raises `TaskNotReachableError`, as at start-up. A start-up task cannot be added
+        while the app serves (`ValueError`); a function registered already raises
+        `TaskStateError`.
+
+        Example:
+            ```python
+            from aioclock import AioClock, Cron
+
+            app = AioClock()
+
+            async def cleanup(): ...
+
+            async def some_other_func():
+                await app.add_task(cleanup, trigger=Cron(cron="0 3 * * *", tz="UTC"), timeout=60)
+            ```
+        """
+        new = self._new_task(func, trigger, timeout, max_instances)
+        if new.name in self._adding or any(t.name == new.name for t in self._tasks):
+            raise TaskStateError(f"task {new.name!r} is already registered")
+        runtime = self._runtime
+        if runtime is not None:
+            problem = trigger_refusal(trigger)
+            if problem is not None:
+                raise ValueError(problem)
+            self._adding.add(new.name)
+            try:
+                await runtime.add_task(new)
+            finally:
+                self._adding.discard(new.name)
+        self._app_group._tasks.append(new)
+
+    async def run_now(self, task: TaskRef) -> Any:
+        """Run `task` now, outside its schedule, and return its value (see
+        `aioclock.api.run_specific_task`)."""
+        from aioclock.api import run_specific_task
+
+        return await run_specific_task(self._find_task(task).id, self)
+
+    def _refuse_control(self, verb: str, task: Task) -> None:
+        """While the app does not serve: the refusals its control core would answer."""
+        problem = control_refusal(verb, task.name, task.trigger)
+        if problem is not None:
+            raise TaskStateError(problem)
+
+    def _new_task(
+        self, func: Callable[..., Any], trigger: Any, timeout: Any, max_instances: Any
+    ) -> Task:
+        """The task `@app.task(...)` would register, checked the same way, not registered."""
+        if not isinstance(trigger, BaseTrigger):
+            raise TypeError(f"trigger must be a BaseTrigger instance, got {trigger!r}")
+        if not callable(func):
+            raise TypeError(f"add_task takes a function, got {func!r}")
+        group = self._app_group
+        own_timeout = _check_timeout(timeout)
+        return Task(
+            func=func,
+            trigger=trigger,
+            timeout=own_timeout if own_timeout is not None else group.timeout,
+            max_instances=check_int("max_instances", max_instances, 1),
+            limiter=group._limiter,
+        )
 
     # -- dependencies -------------------------------------------------------------------------
 

@@ -15,6 +15,11 @@ class TaskIdNotFound(BaseAioClockException, LookupError):
         self.task_id = task_id
 
 
+class TaskStateError(BaseAioClockException, RuntimeError):
+    """The task's state does not allow this change: a start-up task has no schedule to pause,
+    a task is already registered, a task whose trigger ended cannot be paused (HTTP 409)."""
+
+
 class TaskTimeoutError(BaseAioClockException, TimeoutError):
     """A task ran past its timeout and was cancelled (or its worker was replaced)."""
 

@@ -28,18 +28,24 @@ import logging
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import NamedTuple, Union
+from typing import Any, NamedTuple, Union
 
 from aioclock._protocol import (
     CANCEL_ANSWER_WAIT,
     Cancel,
+    ControlReply,
     Done,
     Finished,
     Fire,
     Frame,
+    LearnTask,
+    PauseTask,
     Ping,
     Pong,
     Ready,
+    Refusal,
+    RemoveTask,
+    ResumeTask,
     RunNow,
     RunNowDone,
     Stats,
@@ -48,8 +54,16 @@ from aioclock._protocol import (
     WorkerGone,
     WorkerJoined,
 )
-from aioclock.dispatcher.engine import DeadlineEngine, Phase, ScheduledTask
+from aioclock.dispatcher.engine import (
+    DeadlineEngine,
+    Phase,
+    ScheduledTask,
+    control_refusal,
+    reschedule_refusal,
+    trigger_refusal,
+)
 from aioclock.dispatcher.router import Router, WorkerLink
+from aioclock.triggers import BaseTrigger
 
 logger = logging.getLogger(__name__)
 
@@ -60,7 +74,7 @@ class ToWorker(NamedTuple):  # a tuple: one is built per fire, on the hot path
     """Send `frame` to worker `worker`; `sync` marks a fire that will occupy a thread there."""
 
     worker: int
-    frame: Union[Fire, Cancel, Stop]
+    frame: Union[Fire, Cancel, Stop, LearnTask]
     sync: bool = False
 
 
@@ -99,6 +113,31 @@ class WorkerClosed:
     worker: int
 
 
+@dataclass(frozen=True)
+class Reschedule:
+    """Give `task` a new trigger (`RescheduleTask` once the driver has unpickled it)."""
+
+    request: int
+    task: str
+    trigger: BaseTrigger[Any]
+
+
+@dataclass(frozen=True)
+class NewTask:
+    """Register a task while the app serves (`AddTask` once the driver has unpickled it).
+
+    `code`: what a worker process needs to run it (a pickled `Task`), sent to every worker
+    ahead of its first fire; None in-process, where the runner already has it.
+    """
+
+    request: int
+    spec: ScheduledTask
+    sync: bool = False
+    code: Union[bytes, None] = None
+
+
+Control = Union[PauseTask, ResumeTask, RemoveTask, Reschedule, NewTask]
+
 Event = Union[
     Done,
     Ready,
@@ -112,7 +151,24 @@ Event = Union[
     Ping,
     ExternalDue,
     ExternalEnded,
+    PauseTask,
+    ResumeTask,
+    RemoveTask,
+    Reschedule,
+    NewTask,
 ]
+
+_VERBS = {
+    PauseTask: "pause",
+    ResumeTask: "resume",
+    RemoveTask: "remove",
+    Reschedule: "reschedule",
+    NewTask: "add",
+}
+_PAST = {"pause": "paused", "resume": "resumed", "remove": "removed", "reschedule": "rescheduled"}
+
+
+_STOPPING = (Phase.DRAINING, Phase.SHUTDOWN, Phase.FINISHED)
 
 
 class ControlCore:
@@ -133,7 +189,8 @@ class ControlCore:
     ) -> None:
         self.engine = DeadlineEngine(schedule, publish_due_times=publish_due_times)
         self.router = Router()
-        self._sync_tasks = sync_tasks
+        self._sync_tasks = set(sync_tasks)
+        self._learned: dict[str, bytes] = {}  # tasks added while serving: what workers need
         self._expected_ready: set[int] = set()
         for index in workers:
             self.router.add(index)
@@ -210,6 +267,8 @@ class ControlCore:
             sends = self._route(self.engine.fire_external(event.task, now), now)
         elif isinstance(event, ExternalEnded):
             sends = self._route(self.engine.external_ended(event.task, now), now)
+        elif isinstance(event, (PauseTask, ResumeTask, RemoveTask, Reschedule, NewTask)):
+            sends = self._on_control(event, now)
         else:
             logger.warning("the control core ignored %s", type(event).__name__)
             sends = []
@@ -250,7 +309,9 @@ class ControlCore:
         if joined.worker in self.router.workers:  # its predecessor's loss was not reported
             sends = self._on_worker_gone(WorkerGone(joined.worker, None), now)
         self.router.add(joined.worker)
-        return sends
+        # It may have been started before a task was added: teach it first, fires come after.
+        lessons = self._learned.items()
+        return sends + [ToWorker(joined.worker, LearnTask(t, code)) for t, code in lessons]
 
     def _on_run_now(self, request: RunNow, now: float) -> list[Send]:
         """Run a task at once, outside its schedule: a run like any other (counted in its
@@ -258,13 +319,89 @@ class ControlCore:
         refusal = None
         if self._stopping or self.engine.finished:
             refusal = f"task {request.task!r} was not run: the app is stopping"
-        elif request.task not in self.engine.task_ids:
+        elif not self.engine.registered(request.task):
             refusal = f"no task with id {request.task!r} is registered"
         if refusal is not None:
             return [ToControl(RunNowDone(request.request, 0, "failed", refusal))]
         fire = self.engine.run_now(request.task, now, reply=True)
         self._run_now[fire.seq] = request.request
         return self._route([fire], now)
+
+    # -- runtime control ----------------------------------------------------------------------
+
+    def _on_control(self, event: Control, now: float) -> list[Send]:
+        """Apply a control verb and answer it; the answer follows what makes it true (a paused
+        task's fires waiting for a worker are dropped, an added task is taught to every worker
+        before it can be fired)."""
+        task_id = event.spec.task_id if isinstance(event, NewTask) else event.task
+        verb = _VERBS[type(event)]
+        refused = self._refusal(event, task_id, verb)
+        if refused is not None:
+            kind, message = refused
+            logger.warning("refused to %s %s: %s", verb, task_id, message)
+            return [ToControl(ControlReply(event.request, kind, message))]
+        engine = self.engine
+        sends: list[Send] = []
+        fires: list[Fire] = []
+        if isinstance(event, PauseTask):
+            engine.pause(task_id)
+            self._drop_waiting(task_id)
+        elif isinstance(event, ResumeTask):
+            fires = engine.resume(task_id, now)
+        elif isinstance(event, RemoveTask):
+            self._learned.pop(task_id, None)
+            self._drop_waiting(task_id)
+            fires = engine.remove(task_id, now)
+        elif isinstance(event, Reschedule):
+            fires = engine.reschedule(task_id, event.trigger, now)
+        else:
+            if event.sync:
+                self._sync_tasks.add(task_id)
+            else:
+                self._sync_tasks.discard(task_id)
+            if event.code is not None:
+                self._learned[task_id] = event.code
+                lesson = LearnTask(task_id, event.code)
+                links = self.router.workers.values()
+                sends += [ToWorker(link.index, lesson) for link in links if link.alive]
+            fires = engine.add(event.spec, now)
+        logger.info("task %s %s", task_id, _PAST.get(verb, "added"))
+        sends.append(ToControl(ControlReply(event.request)))
+        return sends + self._route(fires, now)
+
+    def _refusal(self, event: Control, task_id: str, verb: str) -> tuple[Refusal, str] | None:
+        engine = self.engine
+        if self._stopping or engine.phase in _STOPPING:
+            done = _PAST.get(verb, "added")
+            return "stopping", f"task {task_id!r} was not {done}: the app is stopping"
+        if isinstance(event, NewTask):
+            if engine.registered(task_id):
+                return "conflict", f"task {task_id!r} is already registered"
+            problem = trigger_refusal(event.spec.trigger)
+            return None if problem is None else ("invalid", problem)
+        if not engine.registered(task_id):
+            return "unknown", f"no task with id {task_id!r} is registered"
+        if isinstance(event, RemoveTask):
+            return None
+        problem = control_refusal(verb, task_id, engine.trigger_of(task_id))
+        if problem is not None:
+            return "conflict", problem
+        if isinstance(event, Reschedule):
+            problem = reschedule_refusal(event.trigger)
+            return None if problem is None else ("invalid", problem)
+        if isinstance(event, PauseTask) and engine.ended(task_id):
+            message = f"task {task_id!r} will not fire again (its trigger ended): reschedule it"
+            return "conflict", message
+        return None
+
+    def _drop_waiting(self, task_id: str) -> None:
+        """Fires of `task_id` that wait for a worker never start (a run-now still does)."""
+        dropped = [f for f in self._waiting if f.task == task_id and not f.reply]
+        if not dropped:
+            return
+        self._waiting = deque(f for f in self._waiting if f.task != task_id or f.reply)
+        for fire in dropped:
+            self.engine.forget(fire.seq)
 
     # -- routing ------------------------------------------------------------------------------
 

@@ -21,6 +21,7 @@ import time
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from aioclock._child import (
     import_main_script,
@@ -29,16 +30,27 @@ from aioclock._child import (
     settle_garbage_collector,
 )
 from aioclock._protocol import (
+    AddTask,
+    ControlReply,
     Frame,
     FrameReader,
     Listening,
     Outbox,
+    RescheduleTask,
     WorkerGone,
     WorkerJoined,
     encode,
     read_frames,
 )
-from aioclock.dispatcher.core import ControlCore, Event, Send, ToControl, WorkerClosed
+from aioclock.dispatcher.core import (
+    ControlCore,
+    Event,
+    NewTask,
+    Reschedule,
+    Send,
+    ToControl,
+    WorkerClosed,
+)
 from aioclock.dispatcher.engine import ScheduledTask
 from aioclock.dispatcher.payload import DISPATCHER_NAME, DispatcherPayload
 
@@ -58,24 +70,36 @@ def run_from_payload(payload: DispatcherPayload) -> None:
     schedule = _load_schedule(payload)
     control = socket.socket(fileno=payload.control_fd)
     dispatcher = Dispatcher(
-        schedule, payload.sync_tasks, control, payload.links, payload.cpus.colocated
+        schedule,
+        payload.sync_tasks,
+        control,
+        payload.links,
+        payload.cpus.colocated,
+        main_path=payload.main_path,
     )
     settle_garbage_collector()
     dispatcher.run()
 
 
 def _load_schedule(payload: DispatcherPayload) -> list[ScheduledTask]:
+    schedule: list[ScheduledTask] = _unpickle(payload.schedule, payload.main_path)
+    return schedule
+
+
+_imported_main: list[str] = []  # the main script, once this process has imported it
+
+
+def _unpickle(data: bytes, main_path: str | None) -> Any:
     try:
-        schedule: list[ScheduledTask] = pickle.loads(payload.schedule)
-        return schedule
+        return pickle.loads(data)
     except AttributeError:
-        if payload.main_path is None:
+        if main_path is None or _imported_main:
             raise
     # A trigger class is defined in the main script: import it (as multiprocessing does for its
     # children, under a name that keeps its `if __name__ == "__main__":` block from running).
-    import_main_script(payload.main_path)
-    schedule = pickle.loads(payload.schedule)
-    return schedule
+    _imported_main.append(main_path)
+    import_main_script(main_path)
+    return pickle.loads(data)
 
 
 @dataclass
@@ -95,7 +119,10 @@ class Dispatcher:
         control: socket.socket,
         worker_links: list[tuple[int, int, int]],
         shares_cpu_with_workers: bool = False,
+        *,
+        main_path: str | None = None,
     ) -> None:
+        self._main_path = main_path
         self.core = ControlCore(
             schedule, workers=[index for index, _, _ in worker_links], sync_tasks=sync_tasks
         )
@@ -249,7 +276,27 @@ class Dispatcher:
             elif isinstance(frame, WorkerJoined):
                 fire_fd, done_fd = self._passed_fds.popleft(), self._passed_fds.popleft()
                 self._add_worker(frame.worker, fire_fd, done_fd)
+            elif isinstance(frame, (RescheduleTask, AddTask)):
+                event = self._unpickled(frame)
+                if event is not None:
+                    self._handle(event, time.time())
+                continue
             self._handle(frame, time.time())  # type: ignore[arg-type]
+
+    def _unpickled(self, frame: RescheduleTask | AddTask) -> Event | None:
+        """The core's event for a control frame that carries a pickled trigger; None (and a
+        refusal to the supervisor) if it does not load here."""
+        try:
+            if isinstance(frame, RescheduleTask):
+                trigger = _unpickle(frame.trigger, self._main_path)
+                return Reschedule(frame.request, frame.task, trigger)
+            spec = _unpickle(frame.schedule, self._main_path)
+            return NewTask(frame.request, spec, frame.sync, frame.code)
+        except Exception as error:
+            message = f"the dispatcher could not load the trigger of {frame.task!r}: {error!r}"
+            logger.error("%s", message)
+            self._tell_supervisor(ControlReply(frame.request, "invalid", message))
+            return None
 
     def _close_worker(self, index: int) -> None:
         pipes = self._pipes.pop(index, None)

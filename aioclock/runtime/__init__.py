@@ -12,9 +12,16 @@ import itertools
 from collections.abc import Callable
 from typing import Any, Protocol, Union
 
-from aioclock._protocol import Reply, RunNow, RunNowDone, Stats, StatsRequest, TaskStats
+from aioclock._protocol import ControlReply, Reply, RunNowDone, Stats, TaskStats
 from aioclock._task import Task
-from aioclock.exceptions import AppStoppedError, TaskRunError, TaskTimeoutError
+from aioclock.exceptions import (
+    AppStoppedError,
+    TaskIdNotFound,
+    TaskRunError,
+    TaskStateError,
+    TaskTimeoutError,
+)
+from aioclock.triggers import BaseTrigger
 
 
 class Runtime(Protocol):
@@ -29,6 +36,33 @@ class Runtime(Protocol):
     def request_stop(self) -> None:
         """Stop firing and shut down gracefully."""
 
+    # Runtime control: each returns once the control core has applied the change, or raises
+    # why it refused (see `raise_for_refusal`).
+
+    async def pause(self, task: Task) -> None: ...
+
+    async def resume(self, task: Task) -> None: ...
+
+    async def remove(self, task: Task) -> None: ...
+
+    async def reschedule(self, task: Task, trigger: BaseTrigger[Any]) -> None: ...
+
+    async def add_task(self, task: Task) -> None: ...
+
+
+def raise_for_refusal(task: Task, reply: ControlReply) -> None:
+    """The exception for a refused control request, the same for both runtimes."""
+    refusal, error = reply.refusal, reply.error or ""
+    if refusal is None:
+        return
+    if refusal == "unknown":
+        raise TaskIdNotFound(task.name)
+    if refusal == "stopping":
+        raise AppStoppedError(error.removesuffix(": the app is stopping"))
+    if refusal == "invalid":
+        raise ValueError(error)
+    raise TaskStateError(error)
+
 
 def result_of_run_now(task: Task, done: RunNowDone, reply: Reply | None) -> Any:
     """The value of a run-now, or the exception it ended with: the same for both runtimes."""
@@ -42,9 +76,10 @@ def result_of_run_now(task: Task, done: RunNowDone, reply: Reply | None) -> Any:
 
 
 class Requests:
-    """Questions to the control core (stats, run now) waiting for their answers, by number."""
+    """Questions to the control core (stats, run now, control verbs) waiting for their
+    answers, by number."""
 
-    def __init__(self, send: Callable[[Union[RunNow, StatsRequest]], None]) -> None:
+    def __init__(self, send: Callable[[Any], None]) -> None:
         self._send = send
         self._numbers = itertools.count(1)
         self._waiting: dict[int, asyncio.Future[Any]] = {}
@@ -52,7 +87,7 @@ class Requests:
     def next_number(self) -> int:
         return next(self._numbers)
 
-    async def ask(self, make_request: Callable[[int], Union[RunNow, StatsRequest]]) -> Any:
+    async def ask(self, make_request: Callable[[int], Any]) -> Any:
         number = self.next_number()
         answer: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._waiting[number] = answer
@@ -62,7 +97,7 @@ class Requests:
         finally:
             self._waiting.pop(number, None)
 
-    def answer(self, frame: Union[Stats, RunNowDone]) -> None:
+    def answer(self, frame: Union[Stats, RunNowDone, ControlReply]) -> None:
         waiting = self._waiting.pop(frame.request, None)
         if waiting is not None and not waiting.done():
             waiting.set_result(frame)

@@ -11,15 +11,20 @@ import asyncio
 import logging
 import os
 from collections import deque
+from collections.abc import Callable
 from contextlib import AsyncExitStack
 from typing import TYPE_CHECKING, Any
 
 from aioclock._clock import Clock, Waker, default_clock
 from aioclock._protocol import (
     Cancel,
+    ControlReply,
     Done,
     Fire,
+    PauseTask,
     Ready,
+    RemoveTask,
+    ResumeTask,
     RunNow,
     RunNowDone,
     Stats,
@@ -30,17 +35,21 @@ from aioclock._protocol import (
 from aioclock._task import Task
 from aioclock.dispatcher.core import (
     Abort,
+    Control,
     ControlCore,
     Event,
     ExternalDue,
     ExternalEnded,
+    NewTask,
+    Reschedule,
     Send,
     ToControl,
 )
-from aioclock.dispatcher.engine import schedule_of
-from aioclock.runtime import Requests, result_of_run_now
+from aioclock.dispatcher.engine import ScheduledTask, schedule_of
+from aioclock.runtime import Requests, raise_for_refusal, result_of_run_now
 from aioclock.runtime.legacy import drive_legacy_trigger
 from aioclock.runtime.signals import StopSignals
+from aioclock.triggers import BaseTrigger
 from aioclock.workers.runner import TaskRunner, enter_lifespan
 
 if TYPE_CHECKING:
@@ -64,12 +73,13 @@ class LocalRuntime:
         self._clock = clock or default_clock()
         self._tasks = app._task_table()
         self._core = ControlCore(
-            schedule_of(self._tasks), workers=[LOCAL_WORKER], publish_due_times=True
+            schedule_of(self._tasks, app._paused), workers=[LOCAL_WORKER], publish_due_times=True
         )
         self._runner = TaskRunner(self._tasks, app._provider, self._on_done, now=self._clock.now)
         self._waker = Waker()
         self._inbox: deque[Event] = deque()
-        self._requests = Requests(self._post)
+        self._requests = Requests(self._submit)
+        self._drivers: dict[str, asyncio.Task[None]] = {}  # legacy triggers' loops, by task
         self._looping = False  # only the loop answers the inbox
         self._signals = StopSignals(self.request_stop, self.abort, app.handle_signals)
 
@@ -90,6 +100,41 @@ class LocalRuntime:
         reply: RunNowDone = await self._requests.ask(lambda number: RunNow(task.name, number))
         return result_of_run_now(task, reply, self._runner.take_reply(reply.seq))
 
+    async def pause(self, task: Task) -> None:
+        await self._control(task, lambda number: PauseTask(number, task.name))
+
+    async def resume(self, task: Task) -> None:
+        await self._control(task, lambda number: ResumeTask(number, task.name))
+
+    async def remove(self, task: Task) -> None:
+        await self._control(task, lambda number: RemoveTask(number, task.name))
+        driver = self._drivers.pop(task.name, None)
+        if driver is not None:
+            driver.cancel()
+
+    async def reschedule(self, task: Task, trigger: BaseTrigger[Any]) -> None:
+        await self._control(task, lambda number: Reschedule(number, task.name, trigger))
+
+    async def add_task(self, task: Task) -> None:
+        """The runner knows the task before the core may fire it."""
+        previous = self._tasks.get(task.name)
+        self._tasks[task.name] = task
+        self._runner.add(task)
+        spec = ScheduledTask(task.name, task.trigger, task.max_instances)
+        try:
+            await self._control(task, lambda number: NewTask(number, spec, not task.is_async))
+        except BaseException:
+            if previous is not None:
+                self._tasks[task.name] = previous
+                self._runner.add(previous)
+            raise
+        if task.trigger._is_legacy():
+            self._drive_legacy(task.name)
+
+    async def _control(self, task: Task, request: Callable[[int], Control]) -> None:
+        reply: ControlReply = await self._requests.ask(request)
+        raise_for_refusal(task, reply)
+
     def request_stop(self) -> None:
         """Stop firing; running tasks get `shutdown_timeout` seconds, then shut-down tasks run."""
         self._post(Stop(self._app.shutdown_timeout))
@@ -102,6 +147,14 @@ class LocalRuntime:
         self._inbox.append(event)
         self._waker.wake()
 
+    def _submit(self, event: Event) -> None:
+        """A request: to the loop's inbox, or, while no loop runs the core (in the lifespan,
+        before or after the schedule), to the core at once."""
+        if self._looping:
+            self._post(event)
+        else:
+            self._deliver(self._core.handle(self._clock.now(), event))
+
     # -- the loop -----------------------------------------------------------------------------
 
     async def serve(self) -> None:
@@ -110,10 +163,8 @@ class LocalRuntime:
             await enter_lifespan(self._app, stack)
             self._signals.install(loop)
             stack.callback(self._signals.remove, loop)
-            drivers = [
-                loop.create_task(self._drive_external(task_id))
-                for task_id in self._core.engine.external_tasks
-            ]
+            for task_id in self._core.engine.external_tasks:
+                self._drive_legacy(task_id)
             try:
                 self._post(Ready(LOCAL_WORKER, os.getpid()))
                 await self._loop()
@@ -123,6 +174,7 @@ class LocalRuntime:
                 await self._loop()
                 raise
             finally:
+                drivers = list(self._drivers.values())
                 for driver in drivers:
                     driver.cancel()
                 await asyncio.gather(*drivers, return_exceptions=True)
@@ -150,7 +202,7 @@ class LocalRuntime:
         for send in sends:
             if isinstance(send, ToControl):
                 frame = send.frame
-                if isinstance(frame, (Stats, RunNowDone)):
+                if isinstance(frame, (Stats, RunNowDone, ControlReply)):
                     self._requests.answer(frame)
             elif isinstance(send.frame, Fire):
                 self._runner.start(send.frame)
@@ -159,6 +211,10 @@ class LocalRuntime:
 
     def _on_done(self, done: Done) -> None:
         self._post(done)
+
+    def _drive_legacy(self, task_id: str) -> None:
+        loop = asyncio.get_running_loop()
+        self._drivers[task_id] = loop.create_task(self._drive_external(task_id))
 
     async def _drive_external(self, task_id: str) -> None:
         def due_now() -> None:

@@ -20,7 +20,7 @@ import pickle
 import socket
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from typing import TYPE_CHECKING, Any, Union
@@ -28,13 +28,19 @@ from typing import TYPE_CHECKING, Any, Union
 from aioclock._child import exit_reason, plan_cpus, refuse_to_serve_while_importing_main
 from aioclock._logs import LogListener
 from aioclock._protocol import (
+    AddTask,
+    ControlReply,
     Finished,
     Frame,
     FrameReader,
     Listening,
+    PauseTask,
     Ping,
     Pong,
     Ready,
+    RemoveTask,
+    RescheduleTask,
+    ResumeTask,
     RunNow,
     RunNowDone,
     Stats,
@@ -48,10 +54,10 @@ from aioclock._protocol import (
 )
 from aioclock._task import Task
 from aioclock.dispatcher.core import CANCEL_ANSWER_WAIT
-from aioclock.dispatcher.engine import schedule_of
+from aioclock.dispatcher.engine import ScheduledTask, schedule_of
 from aioclock.dispatcher.payload import DispatcherPayload
 from aioclock.exceptions import AppStoppedError, WorkerProcessError
-from aioclock.runtime import Requests, result_of_run_now
+from aioclock.runtime import Requests, raise_for_refusal, result_of_run_now
 from aioclock.runtime.channel import ControlChannel
 from aioclock.runtime.launch import DispatcherProcess, main_script_path, stop_signals_held
 from aioclock.runtime.signals import StopSignals
@@ -109,15 +115,29 @@ def worker_payload(app: AioClock) -> bytes:
     """The app as every worker receives it, pickled once; refuses what a worker cannot import."""
     for task in app._tasks:
         task.check_reachable(app.start_method)
-    buffer = io.BytesIO()
     try:
-        _WorkerPickler(buffer, protocol=pickle.HIGHEST_PROTOCOL).dump(app)
+        return _for_workers(app)
     except Exception as error:
         raise WorkerProcessError(
             "the app cannot be sent to worker processes: its lifespan and dependency overrides "
             f"must be importable module-level objects ({type(error).__name__}: {error})"
         ) from error
+
+
+def _for_workers(obj: object) -> bytes:
+    """`obj` pickled without its triggers (functions by reference: module and name)."""
+    buffer = io.BytesIO()
+    _WorkerPickler(buffer, protocol=pickle.HIGHEST_PROTOCOL).dump(obj)
     return buffer.getvalue()
+
+
+def _for_dispatcher(obj: object, what: str) -> bytes:
+    try:
+        return pickle.dumps(obj)
+    except Exception as error:
+        raise ValueError(
+            f"{what} cannot be sent to the dispatcher process ({type(error).__name__}: {error})"
+        ) from error
 
 
 class Supervisor:
@@ -179,7 +199,8 @@ class Supervisor:
             raise self._fatal
 
     async def _start(self, loop: asyncio.AbstractEventLoop) -> None:
-        schedule = pickle.dumps(schedule_of(self._tasks))  # may fail: before any process starts
+        # May fail: before any process starts.
+        schedule = pickle.dumps(schedule_of(self._tasks, self._app._paused))
         parent_end, child_end = socket.socketpair()
         self._control = ControlChannel(parent_end, loop)
         loop.add_reader(parent_end.fileno(), self._read_control)
@@ -370,7 +391,7 @@ class Supervisor:
             self._last_pong = time.monotonic()
             loop = asyncio.get_running_loop()
             self._pinger = loop.call_later(PING_INTERVAL, self._check_liveness, loop)
-        elif isinstance(frame, (Stats, RunNowDone)):
+        elif isinstance(frame, (Stats, RunNowDone, ControlReply)):
             self._requests.answer(frame)
 
     # -- what the API asks --------------------------------------------------------------------
@@ -387,6 +408,44 @@ class Supervisor:
             raise AppStoppedError(f"task {task.name!r} was not run")
         reply: RunNowDone = await self._requests.ask(lambda number: RunNow(task.name, number))
         return result_of_run_now(task, reply, unpack_reply(reply.result))
+
+    async def pause(self, task: Task) -> None:
+        await self._ask_core(task, lambda number: PauseTask(number, task.name))
+
+    async def resume(self, task: Task) -> None:
+        await self._ask_core(task, lambda number: ResumeTask(number, task.name))
+
+    async def remove(self, task: Task) -> None:
+        await self._ask_core(task, lambda number: RemoveTask(number, task.name))
+        self._tasks.pop(task.name, None)
+
+    async def reschedule(self, task: Task, trigger: BaseTrigger[Any]) -> None:
+        data = _for_dispatcher(trigger, f"the trigger {trigger!r}")
+        await self._ask_core(task, lambda number: RescheduleTask(number, task.name, data))
+
+    async def add_task(self, task: Task) -> None:
+        """Sent to the dispatcher, which teaches it to every worker (ahead of any fire, on the
+        same pipe) before it answers; a worker started later is taught it when it joins."""
+        task.check_reachable(self._app.start_method)
+        refuse_legacy_triggers([task])
+        spec = ScheduledTask(task.name, task.trigger, task.max_instances)
+        schedule = _for_dispatcher(spec, f"the trigger of task {task.name!r}")
+        try:
+            code = _for_workers(task)
+        except Exception as error:
+            raise WorkerProcessError(
+                f"task {task.name!r} cannot be sent to worker processes "
+                f"({type(error).__name__}: {error})"
+            ) from error
+        sync = not task.is_async
+        await self._ask_core(task, lambda number: AddTask(number, task.name, schedule, code, sync))
+        self._tasks[task.name] = task
+
+    async def _ask_core(self, task: Task, request: Callable[[int], Frame]) -> None:
+        if self._dispatcher_done or self._fatal is not None or self._control is None:
+            raise AppStoppedError(f"task {task.name!r} was not changed")
+        reply: ControlReply = await self._requests.ask(request)
+        raise_for_refusal(task, reply)
 
     def request_stop(self) -> None:
         """Stop firing; running tasks may finish, then shut-down tasks run and the app ends."""

@@ -34,6 +34,7 @@ from aioclock._protocol import (
     Done,
     Fire,
     FrameReader,
+    LearnTask,
     Ready,
     Stop,
     encode,
@@ -152,10 +153,23 @@ class Worker:
                 runner.start(frame)
             elif isinstance(frame, Cancel):
                 runner.cancel(frame.seq)
+            elif isinstance(frame, LearnTask):
+                self._learn(runner, frame)
             elif isinstance(frame, Stop):
                 self._stop(frame.grace)
             else:
                 logger.warning("worker %d ignored %s", self.index, type(frame).__name__)
+
+    def _learn(self, runner: TaskRunner, lesson: LearnTask) -> None:
+        """A task added while the app serves; its fires come after this frame on this pipe.
+        Should its module not import here, its runs fail, each saying the task is unknown."""
+        try:
+            task: Task = pickle.loads(lesson.code)  # imports its module, finds it by name
+        except Exception:
+            logger.exception("worker %d could not load task %s", self.index, lesson.task)
+            return
+        runner.add(task)
+        logger.debug("worker %d learned task %s", self.index, lesson.task)
 
     def _read_lifeline(self) -> None:
         frames = read_frames(self._lifeline_fd, self._lifeline_reader)

@@ -50,7 +50,7 @@ class TaskRunner:
         on_sync_timeout: Callable[[Task], None] | None = None,
         now: Callable[[], float] = time.time,
     ) -> None:
-        self._tasks = tasks
+        self._tasks = dict(tasks)
         self._provider = provider
         self._on_done = on_done
         self._executor = executor
@@ -61,6 +61,13 @@ class TaskRunner:
         self._replies: dict[int, tuple[bool, Any]] = {}  # seq -> (ok, value or exception)
         for task in tasks.values():  # build the injectors now, not on the first (timed) run
             self._injector(task)
+
+    def add(self, task: Task) -> None:
+        """Run fires of `task` from now on (a task added while the app serves); it replaces a
+        task of the same name."""
+        self._tasks[task.name] = task
+        self._injected.pop(task.name, None)
+        self._injector(task)
 
     def running_tasks(self) -> list[asyncio.Task[None]]:
         return list(self._running.values())

@@ -4,15 +4,20 @@ from __future__ import annotations
 
 import pytest
 
-from aioclock import Every, OnShutDown, OnStartUp
+from aioclock import Every, Forever, Once, OnShutDown, OnStartUp
 from aioclock._protocol import (
     Cancel,
+    ControlReply,
     Done,
     Finished,
     Fire,
+    LearnTask,
+    PauseTask,
     Ping,
     Pong,
     Ready,
+    RemoveTask,
+    ResumeTask,
     RunNow,
     RunNowDone,
     Stats,
@@ -25,6 +30,8 @@ from aioclock.dispatcher.core import (
     CANCEL_ANSWER_WAIT,
     Abort,
     ControlCore,
+    NewTask,
+    Reschedule,
     ToControl,
     ToWorker,
 )
@@ -223,3 +230,225 @@ def test_a_worker_joined_under_a_known_index_ends_its_predecessors_runs():
     core.handle(101.5, WorkerJoined(0))  # its loss was never reported
     (stats,) = core.engine.stats()
     assert stats.failures == 1 and "died with exit code None" in stats.last_error
+
+
+# -- runtime control: pause, resume, remove, reschedule, add ----------------------------------
+
+TOCK = ScheduledTask("m:tock", Every(seconds=1))
+
+
+def replies(sends) -> list[ControlReply]:
+    return [frame for frame in to_control(sends) if isinstance(frame, ControlReply)]
+
+
+def stats_of(core, task: str):
+    return next(s for s in core.engine.stats() if s.task == task)
+
+
+def test_pause_drops_the_pending_fire_and_resume_arms_the_schedule_from_now():
+    core = core_with(TICK)
+    core.handle(100.0, Ready(0, 1))
+    assert core.next_wakeup() == 101.0
+    assert core.handle(100.5, PauseTask(1, "m:tick")) == [ToControl(ControlReply(1))]
+    assert core.next_wakeup() is None
+    assert core.tick(101.0) == core.tick(150.0) == []
+    paused = stats_of(core, "m:tick")
+    assert (paused.paused, paused.next_due, paused.missed) == (True, None, 0)  # not missed
+    assert not core.finished  # a paused task keeps the app serving
+    assert replies(core.handle(157.3, ResumeTask(2, "m:tick"))) == [ControlReply(2)]
+    assert core.next_wakeup() == pytest.approx(158.3)  # one period after the resume
+    (fire,) = fires(core.tick(158.3))
+    assert fire.due == pytest.approx(158.3)
+    assert not stats_of(core, "m:tick").paused
+
+
+def test_pause_and_resume_are_idempotent():
+    core = core_with(TICK)
+    core.handle(100.0, Ready(0, 1))
+    assert replies(core.handle(100.1, ResumeTask(1, "m:tick"))) == [ControlReply(1)]
+    assert core.next_wakeup() == 101.0  # not re-armed: nothing changed
+    core.handle(100.2, PauseTask(2, "m:tick"))
+    assert replies(core.handle(100.3, PauseTask(3, "m:tick"))) == [ControlReply(3)]
+    assert core.next_wakeup() is None
+
+
+def test_a_run_in_flight_goes_on_after_a_pause_and_a_waiting_task_is_not_rearmed_by_it():
+    core = core_with(ScheduledTask("m:loop", Forever()))
+    core.handle(100.0, Ready(0, 1))
+    (run,) = fires(core.tick(100.0))
+    core.handle(100.1, PauseTask(1, "m:loop"))
+    assert fires(core.handle(100.5, done(run, 100.5))) == []
+    assert core.next_wakeup() is None and stats_of(core, "m:loop").runs == 1
+    core.handle(101.0, ResumeTask(2, "m:loop"))
+    (again,) = fires(core.tick(101.0))
+    assert again.due == 101.0
+
+
+def test_a_task_paused_before_the_start_is_not_armed_until_resumed():
+    core = core_with(TICK, ScheduledTask("m:boot", OnStartUp()))
+    core.handle(99.0, PauseTask(1, "m:tick"))  # the workers are still starting
+    (boot,) = fires(core.handle(100.0, Ready(0, 1)))
+    core.handle(100.2, done(boot, 100.2))
+    assert core.next_wakeup() is None
+    core.handle(103.0, ResumeTask(2, "m:tick"))
+    assert core.next_wakeup() == 104.0
+
+
+def test_pause_drops_fires_that_wait_for_a_worker_and_they_are_not_counted():
+    core = core_with(TICK)
+    core.handle(100.0, Ready(0, 1))
+    core.handle(100.5, WorkerGone(0, -9))
+    core.handle(100.5, WorkerJoined(0))
+    assert core.tick(101.0) == []  # fired, waiting for the replacement
+    core.handle(101.2, PauseTask(1, "m:tick"))
+    assert fires(core.handle(101.5, Ready(0, 2))) == []
+    stats = stats_of(core, "m:tick")
+    assert (stats.runs, stats.missed) == (0, 0)
+    assert core.engine.in_flight() == {}
+
+
+def test_remove_ends_the_task_keeps_its_stats_and_the_last_removal_ends_the_app():
+    core = core_with(TICK, TOCK, BYE)
+    core.handle(100.0, Ready(0, 1))
+    for sent in fires(core.tick(101.0)):
+        core.handle(101.1, done(sent, 101.1))
+    assert replies(core.handle(101.5, RemoveTask(1, "m:tick"))) == [ControlReply(1)]
+    assert [f.task for f in fires(core.tick(102.0))] == ["m:tock"]
+    removed = stats_of(core, "m:tick")
+    assert (removed.removed, removed.runs, removed.next_due) == (True, 1, None)
+    (reply,) = replies(core.handle(102.1, PauseTask(2, "m:tick")))
+    assert reply.refusal == "unknown" and "no task with id 'm:tick'" in reply.error
+    (run_now,) = to_control(core.handle(102.1, RunNow("m:tick", 3)))
+    assert run_now.outcome == "failed" and "no task with id 'm:tick'" in run_now.error
+
+
+def test_removing_the_last_task_that_can_fire_runs_the_shutdown_tasks():
+    core = core_with(TICK, BYE)
+    core.handle(100.0, Ready(0, 1))
+    sends = core.handle(100.5, RemoveTask(1, "m:tick"))
+    assert replies(sends) == [ControlReply(1)]
+    (bye,) = fires(sends)
+    assert bye.task == "m:bye"
+    assert to_control(core.handle(100.6, done(bye, 100.6))) == [Finished()]
+
+
+def test_a_run_in_flight_of_a_removed_task_still_ends_and_counts():
+    core = core_with(TICK, TOCK)
+    core.handle(100.0, Ready(0, 1))
+    tick = next(f for f in fires(core.tick(101.0)) if f.task == "m:tick")
+    core.handle(101.1, RemoveTask(1, "m:tick"))
+    core.handle(101.4, done(tick, 101.4, "failed"))
+    assert stats_of(core, "m:tick").failures == 1
+
+
+def test_reschedule_replaces_the_schedule_from_now():
+    core = core_with(TICK)
+    core.handle(100.0, Ready(0, 1))
+    sends = core.handle(100.5, Reschedule(1, "m:tick", Every(seconds=10)))
+    assert replies(sends) == [ControlReply(1)]
+    assert core.next_wakeup() == 110.5
+    assert core.tick(101.0) == []  # the old schedule's fire is gone
+    (fire,) = fires(core.tick(110.5))
+    assert fire.due == 110.5
+
+
+def test_a_paused_task_stays_paused_when_rescheduled_and_an_ended_one_fires_again():
+    once = ScheduledTask("m:once", Once())
+    core = core_with(TICK, once)
+    core.handle(100.0, Ready(0, 1))
+    (first,) = fires(core.tick(100.0))
+    core.handle(100.1, done(first, 100.1))
+    (reply,) = replies(core.handle(100.2, PauseTask(1, "m:once")))
+    assert reply.refusal == "conflict" and "will not fire again" in reply.error
+    core.handle(100.3, Reschedule(2, "m:once", Every(seconds=5)))
+    assert stats_of(core, "m:once").next_due == 105.3
+    core.handle(100.4, PauseTask(3, "m:tick"))
+    core.handle(100.5, Reschedule(4, "m:tick", Every(seconds=2)))
+    assert stats_of(core, "m:tick").paused and stats_of(core, "m:tick").next_due is None
+
+
+def test_add_teaches_every_worker_before_the_answer_and_arms_the_task_from_now():
+    core = core_with(TICK, workers=(0, 1))
+    core.handle(100.0, Ready(0, 1))
+    core.handle(100.0, Ready(1, 2))
+    new = ScheduledTask("m:new", Every(seconds=2))
+    sends = core.handle(100.5, NewTask(1, new, sync=True, code=b"task"))
+    assert sends == [
+        ToWorker(0, LearnTask("m:new", b"task")),
+        ToWorker(1, LearnTask("m:new", b"task")),
+        ToControl(ControlReply(1)),
+    ]
+    assert stats_of(core, "m:new").next_due == 102.5
+    (fire,) = [s for s in core.tick(102.5) if s.frame.task == "m:new"]
+    assert fire.sync  # routed as the sync task it is
+    core.handle(103.0, WorkerGone(1, -9))
+    assert core.handle(103.1, WorkerJoined(1)) == [ToWorker(1, LearnTask("m:new", b"task"))]
+
+
+def test_a_removed_task_can_be_added_again_and_its_counters_go_on():
+    core = core_with(TICK)
+    core.handle(100.0, Ready(0, 1))
+    (tick,) = fires(core.tick(101.0))
+    core.handle(101.1, RemoveTask(1, "m:tick"))
+    (reply,) = replies(core.handle(101.2, NewTask(2, TICK)))
+    assert reply == ControlReply(2)
+    core.handle(101.3, done(tick, 101.3))
+    stats = stats_of(core, "m:tick")
+    assert (stats.removed, stats.runs, stats.next_due) == (False, 1, 102.2)
+
+
+@pytest.mark.parametrize(
+    ("event", "refusal", "message"),
+    [
+        (PauseTask(1, "m:nope"), "unknown", "no task with id 'm:nope' is registered"),
+        (ResumeTask(1, "m:nope"), "unknown", "no task with id 'm:nope' is registered"),
+        (RemoveTask(1, "m:nope"), "unknown", "no task with id 'm:nope' is registered"),
+        (Reschedule(1, "m:nope", Every(seconds=1)), "unknown", "no task with id 'm:nope'"),
+        (NewTask(1, TICK), "conflict", "task 'm:tick' is already registered"),
+        (PauseTask(1, "m:bye"), "conflict", "runs at shut-down, outside the schedule"),
+        (Reschedule(1, "m:bye", Every(seconds=1)), "conflict", "cannot be rescheduled"),
+        (Reschedule(1, "m:tick", OnShutDown()), "invalid", "to OnShutDown(): it has no schedule"),
+        (NewTask(1, ScheduledTask("m:late", OnStartUp())), "invalid", "would never run"),
+    ],
+)
+def test_control_requests_that_cannot_apply_are_refused_with_the_reason(event, refusal, message):
+    core = core_with(TICK, BYE)
+    core.handle(100.0, Ready(0, 1))
+    (reply,) = replies(core.handle(100.1, event))
+    assert (reply.request, reply.refusal) == (1, refusal)
+    assert message in reply.error
+    assert core.next_wakeup() == 101.0  # nothing changed
+
+
+def test_control_requests_are_refused_once_the_app_stops():
+    core = core_with(TICK, BYE)
+    core.handle(100.0, Ready(0, 1))
+    core.handle(100.1, Stop(grace=1.0))
+    (reply,) = replies(core.handle(100.2, PauseTask(1, "m:tick")))
+    assert reply.refusal == "stopping" and "was not paused: the app is stopping" in reply.error
+
+
+def test_a_paused_legacy_trigger_does_not_fire_when_its_driver_says_it_is_due():
+    from aioclock.dispatcher.core import ExternalDue
+
+    class Legacy(Every):
+        async def trigger_next(self) -> None: ...
+
+    core = core_with(ScheduledTask("m:old", Legacy(seconds=1)))
+    core.handle(100.0, Ready(0, 1))
+    core.handle(100.1, PauseTask(1, "m:old"))
+    assert core.handle(100.2, ExternalDue("m:old")) == []
+    assert stats_of(core, "m:old").missed == 0
+    core.handle(100.3, ResumeTask(2, "m:old"))
+    assert len(fires(core.handle(100.4, ExternalDue("m:old")))) == 1
+
+
+def test_pausing_and_resuming_a_rarely_due_task_often_leaves_no_heap_behind():
+    core = core_with(ScheduledTask("m:hourly", Every(hours=1)), TICK)
+    core.handle(100.0, Ready(0, 1))
+    for step in range(5000):
+        now = 100.0 + step * 1e-4
+        core.handle(now, PauseTask(2 * step, "m:hourly"))
+        core.handle(now, ResumeTask(2 * step + 1, "m:hourly"))
+    assert len(core.engine._heap) < 2 * 1024 + 2
+    assert core.next_wakeup() == 101.0
