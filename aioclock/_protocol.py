@@ -177,6 +177,17 @@ class LearnTask(msgspec.Struct, frozen=True, tag=True, array_like=True):
     code: bytes
 
 
+class Barrier(msgspec.Struct, frozen=True, tag=True, array_like=True):
+    """To a worker: answer `BarrierPassed` once every run fired before this frame has started."""
+
+    token: int
+
+
+class BarrierPassed(msgspec.Struct, frozen=True, tag=True, array_like=True):
+    worker: int
+    token: int
+
+
 #: Why a control request was refused: no such task (HTTP 404), the task's state forbids it (409),
 #: the app is stopping (503), the request itself is wrong (422).
 Refusal = Literal["unknown", "conflict", "stopping", "invalid"]
@@ -236,6 +247,8 @@ Frame = Union[
     RescheduleTask,
     AddTask,
     LearnTask,
+    Barrier,
+    BarrierPassed,
     ControlReply,
 ]
 

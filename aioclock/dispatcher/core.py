@@ -32,6 +32,8 @@ from typing import Any, NamedTuple, Union
 
 from aioclock._protocol import (
     CANCEL_ANSWER_WAIT,
+    Barrier,
+    BarrierPassed,
     Cancel,
     ControlReply,
     Done,
@@ -74,7 +76,7 @@ class ToWorker(NamedTuple):  # a tuple: one is built per fire, on the hot path
     """Send `frame` to worker `worker`; `sync` marks a fire that will occupy a thread there."""
 
     worker: int
-    frame: Union[Fire, Cancel, Stop, LearnTask]
+    frame: Union[Fire, Cancel, Stop, LearnTask, Barrier]
     sync: bool = False
 
 
@@ -156,6 +158,7 @@ Event = Union[
     RemoveTask,
     Reschedule,
     NewTask,
+    BarrierPassed,
 ]
 
 _VERBS = {
@@ -206,6 +209,8 @@ class ControlCore:
         # run must have answered at the latest.
         self._cancel_at: list[tuple[float, int]] = []
         self._answer_by: dict[int, float] = {}
+        # Pauses waiting for workers to pass a barrier: token -> (workers, the answer).
+        self._barriers: dict[int, tuple[set[int], ControlReply]] = {}
 
     # -- what the driver asks -----------------------------------------------------------------
 
@@ -267,6 +272,8 @@ class ControlCore:
             sends = self._route(self.engine.fire_external(event.task, now), now)
         elif isinstance(event, ExternalEnded):
             sends = self._route(self.engine.external_ended(event.task, now), now)
+        elif isinstance(event, BarrierPassed):
+            sends = self._on_barrier_passed(event.worker, event.token)
         elif isinstance(event, (PauseTask, ResumeTask, RemoveTask, Reschedule, NewTask)):
             sends = self._on_control(event, now)
         else:
@@ -346,6 +353,7 @@ class ControlCore:
         if isinstance(event, PauseTask):
             engine.pause(task_id)
             self._drop_waiting(task_id)
+            return self._answer_once_started(task_id, ControlReply(event.request))
         elif isinstance(event, ResumeTask):
             fires = engine.resume(task_id, now)
         elif isinstance(event, RemoveTask):
@@ -393,6 +401,31 @@ class ControlCore:
             message = f"task {task_id!r} will not fire again (its trigger ended): reschedule it"
             return "conflict", message
         return None
+
+    def _answer_once_started(self, task_id: str, reply: ControlReply) -> list[Send]:
+        """Answer a pause once every run of `task_id` already sent to a worker has started, so
+        that none starts after `pause()` returns: each such worker passes a barrier first (it
+        reads its pipe in order)."""
+        owners = set()
+        for seq, (task, _) in self.engine.in_flight().items():
+            link = self.router.owner(seq)
+            if task == task_id and link is not None and link.alive:
+                owners.add(link.index)
+        if not owners:
+            return [ToControl(reply)]
+        self._barriers[reply.request] = (owners, reply)
+        return [ToWorker(index, Barrier(reply.request)) for index in sorted(owners)]
+
+    def _on_barrier_passed(self, worker: int, token: int) -> list[Send]:
+        pending = self._barriers.get(token)
+        if pending is None:
+            return []
+        waiting_for, reply = pending
+        waiting_for.discard(worker)
+        if waiting_for:
+            return []
+        del self._barriers[token]
+        return [ToControl(reply)]
 
     def _drop_waiting(self, task_id: str) -> None:
         """Fires of `task_id` that wait for a worker never start (a run-now still does)."""
@@ -545,7 +578,10 @@ class ControlCore:
         """A worker died: its runs failed. Fires sent to it after its last `Done` die with it."""
         link = self.router.remove(gone.worker)
         self._expected_ready.discard(gone.worker)
-        sends = self._start_if_ready(now)  # it was the last one the start waited for
+        sends: list[Send] = []
+        for token in list(self._barriers):  # a dead worker starts nothing more
+            sends += self._on_barrier_passed(gone.worker, token)
+        sends += self._start_if_ready(now)  # it was the last one the start waited for
         if link is None:
             return sends
         error = f"worker {gone.worker} died with exit code {gone.exitcode}"

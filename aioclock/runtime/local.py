@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, Any
 
 from aioclock._clock import Clock, Waker, default_clock
 from aioclock._protocol import (
+    Barrier,
+    BarrierPassed,
     Cancel,
     ControlReply,
     Done,
@@ -208,6 +210,10 @@ class LocalRuntime:
                 self._runner.start(send.frame)
             elif isinstance(send.frame, Cancel):
                 self._runner.cancel(send.frame.seq)
+            elif isinstance(send.frame, Barrier):
+                # After the first steps of the runs started above, as a worker answers it.
+                passed = BarrierPassed(LOCAL_WORKER, send.frame.token)
+                asyncio.get_running_loop().call_soon(self._post, passed)
 
     def _on_done(self, done: Done) -> None:
         self._post(done)

@@ -30,6 +30,8 @@ from aioclock._child import (
 )
 from aioclock._logs import ChildLogging, route_records_to_main_process
 from aioclock._protocol import (
+    Barrier,
+    BarrierPassed,
     Cancel,
     Done,
     Fire,
@@ -155,6 +157,10 @@ class Worker:
                 runner.cancel(frame.seq)
             elif isinstance(frame, LearnTask):
                 self._learn(runner, frame)
+            elif isinstance(frame, Barrier):
+                # Queued after the first steps of the runs started above: they have begun.
+                passed = BarrierPassed(self.index, frame.token)
+                asyncio.get_running_loop().call_soon(self._send, passed)
             elif isinstance(frame, Stop):
                 self._stop(frame.grace)
             else:
@@ -184,7 +190,7 @@ class Worker:
         if self._stopped is not None and not self._stopped.done():
             self._stopped.set_result(grace)
 
-    def _send(self, frame: Ready | Done) -> None:
+    def _send(self, frame: Ready | Done | BarrierPassed) -> None:
         os.write(self._done_fd, encode(frame))
 
     def _send_done(self, done: Done) -> None:

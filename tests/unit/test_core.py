@@ -452,3 +452,28 @@ def test_pausing_and_resuming_a_rarely_due_task_often_leaves_no_heap_behind():
         core.handle(now, ResumeTask(2 * step + 1, "m:hourly"))
     assert len(core.engine._heap) < 2 * 1024 + 2
     assert core.next_wakeup() == 101.0
+
+
+def test_a_pause_is_answered_once_the_runs_already_sent_have_started():
+    from aioclock._protocol import Barrier, BarrierPassed, ControlReply, PauseTask
+
+    core = core_with(TICK, workers=(0, 1))
+    core.handle(100.0, Ready(0, 1))
+    core.handle(100.0, Ready(1, 2))
+    (sent,) = core.tick(101.0)  # written to a worker's pipe, maybe not started yet
+    sends = core.handle(101.0, PauseTask(5, "m:tick"))
+    assert sends == [ToWorker(sent.worker, Barrier(5))]  # no answer yet
+    assert core.handle(101.1, BarrierPassed(sent.worker, 5)) == [ToControl(ControlReply(5))]
+    assert core.next_wakeup() is None  # and nothing more of it fires
+
+
+def test_a_pause_with_nothing_in_flight_is_answered_at_once_and_a_lost_worker_releases_it():
+    from aioclock._protocol import Barrier, ControlReply, PauseTask
+
+    core = core_with(TICK, workers=(0,))
+    core.handle(100.0, Ready(0, 1))
+    assert core.handle(100.5, PauseTask(1, "m:tick")) == [ToControl(ControlReply(1))]
+    core.handle(100.6, ResumeTask(2, "m:tick"))
+    core.tick(101.6)
+    assert core.handle(101.7, PauseTask(3, "m:tick")) == [ToWorker(0, Barrier(3))]
+    assert ToControl(ControlReply(3)) in core.handle(101.8, WorkerGone(0, -9))
