@@ -12,7 +12,16 @@ import itertools
 from collections.abc import Callable
 from typing import Any, Protocol, Union
 
-from aioclock._protocol import ControlReply, Reply, RunNowDone, Stats, TaskStats
+from aioclock._protocol import (
+    ControlReply,
+    PauseTask,
+    RemoveTask,
+    Reply,
+    ResumeTask,
+    RunNowDone,
+    Stats,
+    TaskStats,
+)
 from aioclock._task import Task
 from aioclock.exceptions import (
     AppStoppedError,
@@ -107,3 +116,20 @@ class Requests:
         for waiting in self._waiting.values():
             if not waiting.done():
                 waiting.set_exception(AppStoppedError("no answer came"))
+
+
+class ControlVerbs:
+    """The control verbs both runtimes offer: each is one question to the control core."""
+
+    async def _ask_core(self, task: Task, request: Callable[[int], Any]) -> None:
+        """Send `request(number)` to the core; raise if it refused (see `raise_for_refusal`)."""
+        raise NotImplementedError
+
+    async def pause(self, task: Task) -> None:
+        await self._ask_core(task, lambda number: PauseTask(number, task.name))
+
+    async def resume(self, task: Task) -> None:
+        await self._ask_core(task, lambda number: ResumeTask(number, task.name))
+
+    async def remove(self, task: Task) -> None:
+        await self._ask_core(task, lambda number: RemoveTask(number, task.name))

@@ -23,10 +23,7 @@ from aioclock._protocol import (
     ControlReply,
     Done,
     Fire,
-    PauseTask,
     Ready,
-    RemoveTask,
-    ResumeTask,
     RunNow,
     RunNowDone,
     Stats,
@@ -48,7 +45,7 @@ from aioclock.dispatcher.core import (
     ToControl,
 )
 from aioclock.dispatcher.engine import ScheduledTask, schedule_of
-from aioclock.runtime import Requests, raise_for_refusal, result_of_run_now
+from aioclock.runtime import ControlVerbs, Requests, raise_for_refusal, result_of_run_now
 from aioclock.runtime.legacy import drive_legacy_trigger
 from aioclock.runtime.signals import StopSignals
 from aioclock.triggers import BaseTrigger
@@ -63,7 +60,7 @@ logger = logging.getLogger(__name__)
 LOCAL_WORKER = 0
 
 
-class LocalRuntime:
+class LocalRuntime(ControlVerbs):
     """Fires and runs every task in the current event loop.
 
     Without a `clock`, it takes the running loop's (`default_clock()`): wall-clock time, or the
@@ -102,20 +99,14 @@ class LocalRuntime:
         reply: RunNowDone = await self._requests.ask(lambda number: RunNow(task.name, number))
         return result_of_run_now(task, reply, self._runner.take_reply(reply.seq))
 
-    async def pause(self, task: Task) -> None:
-        await self._control(task, lambda number: PauseTask(number, task.name))
-
-    async def resume(self, task: Task) -> None:
-        await self._control(task, lambda number: ResumeTask(number, task.name))
-
     async def remove(self, task: Task) -> None:
-        await self._control(task, lambda number: RemoveTask(number, task.name))
+        await super().remove(task)
         driver = self._drivers.pop(task.name, None)
         if driver is not None:
             driver.cancel()
 
     async def reschedule(self, task: Task, trigger: BaseTrigger[Any]) -> None:
-        await self._control(task, lambda number: Reschedule(number, task.name, trigger))
+        await self._ask_core(task, lambda number: Reschedule(number, task.name, trigger))
 
     async def add_task(self, task: Task) -> None:
         """The runner knows the task before the core may fire it."""
@@ -124,7 +115,7 @@ class LocalRuntime:
         self._runner.add(task)
         spec = ScheduledTask(task.name, task.trigger, task.max_instances)
         try:
-            await self._control(task, lambda number: NewTask(number, spec, not task.is_async))
+            await self._ask_core(task, lambda number: NewTask(number, spec, not task.is_async))
         except BaseException:
             if previous is not None:
                 self._tasks[task.name] = previous
@@ -133,7 +124,7 @@ class LocalRuntime:
         if task.trigger._is_legacy():
             self._drive_legacy(task.name)
 
-    async def _control(self, task: Task, request: Callable[[int], Control]) -> None:
+    async def _ask_core(self, task: Task, request: Callable[[int], Control]) -> None:
         reply: ControlReply = await self._requests.ask(request)
         raise_for_refusal(task, reply)
 

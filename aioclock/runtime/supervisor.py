@@ -34,13 +34,10 @@ from aioclock._protocol import (
     Frame,
     FrameReader,
     Listening,
-    PauseTask,
     Ping,
     Pong,
     Ready,
-    RemoveTask,
     RescheduleTask,
-    ResumeTask,
     RunNow,
     RunNowDone,
     Stats,
@@ -57,7 +54,7 @@ from aioclock.dispatcher.core import CANCEL_ANSWER_WAIT
 from aioclock.dispatcher.engine import ScheduledTask, schedule_of
 from aioclock.dispatcher.payload import DispatcherPayload
 from aioclock.exceptions import AppStoppedError, WorkerProcessError
-from aioclock.runtime import Requests, raise_for_refusal, result_of_run_now
+from aioclock.runtime import ControlVerbs, Requests, raise_for_refusal, result_of_run_now
 from aioclock.runtime.channel import ControlChannel
 from aioclock.runtime.launch import DispatcherProcess, main_script_path, stop_signals_held
 from aioclock.runtime.signals import StopSignals
@@ -140,7 +137,7 @@ def _for_dispatcher(obj: object, what: str) -> bytes:
         ) from error
 
 
-class Supervisor:
+class Supervisor(ControlVerbs):
     def __init__(self, app: AioClock) -> None:
         refuse_to_serve_while_importing_main()  # a script without `if __name__ == "__main__":`
         self._app = app
@@ -409,14 +406,8 @@ class Supervisor:
         reply: RunNowDone = await self._requests.ask(lambda number: RunNow(task.name, number))
         return result_of_run_now(task, reply, unpack_reply(reply.result))
 
-    async def pause(self, task: Task) -> None:
-        await self._ask_core(task, lambda number: PauseTask(number, task.name))
-
-    async def resume(self, task: Task) -> None:
-        await self._ask_core(task, lambda number: ResumeTask(number, task.name))
-
     async def remove(self, task: Task) -> None:
-        await self._ask_core(task, lambda number: RemoveTask(number, task.name))
+        await super().remove(task)
         self._tasks.pop(task.name, None)
 
     async def reschedule(self, task: Task, trigger: BaseTrigger[Any]) -> None:
