@@ -145,7 +145,11 @@ async def test_cancelling_the_app_while_a_sync_task_overruns_its_timeout_ends(ev
     app.task(trigger=Every(hours=1))(tasks.probe)  # keeps the app alive after the Once
     serving = asyncio.create_task(app.serve())
     await events.wait_for(lambda e: "sync_overruns_timeout:start" in [x["name"] for x in e])
-    await asyncio.sleep(0.5)  # the timeout passes; the worker replaces itself
+    first_worker = {process.pid for process in app._runtime._workers.values()}
+    for _ in range(HANG_GUARD * 50):  # until the worker has replaced itself (past the timeout)
+        if {process.pid for process in app._runtime._workers.values()} != first_worker:
+            break
+        await asyncio.sleep(0.02)
     serving.cancel()
     with pytest.raises(asyncio.CancelledError):
         await asyncio.wait_for(serving, HANG_GUARD)

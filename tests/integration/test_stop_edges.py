@@ -97,7 +97,10 @@ async def test_serve_cancelled_again_during_the_grace_reaps_without_replacing_wo
     serving = asyncio.create_task(app.serve())
     await events.wait_for(lambda e: "long_async:start" in [x["name"] for x in e])
     serving.cancel()
-    await asyncio.sleep(0.1)
+    for _ in range(HANG_GUARD * 100):  # until the first cancellation has begun the stop
+        if app._runtime._stopping:
+            break
+        await asyncio.sleep(0.01)
     serving.cancel()  # a second cancellation, during the grace: stop now
     with pytest.raises(asyncio.CancelledError):
         await asyncio.wait_for(serving, HANG_GUARD)
