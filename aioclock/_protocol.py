@@ -208,10 +208,12 @@ class Listening(msgspec.Struct, frozen=True, tag=True, array_like=True):
 
 
 class WorkerGone(msgspec.Struct, frozen=True, tag=True, array_like=True):
-    """The supervisor tells the dispatcher that worker `worker` exited with `exitcode`."""
+    """The supervisor tells the dispatcher that worker `worker` exited with `exitcode`;
+    `reason`: why, when the supervisor ended it (its event loop stalled, say)."""
 
     worker: int
     exitcode: Union[int, None]
+    reason: Union[str, None] = None
 
 
 class WorkerJoined(msgspec.Struct, frozen=True, tag=True, array_like=True):

@@ -88,6 +88,11 @@ class AioClock:
     0.90 / 2.93 ms with one CPU kept free (16 cores, 15 jobs). All of an app's async task code
     then runs on that CPU: an app with heavy async code can choose `0`. An app without sync
     tasks gets no affinity.
+    `loop_stall_timeout` (`workers >= 1`): a worker whose event loop has not turned for this
+    many seconds (an async task that calls `time.sleep`, a C call that holds the GIL) is
+    replaced; the stack that held its loop is logged and its runs are reported as crashed.
+    None: never. Seen from the supervisor, through shared memory and a signal that
+    `faulthandler` answers, so a loop that holds the GIL is caught too.
     """
 
     def __init__(
@@ -101,6 +106,7 @@ class AioClock:
         handle_signals: bool | None = None,
         sync_task_priority: SyncTaskPriority = "idle",
         scheduling_cpus: int | None = None,
+        loop_stall_timeout: float | None = 10.0,
     ) -> None:
         settings = Settings(  # validates each, naming the setting and the value
             workers=workers,
@@ -108,6 +114,7 @@ class AioClock:
             shutdown_timeout=shutdown_timeout,
             sync_task_priority=sync_task_priority,
             scheduling_cpus=scheduling_cpus,
+            loop_stall_timeout=loop_stall_timeout,
         )
         self.lifespan = lifespan
         self.workers = settings.workers
@@ -116,6 +123,7 @@ class AioClock:
         self.handle_signals = handle_signals
         self.sync_task_priority = settings.sync_task_priority
         self.scheduling_cpus = settings.scheduling_cpus
+        self.loop_stall_timeout = settings.loop_stall_timeout
         self._app_group = Group(limiter=limiter)
         self._groups: list[Group] = []
         self._overrides: list[tuple[Callable[..., Any], Callable[..., Any]]] = []

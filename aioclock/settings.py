@@ -14,7 +14,7 @@ ValueError: workers must be an integer >= 0, got -1
 >>> base.layered(environ={"AIOCLOCK_WORKERS": "2", "AIOCLOCK_SHUTDOWN_TIMEOUT": "3"},
 ...              given={"workers": 1})
 Settings(workers=1, start_method='spawn', shutdown_timeout=3.0, sync_task_priority='idle', \
-scheduling_cpus=None)
+scheduling_cpus=None, loop_stall_timeout=10.0)
 """
 
 from __future__ import annotations
@@ -55,6 +55,20 @@ def _shutdown_timeout(value: Any) -> float:
     return float(value)
 
 
+def _loop_stall_timeout(value: Any) -> float | None:
+    if value is None:
+        return None
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not (math.isfinite(value) and value > 0)
+    ):
+        raise ValueError(
+            f"loop_stall_timeout must be a finite number of seconds > 0, or None, got {value!r}"
+        )
+    return float(value)
+
+
 def _sync_task_priority(value: Any) -> SyncTaskPriority:
     if value not in ("idle", "low", "normal"):
         raise ValueError(f"sync_task_priority must be 'idle', 'low' or 'normal', got {value!r}")
@@ -74,6 +88,7 @@ class Settings:
     shutdown_timeout: float = 10.0
     sync_task_priority: SyncTaskPriority = "idle"
     scheduling_cpus: int | None = None
+    loop_stall_timeout: float | None = 10.0
 
     def __post_init__(self) -> None:
         for option in OPTIONS:
@@ -124,13 +139,16 @@ def _integer(name: str, minimum: int) -> Callable[[str], Any]:
     return parse
 
 
-def _seconds(text: str) -> Any:
-    try:
-        return float(text)
-    except ValueError:
-        raise ValueError(
-            f"shutdown_timeout must be a finite number of seconds >= 0, got {text!r}"
-        ) from None
+def _seconds(name: str, rule: str) -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
+        if "or None" in rule and text.strip().lower() == "none":
+            return None
+        try:
+            return float(text)
+        except ValueError:
+            raise ValueError(f"{name} must be {rule}, got {text!r}") from None
+
+    return parse
 
 
 def _cpus(text: str) -> Any:
@@ -182,7 +200,7 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "shutdown_timeout",
         _shutdown_timeout,
-        _seconds,
+        _seconds("shutdown_timeout", "a finite number of seconds >= 0"),
         "S",
         "seconds a stop waits for running tasks (and for each shut-down task) before "
         "cancelling them",
@@ -201,5 +219,13 @@ OPTIONS: tuple[Option, ...] = (
         "K",
         "CPUs kept for the dispatcher and the workers' event loops (Linux); 0: no affinity; "
         "'none': chosen from sync_task_priority",
+    ),
+    Option(
+        "loop_stall_timeout",
+        _loop_stall_timeout,
+        _seconds("loop_stall_timeout", "a finite number of seconds > 0, or None"),
+        "S",
+        "a worker whose event loop has not turned for S seconds is replaced, and the stack "
+        "that held it logged; 'none': never",
     ),
 )

@@ -584,7 +584,10 @@ class ControlCore:
         sends += self._start_if_ready(now)  # it was the last one the start waited for
         if link is None:
             return sends
-        error = f"worker {gone.worker} died with exit code {gone.exitcode}"
+        if gone.reason is not None:
+            error = f"worker {gone.worker} was replaced: {gone.reason}"
+        else:
+            error = f"worker {gone.worker} died with exit code {gone.exitcode}"
         for seq in list(link.in_flight):
             task_id = (self.engine.flight(seq) or ("?", now))[0]
             logger.error("run %d of %s failed: %s", seq, task_id, error)

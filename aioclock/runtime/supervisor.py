@@ -26,6 +26,7 @@ from multiprocessing.process import BaseProcess
 from typing import TYPE_CHECKING, Any, Union
 
 from aioclock._child import exit_reason, plan_cpus, refuse_to_serve_while_importing_main
+from aioclock._heartbeat import STACK_SIGNAL, LoopBeats, beat_interval, held_by, loop_stack
 from aioclock._logs import LogListener
 from aioclock._protocol import (
     AddTask,
@@ -71,6 +72,9 @@ Child = Union[BaseProcess, DispatcherProcess]
 #: The dispatcher is pinged this often, and killed if it has not answered for LIVENESS_TIMEOUT.
 PING_INTERVAL = 1.0
 LIVENESS_TIMEOUT = 5.0
+
+#: How long a stalled worker gets to write its threads' stacks before it is killed.
+STACK_WAIT = 0.25
 
 #: How long stopped children get to exit on their own before they are killed.
 EXIT_WAIT = 5.0
@@ -148,14 +152,21 @@ class Supervisor(ControlVerbs):
         self._context: Any = multiprocessing.get_context(app.start_method)
         has_sync_tasks = any(not task.is_async for task in self._tasks.values())
         self._logs = LogListener()  # every child's records reach this process's handlers
+        stall_timeout = app.loop_stall_timeout
+        self._beats = None if stall_timeout is None else LoopBeats(self._context, app.workers)
         self._settings = WorkerSettings(
             logs=self._logs.child_logging(),
             sync_task_priority=app.sync_task_priority,
             cpus=plan_cpus(app.scheduling_cpus, has_sync_tasks, app.sync_task_priority),
+            beats=self._beats,
+            loop_stall_timeout=stall_timeout,
         )
         self._dispatcher: DispatcherProcess | None = None
         self._workers: dict[int, BaseProcess] = {}
         self._lifelines: dict[int, int] = {}
+        self._stack_pipes: dict[int, int] = {}  # read ends: where a worker writes its stacks
+        self._ending: dict[int, str] = {}  # workers this process ends, and why
+        self._loop_watch: asyncio.TimerHandle | None = None
         self._ready: set[int] = set()
         self._control: ControlChannel | None = None
         self._control_reader = FrameReader()
@@ -229,6 +240,7 @@ class Supervisor(ControlVerbs):
                 os.close(done)
         self._dispatcher = dispatcher
         self._watch_exit(loop, dispatcher, self._on_dispatcher_exit)
+        self._watch_loops(loop)
         logger.info(
             "started dispatcher (pid %s) and %d workers (pids %s)",
             dispatcher.pid,
@@ -245,11 +257,15 @@ class Supervisor(ControlVerbs):
         fire_read, fire_write = os.pipe()
         done_read, done_write = os.pipe()
         lifeline_read, lifeline_write = os.pipe()
+        stack_read, stack_write = os.pipe()
         carried = (
             Connection(fire_read, writable=False),
             Connection(done_write, readable=False),
             Connection(lifeline_read, writable=False),
+            Connection(stack_write, readable=False),
         )
+        if self._beats is not None:
+            self._beats.reset(index)
         process = self._context.Process(
             target=worker_main,
             name=f"aioclock-worker-{index}",
@@ -258,7 +274,7 @@ class Supervisor(ControlVerbs):
         try:
             await asyncio.to_thread(_start_holding_stop_signals, process)
         except BaseException:
-            for fd in (fire_write, done_read, lifeline_write):
+            for fd in (fire_write, done_read, lifeline_write, stack_read):
                 os.close(fd)
             raise
         finally:
@@ -267,6 +283,8 @@ class Supervisor(ControlVerbs):
         self._workers[index] = process
         os.set_blocking(lifeline_write, False)
         self._lifelines[index] = lifeline_write
+        os.set_blocking(stack_read, False)
+        self._stack_pipes[index] = stack_read
         self._watch_exit(loop, process, lambda p, i=index: self._on_worker_exit(i, p))
         return fire_write, done_read
 
@@ -300,10 +318,79 @@ class Supervisor(ControlVerbs):
         self._send(Ping(self._requests.next_number()))
         self._pinger = loop.call_later(PING_INTERVAL, self._check_liveness, loop)
 
+    # -- event loops that stop turning -------------------------------------------------------
+
+    def _watch_loops(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Look at every ready worker's loop beats, and replace a worker whose loop stalled."""
+        timeout = self._app.loop_stall_timeout
+        if self._beats is None or timeout is None or self._reaping:
+            return
+        now_ns = time.monotonic_ns()
+        for index in sorted(self._ready):
+            process = self._workers.get(index)
+            silent = self._beats.silent_for(index, now_ns)
+            if process is None or silent is None or silent <= timeout:
+                continue
+            if index not in self._ending and process.is_alive():
+                self._on_loop_stalled(loop, index, process, silent)
+        self._loop_watch = loop.call_later(beat_interval(timeout), self._watch_loops, loop)
+
+    def _on_loop_stalled(
+        self, loop: asyncio.AbstractEventLoop, index: int, process: BaseProcess, silent: float
+    ) -> None:
+        """Ask the worker for its stacks (answered from C, even while its loop holds the GIL),
+        then kill it: its exit is handled as a crash, with this reason."""
+        self._ending[index] = f"its event loop did not turn for {silent:.1f} s"
+        try:
+            os.kill(process.pid or 0, STACK_SIGNAL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        loop.call_later(STACK_WAIT, self._end_stalled, index, process, silent)
+
+    def _end_stalled(self, index: int, process: BaseProcess, silent: float) -> None:
+        if self._workers.get(index) is not process or not process.is_alive():
+            return
+        assert self._beats is not None
+        frames = loop_stack(self._read_stacks(index), self._beats.loop_thread(index))
+        reason = (
+            f"its event loop did not turn for {silent:.1f} s "
+            f"(loop_stall_timeout={self._app.loop_stall_timeout:g} s), held by {held_by(frames)}"
+        )
+        self._ending[index] = reason
+        stack = "\n  ".join(frames) or "(no stack came: the process did not answer)"
+        logger.error(
+            "worker %d (pid %s): %s; killing it. Its event loop's stack, most recent call "
+            "first:\n  %s",
+            index,
+            process.pid,
+            reason,
+            stack,
+        )
+        process.kill()
+
+    def _read_stacks(self, index: int) -> str:
+        fd = self._stack_pipes.get(index)
+        chunks: list[bytes] = []
+        while fd is not None:
+            try:
+                chunk = os.read(fd, 65536)
+            except BlockingIOError:
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+        return b"".join(chunks).decode("utf-8", "replace")
+
+    # -- process exits, continued ---------------------------------------------------------------
+
     def _on_worker_exit(self, index: int, process: BaseProcess) -> None:
         if self._workers.get(index) is not process:
             return
         code = process.exitcode
+        reason = self._ending.pop(index, None)
+        stack_pipe = self._stack_pipes.pop(index, None)
+        if stack_pipe is not None:
+            os.close(stack_pipe)
         self._read_control()  # a Finished frame may be waiting: then this exit is expected
         if self._reaping or self._aborted or self._fatal is not None or self._dispatcher_done:
             logger.debug("worker %d exited with code %s", index, code)
@@ -316,12 +403,15 @@ class Supervisor(ControlVerbs):
             )
             self._fail(WorkerProcessError(reason))
             return
-        logger.error(
-            "worker %d (pid %s) died with exit code %s; replacing it", index, process.pid, code
-        )
+        if reason is None:
+            logger.error(
+                "worker %d (pid %s) died with exit code %s; replacing it", index, process.pid, code
+            )
+        else:
+            logger.error("worker %d (pid %s) ended (%s); replacing it", index, process.pid, reason)
         self._ready.discard(index)
         os.close(self._lifelines.pop(index))
-        self._send(WorkerGone(index, code))
+        self._send(WorkerGone(index, code, reason))
         replacing = asyncio.get_running_loop().create_task(self._replace_worker(index))
         self._replacements.add(replacing)
         replacing.add_done_callback(self._replacements.discard)
@@ -493,7 +583,7 @@ class Supervisor(ControlVerbs):
         self._reaping = True
         if self._replacements:  # a worker being started is stopped like the others
             await asyncio.wait(set(self._replacements))
-        for timer in (self._pinger, self._stop_watchdog):
+        for timer in (self._pinger, self._stop_watchdog, self._loop_watch):
             if timer is not None:
                 timer.cancel()
         grace = 0.0 if self._fatal is None else self._app.shutdown_timeout
@@ -513,9 +603,10 @@ class Supervisor(ControlVerbs):
         for sentinel, exited in self._exits.items():
             if not exited.done():  # a reaped child's number may belong to someone else now
                 loop.remove_reader(sentinel)
-        for lifeline in self._lifelines.values():
-            os.close(lifeline)
+        for fd in (*self._lifelines.values(), *self._stack_pipes.values()):
+            os.close(fd)
         self._lifelines.clear()
+        self._stack_pipes.clear()
         if self._dispatcher is not None:
             self._dispatcher.close()
         if self._control is not None:

@@ -28,6 +28,7 @@ from aioclock._child import (
     settle_garbage_collector,
     take_fd,
 )
+from aioclock._heartbeat import LoopBeats, answer_stack_signal, beat_interval
 from aioclock._logs import ChildLogging, route_records_to_main_process
 from aioclock._protocol import (
     Barrier,
@@ -62,6 +63,9 @@ class WorkerSettings:
     logs: ChildLogging
     sync_task_priority: str
     cpus: CpuPlan
+    # Where the loop beats, and how often, for the supervisor to see it turn; None: unwatched.
+    beats: LoopBeats | None = None
+    loop_stall_timeout: float | None = None
 
 
 def worker_main(
@@ -70,10 +74,12 @@ def worker_main(
     fire: Connection,
     done: Connection,
     lifeline: Connection,
+    stacks: Connection,
     settings: WorkerSettings,
 ) -> None:
     """Entry point of a worker process (module level, so every start method finds it)."""
     prepare_child(settings.logs)
+    answer_stack_signal(take_fd(stacks))  # the supervisor asks when this loop stalls
     keep_to_cpus(settings.cpus.scheduling)  # the event loop; sync threads move to their CPUs
     # Unpickling imports the user's modules: every task function is found by module and name.
     # The tasks come without their triggers (the dispatcher keeps those).
@@ -135,12 +141,29 @@ class Worker:
             loop.add_reader(self._fire_fd, self._read_fires)
             loop.add_reader(self._lifeline_fd, self._read_lifeline)
             settle_garbage_collector()
+            self._start_beating()
             self._send(Ready(self.index, os.getpid()))
             grace = await self._stopped
             loop.remove_reader(self._fire_fd)
             loop.remove_reader(self._lifeline_fd)
             await self._runner.cancel_all(grace)
         executor.shutdown(wait=False, cancel_futures=True)
+
+    def _start_beating(self) -> None:
+        beats = self._settings.beats
+        timeout = self._settings.loop_stall_timeout
+        if beats is None or timeout is None:
+            return
+        beats.started(self.index)
+        loop = asyncio.get_running_loop()
+        interval = beat_interval(timeout)
+        index = self.index
+
+        def beat() -> None:
+            beats.beat(index)
+            loop.call_later(interval, beat)
+
+        loop.call_later(interval, beat)
 
     def _read_fires(self) -> None:
         frames = read_frames(self._fire_fd, self._fire_reader)

@@ -120,6 +120,7 @@ def test_each_option_maps_onto_one_keyword_of_aioclock():
         "--shutdown-timeout",
         "--sync-task-priority",
         "--scheduling-cpus",
+        "--loop-stall-timeout",
     ]
     assert OPTIONS[0].env_var == "AIOCLOCK_WORKERS"
 
