@@ -14,7 +14,7 @@ import os
 import pickle
 import struct
 from collections.abc import Sequence
-from typing import Any, Literal, Union
+from typing import Any, ClassVar, Literal, Union
 
 import msgspec
 
@@ -222,6 +222,37 @@ class WorkerJoined(msgspec.Struct, frozen=True, tag=True, array_like=True):
     worker: int
 
 
+class Checkpoint(msgspec.Struct, frozen=True, tag=True, array_like=True):
+    """What the dispatcher's schedule has become since its previous checkpoint, written behind
+    the fires: the supervisor keeps it, to start another dispatcher where this one was.
+
+    `progress`: a pickled {task id: TaskProgress} of the tasks that changed; `seq`: the last run
+    number used; `running`: the schedule has started (the start-up tasks are done).
+    """
+
+    seq: int
+    running: bool
+    progress: bytes
+
+
+class Rejoin(msgspec.Struct, frozen=True, tag=True, array_like=True):
+    """A dispatcher that replaces one that died asks a worker what it runs."""
+
+
+class InFlight(msgspec.Struct, frozen=True, tag=True, array_like=True):
+    """A worker's answer to `Rejoin`, once it has started every fire sent before it: its runs
+    still going (seq, task, due) and the latest scheduled due it started per task."""
+
+    #: How many (task, due) pairs one frame carries at most.
+    PAGE: ClassVar[int] = 5000
+
+    worker: int
+    pid: int
+    runs: list[tuple[int, str, float]]
+    last_dues: list[tuple[str, float]]
+    final: bool = True  # a long answer comes in several frames; the last one says so
+
+
 class Finished(msgspec.Struct, frozen=True, tag=True, array_like=True):
     """The dispatcher has nothing left to fire and waits for no run (each ended or was given
     up): the exits of the workers that follow are expected."""
@@ -252,6 +283,9 @@ Frame = Union[
     Barrier,
     BarrierPassed,
     ControlReply,
+    Checkpoint,
+    Rejoin,
+    InFlight,
 ]
 
 _encoder = msgspec.msgpack.Encoder()

@@ -13,7 +13,7 @@ their state must cost no more than an attribute access.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 __all__ = ["COINCIDENT", "Earliest", "FixedRate", "NextDue", "Schedule"]
 
@@ -80,6 +80,31 @@ class Schedule:
     def _consume(self, now: float, due: float) -> None:
         self.previous = due
         self.count += 1
+
+    def progress(self) -> tuple[Any, ...]:
+        """Where this schedule is, without its trigger: `restore` on a fresh schedule of the same
+        trigger (in another process, say) continues from here.
+
+        >>> from aioclock import Every
+        >>> schedule = Every(seconds=10)._new_schedule()
+        >>> schedule.advance(100.0), schedule.advance(100.0)
+        (110.0, 120.0)
+        >>> copy = Every(seconds=10)._new_schedule()
+        >>> copy.restore(schedule.progress())
+        >>> copy.advance(200.0)
+        130.0
+        """
+        return tuple(getattr(self, name) for name in _moving(type(self)))
+
+    def restore(self, progress: tuple[Any, ...]) -> None:
+        """Continue from `progress` (see `progress`); ValueError if it is another kind's."""
+        self._restore_slots(_moving(type(self)), progress)
+
+    def _restore_slots(self, names: list[str], values: tuple[Any, ...]) -> None:
+        if len(values) != len(names):
+            raise ValueError(f"the progress of another kind of schedule than {type(self).__name__}")
+        for name, value in zip(names, values, strict=True):
+            setattr(self, name, value)
 
     def __eq__(self, other: object) -> bool:
         """Same kind, same progress (the trigger itself is not compared)."""
@@ -164,6 +189,20 @@ class Earliest(Schedule):
             for inner, due in zip(self.inners, self.pending, strict=True)
         )
 
+    def progress(self) -> tuple[Any, ...]:
+        base = tuple(getattr(self, name) for name in _moving(Schedule))
+        inners = tuple(inner.progress() for inner in self.inners)
+        return (*base, tuple(self.pending), inners)
+
+    def restore(self, progress: tuple[Any, ...]) -> None:
+        *base, pending, inners = progress
+        if len(inners) != len(self.inners) or len(pending) != len(self.inners):
+            raise ValueError("the progress of an OrTrigger with other inner triggers")
+        for inner, inner_progress in zip(self.inners, inners, strict=True):
+            inner.restore(inner_progress)
+        self._restore_slots(_moving(Schedule), tuple(base))
+        self.pending = list(pending)
+
     def _next(self, now: float) -> float | None:
         dues = [
             inner.peek(now) if due is None else due
@@ -186,3 +225,18 @@ def _progress(cls: type) -> list[str]:
     """The slots of `cls` that hold progress, for equality and repr."""
     names = [name for klass in reversed(cls.__mro__) for name in getattr(klass, "__slots__", ())]
     return [name for name in names if name not in ("trigger", "gate")]
+
+
+#: Slots that a fresh schedule of the same trigger already holds: a checkpoint leaves them out.
+_FROM_THE_TRIGGER = ("limit", "period", "immediate")
+
+
+def _moving(cls: type) -> list[str]:
+    """The slots of `cls` that change as the schedule advances."""
+    names = _MOVING.get(cls)
+    if names is None:
+        names = _MOVING[cls] = [name for name in _progress(cls) if name not in _FROM_THE_TRIGGER]
+    return names
+
+
+_MOVING: dict[type, list[str]] = {}

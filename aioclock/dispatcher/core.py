@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import heapq
 import logging
+import pickle
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -35,17 +36,20 @@ from aioclock._protocol import (
     Barrier,
     BarrierPassed,
     Cancel,
+    Checkpoint,
     ControlReply,
     Done,
     Finished,
     Fire,
     Frame,
+    InFlight,
     LearnTask,
     PauseTask,
     Ping,
     Pong,
     Ready,
     Refusal,
+    Rejoin,
     RemoveTask,
     ResumeTask,
     RunNow,
@@ -76,7 +80,7 @@ class ToWorker(NamedTuple):  # a tuple: one is built per fire, on the hot path
     """Send `frame` to worker `worker`; `sync` marks a fire that will occupy a thread there."""
 
     worker: int
-    frame: Union[Fire, Cancel, Stop, LearnTask, Barrier]
+    frame: Union[Fire, Cancel, Stop, LearnTask, Barrier, Rejoin]
     sync: bool = False
 
 
@@ -159,6 +163,7 @@ Event = Union[
     Reschedule,
     NewTask,
     BarrierPassed,
+    InFlight,
 ]
 
 _VERBS = {
@@ -172,6 +177,17 @@ _PAST = {"pause": "paused", "resume": "resumed", "remove": "removed", "reschedul
 
 
 _STOPPING = (Phase.DRAINING, Phase.SHUTDOWN, Phase.FINISHED)
+
+#: A checkpoint frame carries the progress of at most this many tasks (a frame stays small).
+CHECKPOINT_PAGE = 500
+
+
+@dataclass(frozen=True)
+class Resume:
+    """Where a dispatcher that died left the schedule: its checkpoints, merged."""
+
+    progress: dict[str, tuple[Any, ...]]  # TaskProgress fields per task
+    last_seq: int
 
 
 class ControlCore:
@@ -189,8 +205,12 @@ class ControlCore:
         workers: Iterable[int],
         sync_tasks: frozenset[str] = frozenset(),
         publish_due_times: bool = False,
+        resume: Resume | None = None,
     ) -> None:
         self.engine = DeadlineEngine(schedule, publish_due_times=publish_due_times)
+        self._resuming = resume is not None
+        if resume is not None:
+            self.engine.restore(resume.progress, resume.last_seq)
         self.router = Router()
         self._sync_tasks = set(sync_tasks)
         self._learned: dict[str, bytes] = {}  # tasks added while serving: what workers need
@@ -213,6 +233,24 @@ class ControlCore:
         self._barriers: dict[int, tuple[set[int], ControlReply]] = {}
 
     # -- what the driver asks -----------------------------------------------------------------
+
+    def opening(self) -> list[Send]:
+        """What to send first: taking over from a dispatcher that died, ask every worker what
+        it runs (each answers `InFlight` once it has started what was sent before)."""
+        if not self._resuming:
+            return []
+        return [ToWorker(index, Rejoin()) for index in sorted(self.router.workers)]
+
+    def checkpoints(self, pages: int | None = None) -> list[Checkpoint]:
+        """The progress of the tasks that changed since last asked, in frames of at most
+        CHECKPOINT_PAGE tasks; `pages` frames at most (None: all)."""
+        engine = self.engine
+        frames: list[Checkpoint] = []
+        while engine.has_progress() and (pages is None or len(frames) < pages):
+            progress = engine.take_progress(CHECKPOINT_PAGE)
+            running = engine.phase is not Phase.STARTUP
+            frames.append(Checkpoint(engine.last_seq, running, pickle.dumps(progress, protocol=5)))
+        return frames
 
     @property
     def finished(self) -> bool:
@@ -274,6 +312,8 @@ class ControlCore:
             sends = self._route(self.engine.external_ended(event.task, now), now)
         elif isinstance(event, BarrierPassed):
             sends = self._on_barrier_passed(event.worker, event.token)
+        elif isinstance(event, InFlight):
+            sends = self._on_in_flight(event, now)
         elif isinstance(event, (PauseTask, ResumeTask, RemoveTask, Reschedule, NewTask)):
             sends = self._on_control(event, now)
         else:
@@ -303,6 +343,20 @@ class ControlCore:
         link.ready = True
         self._expected_ready.discard(ready.worker)
         return [ToControl(ready), *self._start_if_ready(now), *self._route_waiting(now)]
+
+    def _on_in_flight(self, answer: InFlight, now: float) -> list[Send]:
+        """A worker's runs for the dispatcher that died: waited for, routed back to it."""
+        link = self.router.workers.get(answer.worker)
+        if link is None:
+            return []
+        self.engine.adopt(answer.runs)
+        self.engine.started_there(answer.last_dues)
+        for seq, task_id, _ in answer.runs:
+            if self.engine.flight(seq) is not None and self.router.owner(seq) is None:
+                self.router.assign(link, seq, task_id in self._sync_tasks)
+        if not answer.final:
+            return []
+        return self._on_ready(Ready(answer.worker, answer.pid), now)
 
     def _start_if_ready(self, now: float) -> list[Send]:
         """Start the schedule once every worker the app started with is ready (or gone)."""
@@ -353,7 +407,8 @@ class ControlCore:
         if isinstance(event, PauseTask):
             engine.pause(task_id)
             self._drop_waiting(task_id)
-            return self._answer_once_started(task_id, ControlReply(event.request))
+            saved = [ToControl(frame) for frame in self.checkpoints()]
+            return saved + self._answer_once_started(task_id, ControlReply(event.request))
         elif isinstance(event, ResumeTask):
             fires = engine.resume(task_id, now)
         elif isinstance(event, RemoveTask):
@@ -374,8 +429,12 @@ class ControlCore:
                 sends += [ToWorker(link.index, lesson) for link in links if link.alive]
             fires = engine.add(event.spec, now)
         logger.info("task %s %s", task_id, _PAST.get(verb, "added"))
+        routed = self._route(fires, now)
+        # Kept by the supervisor before it hears the answer: a dispatcher that takes over
+        # knows every change that was confirmed.
+        sends += [ToControl(frame) for frame in self.checkpoints()]
         sends.append(ToControl(ControlReply(event.request)))
-        return sends + self._route(fires, now)
+        return sends + routed
 
     def _refusal(self, event: Control, task_id: str, verb: str) -> tuple[Refusal, str] | None:
         engine = self.engine

@@ -22,10 +22,10 @@ from collections import deque
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from aioclock._protocol import Done, Fire, TaskStats
-from aioclock._schedule import Schedule
+from aioclock._schedule import COINCIDENT, Schedule
 from aioclock.triggers import BaseTrigger, OnShutDown, OnStartUp
 
 if TYPE_CHECKING:
@@ -42,6 +42,23 @@ LATENESS_WINDOW = 2048
 #: The heap is rebuilt without its stale entries once there are more than this many of them and
 #: they are more than half of it.
 STALE_COMPACT_AT = 1024
+
+
+class TaskProgress(NamedTuple):
+    """One task's state as a checkpoint carries it to another dispatcher: where its schedule
+    is (`Schedule.progress`), the due it had armed, its control state and its counters."""
+
+    schedule: tuple[Any, ...] | None
+    next_due: float | None
+    paused: bool
+    ended: bool
+    removed: bool
+    runs: int
+    failures: int
+    timeouts: int
+    missed: int
+    last_error: str | None
+    lateness_max: float | None
 
 
 @dataclass(frozen=True)
@@ -183,6 +200,11 @@ class DeadlineEngine:
         self._startup_runs: set[int] = set()  # the start-up runs the schedule waits for
         self._seq = 0
         self.phase = Phase.STARTUP
+        self._changed: set[str] = set()  # tasks whose progress changed since `take_progress`
+        # Taking over from a dispatcher that died (`restore`): the latest due each task had
+        # started there, and whether the schedule goes on rather than starts.
+        self._resumed = False
+        self._started_there: dict[str, float] = {}
 
     def _classify(self, state: _TaskState) -> None:
         """Put a task where its trigger says: start-up, shut-down, legacy-driven or scheduled."""
@@ -216,6 +238,8 @@ class DeadlineEngine:
         """
         if self.phase is not Phase.STARTUP:
             return []
+        if self._resumed:
+            return self._go_on_running(now)
         if self._startup:
             fires = [self._fire(task_id, now) for task_id in self._startup]
             self._startup_runs = {fire.seq for fire in fires}
@@ -297,6 +321,12 @@ class DeadlineEngine:
         due = schedule.advance(now)
         if skip_past and due is not None and due < now:
             due = self._skip_past(schedule, state, due, now)
+        self._arm_at(state, due)
+
+    def _arm_at(self, state: _TaskState, due: float | None) -> None:
+        """Put the task's next occurrence, already consumed from its schedule, in the heap; None:
+        the trigger ended."""
+        self._changed.add(state.spec.task_id)
         if due is None:
             state.ended = True
             state.next_due = None
@@ -313,6 +343,7 @@ class DeadlineEngine:
 
     def _disarm(self, state: _TaskState) -> None:
         """Forget the task's next due: its heap entry goes stale (skipped when it surfaces)."""
+        self._changed.add(state.spec.task_id)
         if state.armed:
             state.armed = 0
             self._stale += 1
@@ -337,7 +368,12 @@ class DeadlineEngine:
         self._stale = 0
 
     def _skip_past(
-        self, schedule: Schedule, state: _TaskState, due: float | None, now: float
+        self,
+        schedule: Schedule,
+        state: _TaskState,
+        due: float | None,
+        now: float,
+        reason: str = "they were already past due when re-armed",
     ) -> float | None:
         """The engine fell behind (a stall, a suspended machine): rather than firing a burst of
         runs that are all late, skip the occurrences already past and count them as missed."""
@@ -345,7 +381,7 @@ class DeadlineEngine:
         while due is not None and due < now:
             skipped += 1
             due = schedule.advance(now)
-        self._count_missed(state, skipped, now, "they were already past due when re-armed")
+        self._count_missed(state, skipped, now, reason)
         return due
 
     def _count_missed(self, state: _TaskState, count: int, now: float, reason: str) -> None:
@@ -353,6 +389,7 @@ class DeadlineEngine:
         MISSED_LOG_INTERVAL seconds per task (an overloaded app must not flood its log)."""
         state.missed += count
         state.missed_unlogged += count
+        self._changed.add(state.spec.task_id)
         last = state.missed_logged_at
         if last is not None and now - last < MISSED_LOG_INTERVAL:
             return
@@ -385,6 +422,11 @@ class DeadlineEngine:
         """Record a finished run; re-arm a task that waits for completion; move the phases on."""
         flight = self._in_flight.pop(done.seq, None)
         if flight is None:
+            if self._resumed and done.task in self._states and self.phase is Phase.STARTUP:
+                # A run the dispatcher that died had sent, ended before this one took over.
+                self._seq = max(self._seq, done.seq)
+                self._record(self._states[done.task], done, None)
+                return []
             logger.warning("ignored Done for unknown run %d of %s", done.seq, done.task)
             return []
         task_id, due = flight
@@ -407,7 +449,8 @@ class DeadlineEngine:
             self._arm(state, now)
         return self._advance_phase(now)
 
-    def _record(self, state: _TaskState, done: Done, due: float) -> None:
+    def _record(self, state: _TaskState, done: Done, due: float | None) -> None:
+        self._changed.add(state.spec.task_id)
         state.runs += 1
         if done.outcome == "timeout":
             state.timeouts += 1
@@ -415,6 +458,8 @@ class DeadlineEngine:
             state.failures += 1
         if done.error is not None:
             state.last_error = done.error
+        if due is None:  # its due is not known here
+            return
         lateness = done.started - due
         state.lateness.append(lateness)
         if state.lateness_max is None or lateness > state.lateness_max:
@@ -450,6 +495,7 @@ class DeadlineEngine:
         self._external.discard(task_id)
         self._paused.discard(task_id)
         self._states[task_id].ended = True
+        self._changed.add(task_id)
         return self._advance_phase(now)
 
     # -- runtime control ----------------------------------------------------------------------
@@ -474,6 +520,7 @@ class DeadlineEngine:
         state = self._states[task_id]
         if state.paused:
             return
+        self._changed.add(task_id)
         state.paused = True
         self._paused.add(task_id)
         self._disarm(state)
@@ -484,6 +531,7 @@ class DeadlineEngine:
         state = self._states[task_id]
         if not state.paused:
             return []
+        self._changed.add(task_id)
         state.paused = False
         self._paused.discard(task_id)
         schedule = state.schedule
@@ -525,6 +573,7 @@ class DeadlineEngine:
         """Register a task while the app serves (or re-register a removed one, whose counters
         go on); a scheduled one is armed from `now`, a shut-down one runs at the stop."""
         state = self._states.get(spec.task_id)
+        self._changed.add(spec.task_id)
         if state is None:
             state = self._states[spec.task_id] = _TaskState(spec)
         else:
@@ -541,6 +590,99 @@ class DeadlineEngine:
         if self.phase is Phase.RUNNING and state.scheduled and not (state.waits and state.running):
             self._arm(state, now)
 
+    # -- checkpoints, and taking over from a dispatcher that died -----------------------------
+
+    @property
+    def last_seq(self) -> int:
+        return self._seq
+
+    def has_progress(self) -> bool:
+        """Whether some task changed since the last `take_progress`."""
+        return bool(self._changed)
+
+    def take_progress(self, limit: int | None = None) -> dict[str, tuple[Any, ...]]:
+        """The progress (`TaskProgress` fields, as a plain tuple: pickled 4x faster) of the
+        tasks that changed since they were last taken, `limit` of them at most."""
+        states = self._states
+        changed = self._changed
+        if limit is None or limit >= len(changed):
+            taken = list(changed)
+            changed.clear()
+        else:
+            taken = [changed.pop() for _ in range(limit)]
+        return {task_id: _progress_of(states[task_id]) for task_id in taken}
+
+    def restore(self, progress: Mapping[str, tuple[Any, ...]], last_seq: int) -> None:
+        """Before `start`: continue from a checkpoint of a dispatcher that died. `start` then
+        skips the start-up tasks (they ran) and re-arms each task where it was."""
+        for task_id, fields in progress.items():
+            saved = TaskProgress(*fields)
+            state = self._states.get(task_id)
+            if state is None:  # removed and forgotten since: nothing to continue
+                continue
+            if saved.schedule is not None and state.schedule is not None:
+                try:
+                    state.schedule.restore(saved.schedule)
+                except (ValueError, TypeError):
+                    logger.warning("%s: its schedule changed kind; it starts afresh", task_id)
+                    continue
+                state.next_due = saved.next_due
+            state.ended = saved.ended
+            state.removed = saved.removed
+            state.paused = saved.paused
+            if saved.paused and not saved.ended:
+                self._paused.add(task_id)
+            else:
+                self._paused.discard(task_id)
+            state.runs, state.failures, state.timeouts = saved.runs, saved.failures, saved.timeouts
+            state.missed, state.last_error = saved.missed, saved.last_error
+            state.lateness_max = saved.lateness_max
+        self._seq = max(self._seq, last_seq)
+        self._resumed = True
+
+    def adopt(self, runs: Iterable[tuple[int, str, float]]) -> None:
+        """Runs a dispatcher that died had sent, still going in a worker: wait for their end."""
+        for seq, task_id, due in runs:
+            state = self._states.get(task_id)
+            if state is None or seq in self._in_flight:
+                continue
+            self._in_flight[seq] = (task_id, due)
+            state.running += 1
+            self._seq = max(self._seq, seq)
+
+    def started_there(self, last_dues: Iterable[tuple[str, float]]) -> None:
+        """The latest due of each task that a worker started for the dispatcher that died."""
+        known = self._started_there
+        for task_id, due in last_dues:
+            if due > known.get(task_id, float("-inf")):
+                known[task_id] = due
+
+    def _go_on_running(self, now: float) -> list[Fire]:
+        """Re-arm every task where the dispatcher that died left it: an occurrence it fired
+        is not fired again; those that fell due while no dispatcher ran are missed (counted)."""
+        self.phase = Phase.RUNNING
+        for state in self._states.values():
+            if state.scheduled and not state.paused and not state.ended:
+                self._rearm_restored(state, now)
+        self._started_there.clear()
+        return self._advance_phase(now)
+
+    def _rearm_restored(self, state: _TaskState, now: float) -> None:
+        schedule = state.schedule
+        assert schedule is not None
+        due = state.next_due  # armed, not yet fired when the checkpoint was taken
+        if due is None:
+            if state.waits and state.running:  # its run's end arms it
+                return
+            due = schedule.advance(now)
+        started = self._started_there.get(state.spec.task_id)
+        while due is not None and started is not None and due <= started + COINCIDENT:
+            due = schedule.advance(now)  # fired after the checkpoint, by the one that died
+        if due is not None and due < now:
+            reason = "they fell due while no dispatcher ran"
+            due = self._skip_past(schedule, state, due, now, reason)
+        self._arm_at(state, due)
+
     # -- reporting ----------------------------------------------------------------------------
 
     def stats(self) -> list[TaskStats]:
@@ -553,6 +695,23 @@ class DeadlineEngine:
     def flight(self, seq: int) -> tuple[str, float] | None:
         """(task id, due time) of run `seq` while it is in flight, else None."""
         return self._in_flight.get(seq)
+
+
+def _progress_of(state: _TaskState) -> tuple[Any, ...]:
+    schedule = state.schedule
+    return (  # TaskProgress's fields, in its order
+        None if schedule is None else schedule.progress(),
+        state.next_due,
+        state.paused,
+        state.ended,
+        state.removed,
+        state.runs,
+        state.failures,
+        state.timeouts,
+        state.missed,
+        state.last_error,
+        state.lateness_max,
+    )
 
 
 def _snapshot(state: _TaskState) -> TaskStats:

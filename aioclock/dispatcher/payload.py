@@ -23,3 +23,5 @@ class DispatcherPayload:
     sync_tasks: frozenset[str]
     cpus: CpuPlan  # it runs on `cpus.scheduling`, with the workers' event loops
     schedule: bytes  # pickled list[ScheduledTask], unpickled once sys.path is in place
+    # Pickled `Resume`: where a dispatcher that died left the schedule; None at the start.
+    resume: bytes | None = None

@@ -47,6 +47,7 @@ from aioclock.dispatcher.core import (
     Event,
     NewTask,
     Reschedule,
+    Resume,
     Send,
     ToControl,
     WorkerClosed,
@@ -60,6 +61,12 @@ logger = logging.getLogger(__name__)
 #: Wake this long before a deadline and spin the rest: select() itself wakes ~50-100 us late.
 SPIN_BEFORE_DEADLINE = 0.0002
 
+#: Checkpoints go to the supervisor at most this often, when no fire is due for CHECKPOINT_GAP
+#: (so that they never delay one); and at the latest after CHECKPOINT_LATEST.
+CHECKPOINT_INTERVAL = 0.05
+CHECKPOINT_GAP = 0.005
+CHECKPOINT_LATEST = 0.5
+
 
 def run_from_payload(payload: DispatcherPayload) -> None:
     """Entry point of the dispatcher process: set up, load the schedule, run until finished."""
@@ -68,6 +75,7 @@ def run_from_payload(payload: DispatcherPayload) -> None:
     keep_to_cpus(payload.cpus.scheduling)
     sys.path[:] = payload.sys_path
     schedule = _load_schedule(payload)
+    resume = None if payload.resume is None else _unpickle(payload.resume, payload.main_path)
     control = socket.socket(fileno=payload.control_fd)
     dispatcher = Dispatcher(
         schedule,
@@ -76,6 +84,7 @@ def run_from_payload(payload: DispatcherPayload) -> None:
         payload.links,
         payload.cpus.colocated,
         main_path=payload.main_path,
+        resume=resume,
     )
     settle_garbage_collector()
     dispatcher.run()
@@ -121,11 +130,16 @@ class Dispatcher:
         shares_cpu_with_workers: bool = False,
         *,
         main_path: str | None = None,
+        resume: Resume | None = None,
     ) -> None:
         self._main_path = main_path
         self.core = ControlCore(
-            schedule, workers=[index for index, _, _ in worker_links], sync_tasks=sync_tasks
+            schedule,
+            workers=[index for index, _, _ in worker_links],
+            sync_tasks=sync_tasks,
+            resume=resume,
         )
+        self._checkpointed_at = 0.0
         self._yield_after_light_fires = shares_cpu_with_workers
         self._control = control
         self._control_reader = FrameReader()
@@ -148,9 +162,12 @@ class Dispatcher:
         core = self.core
         control_fd = self._control.fileno()
         self._tell_supervisor(Listening(os.getpid()))
+        self._deliver(core.opening())
         while not core.finished and not self._supervisor_gone:
             self._sleep(control_fd)
             self._deliver(core.tick(time.time()))
+            if core.engine.has_progress():
+                self._checkpoint_when_idle(time.time())
         if self._supervisor_gone:
             return
         for pipes in self._pipes.values():  # the Stop frames the core sent last
@@ -164,17 +181,42 @@ class Dispatcher:
         readers = [control_fd, *self._by_done_fd]
         writers = [pipes.outbox.fd for pipes in self._pipes.values() if pipes.outbox.backlog]
         timeout = None
+        now = time.time()
         if deadline is not None:
-            timeout = max(0.0, deadline - time.time() - SPIN_BEFORE_DEADLINE)
+            timeout = max(0.0, deadline - now - SPIN_BEFORE_DEADLINE)
+        spin = deadline is not None
+        checkpoint_in = self._checkpoint_wait(now, deadline)
+        if checkpoint_in is not None and (timeout is None or checkpoint_in < timeout):
+            timeout, spin = checkpoint_in, False
         readable, writable, _ = select.select(readers, writers, [], timeout)
         for fd in writable:
             self._flush(fd)
         for fd in readable:
             self._read(fd, control_fd)
-        if not readable and not writable and deadline is not None:
+        if spin and not readable and not writable and deadline is not None:
             # The wait ran out: spin the last ~0.2 ms for an on-time wake-up.
             while time.time() < deadline:
                 pass
+
+    def _checkpoint_wait(self, now: float, deadline: float | None) -> float | None:
+        """Seconds until a checkpoint may be written; None: none to write, or not before the
+        next fire (the loop wakes for that one anyway)."""
+        if not self.core.engine.has_progress():
+            return None
+        since = now - self._checkpointed_at
+        if deadline is not None and deadline - now < CHECKPOINT_GAP and since < CHECKPOINT_LATEST:
+            return None
+        return max(0.0, CHECKPOINT_INTERVAL - since)
+
+    def _checkpoint_when_idle(self, now: float) -> None:
+        """Write the schedule's progress behind the fires, one page (a few ms at most) per
+        turn of the loop, only when no fire is due soon."""
+        if self._checkpoint_wait(now, self.core.next_wakeup()) != 0.0:
+            return
+        for frame in self.core.checkpoints(pages=1):
+            self._tell_supervisor(frame)
+        if not self.core.engine.has_progress():
+            self._checkpointed_at = now
 
     def _read(self, fd: int, control_fd: int) -> None:
         try:

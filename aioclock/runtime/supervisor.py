@@ -20,7 +20,9 @@ import pickle
 import socket
 import sys
 import time
+from collections import deque
 from collections.abc import Callable, Iterable
+from dataclasses import replace
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from typing import TYPE_CHECKING, Any, Union
@@ -30,6 +32,7 @@ from aioclock._heartbeat import STACK_SIGNAL, LoopBeats, beat_interval, held_by,
 from aioclock._logs import LogListener
 from aioclock._protocol import (
     AddTask,
+    Checkpoint,
     ControlReply,
     Finished,
     Frame,
@@ -51,7 +54,7 @@ from aioclock._protocol import (
     unpack_reply,
 )
 from aioclock._task import Task
-from aioclock.dispatcher.core import CANCEL_ANSWER_WAIT
+from aioclock.dispatcher.core import CANCEL_ANSWER_WAIT, Resume
 from aioclock.dispatcher.engine import ScheduledTask, schedule_of
 from aioclock.dispatcher.payload import DispatcherPayload
 from aioclock.exceptions import AppStoppedError, WorkerProcessError
@@ -75,6 +78,12 @@ LIVENESS_TIMEOUT = 5.0
 
 #: How long a stalled worker gets to write its threads' stacks before it is killed.
 STACK_WAIT = 0.25
+
+#: A dispatcher that dies is replaced at once, then after RESTART_BACKOFF, doubling each time;
+#: past MAX_RESTARTS deaths within RESTART_WINDOW seconds, the app stops.
+RESTART_BACKOFF = 0.1
+MAX_RESTARTS = 5
+RESTART_WINDOW = 60.0
 
 #: How long stopped children get to exit on their own before they are killed.
 EXIT_WAIT = 5.0
@@ -164,6 +173,16 @@ class Supervisor(ControlVerbs):
         self._dispatcher: DispatcherProcess | None = None
         self._workers: dict[int, BaseProcess] = {}
         self._lifelines: dict[int, int] = {}
+        # The dispatcher's ends of each worker's pipes (fire write, done read), kept here too:
+        # a dispatcher that replaces one that died gets them.
+        self._links: dict[int, tuple[int, int]] = {}
+        # What a replacement dispatcher continues from: the checkpoints, merged, the last run
+        # number, the triggers given while serving, the deaths of dispatchers.
+        self._progress: dict[str, tuple[Any, ...]] = {}
+        self._last_seq = 0
+        self._schedule_running = False
+        self._triggers: dict[str, BaseTrigger[Any]] = {}
+        self._dispatcher_deaths: deque[float] = deque()
         self._stack_pipes: dict[int, int] = {}  # read ends: where a worker writes its stacks
         self._ending: dict[int, str] = {}  # workers this process ends, and why
         self._loop_watch: asyncio.TimerHandle | None = None
@@ -209,37 +228,14 @@ class Supervisor(ControlVerbs):
     async def _start(self, loop: asyncio.AbstractEventLoop) -> None:
         # May fail: before any process starts.
         schedule = pickle.dumps(schedule_of(self._tasks, self._app._paused))
-        parent_end, child_end = socket.socketpair()
-        self._control = ControlChannel(parent_end, loop)
-        loop.add_reader(parent_end.fileno(), self._read_control)
-        links: list[tuple[int, int]] = []
-        try:
-            started = await asyncio.gather(
-                *(self._spawn_worker(loop, index) for index in range(self._app.workers)),
-                return_exceptions=True,
-            )
-            links += [link for link in started if not isinstance(link, BaseException)]
-            failures = [error for error in started if isinstance(error, BaseException)]
-            if failures:
-                raise failures[0]
-            payload = DispatcherPayload(
-                sys_path=list(sys.path),
-                main_path=main_script_path(),
-                logs=self._settings.logs,
-                control_fd=child_end.fileno(),
-                links=[(index, fire, done) for index, (fire, done) in enumerate(links)],
-                sync_tasks=frozenset(n for n, task in self._tasks.items() if not task.is_async),
-                cpus=self._settings.cpus,
-                schedule=schedule,
-            )
-            dispatcher = DispatcherProcess(payload)
-        finally:  # the dispatcher holds its own copies now (or never will)
-            child_end.close()
-            for fire, done in links:
-                os.close(fire)
-                os.close(done)
-        self._dispatcher = dispatcher
-        self._watch_exit(loop, dispatcher, self._on_dispatcher_exit)
+        started = await asyncio.gather(
+            *(self._spawn_worker(loop, index) for index in range(self._app.workers)),
+            return_exceptions=True,
+        )
+        failures = [error for error in started if isinstance(error, BaseException)]
+        if failures:
+            raise failures[0]
+        dispatcher = self._start_dispatcher(loop, schedule, resume=None)
         self._watch_loops(loop)
         logger.info(
             "started dispatcher (pid %s) and %d workers (pids %s)",
@@ -247,6 +243,34 @@ class Supervisor(ControlVerbs):
             len(self._workers),
             ", ".join(str(p.pid) for p in self._workers.values()),
         )
+
+    def _start_dispatcher(
+        self, loop: asyncio.AbstractEventLoop, schedule: bytes, resume: bytes | None
+    ) -> DispatcherProcess:
+        """Start a dispatcher over the workers' pipes, with a new control channel; `resume`:
+        where the one that died left the schedule."""
+        parent_end, child_end = socket.socketpair()
+        self._control = ControlChannel(parent_end, loop)
+        self._control_reader = FrameReader()
+        loop.add_reader(parent_end.fileno(), self._read_control)
+        try:
+            payload = DispatcherPayload(
+                sys_path=list(sys.path),
+                main_path=main_script_path(),
+                logs=self._settings.logs,
+                control_fd=child_end.fileno(),
+                links=[(index, *ends) for index, ends in sorted(self._links.items())],
+                sync_tasks=frozenset(n for n, task in self._tasks.items() if not task.is_async),
+                cpus=self._settings.cpus,
+                schedule=schedule,
+                resume=resume,
+            )
+            dispatcher = DispatcherProcess(payload)
+        finally:  # the dispatcher holds its own copy now (or never will)
+            child_end.close()
+        self._dispatcher = dispatcher
+        self._watch_exit(loop, dispatcher, self._on_dispatcher_exit)
+        return dispatcher
 
     async def _spawn_worker(self, loop: asyncio.AbstractEventLoop, index: int) -> tuple[int, int]:
         """Start worker `index`; return the ends the dispatcher needs: (fire write, done read).
@@ -285,6 +309,8 @@ class Supervisor(ControlVerbs):
         self._lifelines[index] = lifeline_write
         os.set_blocking(stack_read, False)
         self._stack_pipes[index] = stack_read
+        self._forget_links(index)
+        self._links[index] = (fire_write, done_read)
         self._watch_exit(loop, process, lambda p, i=index: self._on_worker_exit(i, p))
         return fire_write, done_read
 
@@ -411,6 +437,7 @@ class Supervisor(ControlVerbs):
             logger.error("worker %d (pid %s) ended (%s); replacing it", index, process.pid, reason)
         self._ready.discard(index)
         os.close(self._lifelines.pop(index))
+        self._forget_links(index)
         self._send(WorkerGone(index, code, reason))
         replacing = asyncio.get_running_loop().create_task(self._replace_worker(index))
         self._replacements.add(replacing)
@@ -424,11 +451,18 @@ class Supervisor(ControlVerbs):
             return
         if self._control is not None:
             self._control.send(WorkerJoined(index), [fire_write, done_read])
-        os.close(fire_write)
-        os.close(done_read)
+
+    def _forget_links(self, index: int) -> None:
+        for fd in self._links.pop(index, ()):
+            os.close(fd)
 
     def _on_dispatcher_exit(self, process: Child) -> None:
         if self._dispatcher_done or self._reaping or self._aborted or self._fatal is not None:
+            return
+        if process is not self._dispatcher:
+            return
+        if self._schedule_running and not self._stopping:
+            self._restart_dispatcher(process)
             return
         self._fail(
             WorkerProcessError(
@@ -437,6 +471,72 @@ class Supervisor(ControlVerbs):
                 f"{process.exitcode}; the app stopped because nothing keeps its schedule"
             )
         )
+
+    def _restart_dispatcher(self, process: Child) -> None:
+        """Start another dispatcher where the one that died left the schedule (its last
+        checkpoint, and what the workers say they started): runs in flight finish and are
+        counted, what fell due in the gap is missed and counted, nothing runs twice."""
+        now = time.monotonic()
+        deaths = self._dispatcher_deaths
+        deaths.append(now)
+        while deaths and now - deaths[0] > RESTART_WINDOW:
+            deaths.popleft()
+        if len(deaths) > MAX_RESTARTS:
+            self._fail(
+                WorkerProcessError(
+                    f"the dispatcher died {len(deaths)} times within {RESTART_WINDOW:g} s "
+                    f"(last exit code {process.exitcode}); the app stopped"
+                )
+            )
+            return
+        delay = 0.0 if len(deaths) == 1 else RESTART_BACKOFF * 2 ** (len(deaths) - 2)
+        logger.error(
+            "the dispatcher (pid %s) died with exit code %s; starting another in %.1f s, "
+            "where it left the schedule",
+            process.pid,
+            process.exitcode,
+            delay,
+        )
+        self._drop_control()
+        if isinstance(process, DispatcherProcess):
+            process.close()
+        loop = asyncio.get_running_loop()
+        loop.call_later(delay, self._start_replacement_dispatcher, loop)
+
+    def _drop_control(self) -> None:
+        """The control channel of a dispatcher that died: its questions get no answer."""
+        if self._pinger is not None:
+            self._pinger.cancel()
+            self._pinger = None
+        control = self._control
+        if control is not None:
+            self._read_control()  # its last checkpoints
+            asyncio.get_running_loop().remove_reader(control.fileno())
+            control.close()
+            self._control = None
+        self._requests.fail_all()
+
+    def _start_replacement_dispatcher(self, loop: asyncio.AbstractEventLoop) -> None:
+        if self._stopping or self._reaping or self._fatal is not None:
+            return
+        try:
+            schedule = pickle.dumps(self._current_schedule())
+            resume = pickle.dumps(Resume(self._progress, self._last_seq))
+            dispatcher = self._start_dispatcher(loop, schedule, resume)
+        except Exception as error:
+            self._fail(WorkerProcessError(f"could not start another dispatcher: {error!r}"))
+            return
+        logger.info("started dispatcher (pid %s), continuing the schedule", dispatcher.pid)
+
+    def _current_schedule(self) -> list[ScheduledTask]:
+        """The tasks as they are now: added, removed and rescheduled while serving (pause
+        states come with the checkpoints)."""
+        specs = schedule_of(self._tasks, self._app._paused)
+        triggers = self._triggers
+        return [
+            replace(spec, trigger=triggers[spec.task_id]) if spec.task_id in triggers else spec
+            for spec in specs
+        ]
 
     def _fail(self, error: BaseException) -> None:
         logger.error("%s", error)
@@ -469,6 +569,10 @@ class Supervisor(ControlVerbs):
         if isinstance(frame, Finished):
             self._dispatcher_done = True
             self._finish()
+        elif isinstance(frame, Checkpoint):
+            self._progress.update(pickle.loads(frame.progress))
+            self._last_seq = max(self._last_seq, frame.seq)
+            self._schedule_running = self._schedule_running or frame.running
         elif isinstance(frame, Ready):
             self._ready.add(frame.worker)
         elif isinstance(frame, Pong):
@@ -499,10 +603,13 @@ class Supervisor(ControlVerbs):
     async def remove(self, task: Task) -> None:
         await super().remove(task)
         self._tasks.pop(task.name, None)
+        self._triggers.pop(task.name, None)
+        self._progress.pop(task.name, None)
 
     async def reschedule(self, task: Task, trigger: BaseTrigger[Any]) -> None:
         data = _for_dispatcher(trigger, f"the trigger {trigger!r}")
         await self._ask_core(task, lambda number: RescheduleTask(number, task.name, data))
+        self._triggers[task.name] = trigger
 
     async def add_task(self, task: Task) -> None:
         """Sent to the dispatcher, which teaches it to every worker (ahead of any fire, on the
@@ -607,6 +714,8 @@ class Supervisor(ControlVerbs):
             os.close(fd)
         self._lifelines.clear()
         self._stack_pipes.clear()
+        for index in list(self._links):
+            self._forget_links(index)
         if self._dispatcher is not None:
             self._dispatcher.close()
         if self._control is not None:

@@ -37,8 +37,10 @@ from aioclock._protocol import (
     Done,
     Fire,
     FrameReader,
+    InFlight,
     LearnTask,
     Ready,
+    Rejoin,
     Stop,
     encode,
     pack_reply,
@@ -118,6 +120,10 @@ class Worker:
         self._lifeline_reader = FrameReader()
         self._stopped: asyncio.Future[float] | None = None
         self._runner: TaskRunner | None = None
+        # For a dispatcher that takes over (`Rejoin`): the runs going, and the latest
+        # scheduled due started per task.
+        self._runs: dict[int, tuple[str, float]] = {}
+        self._last_due: dict[str, float] = {}
 
     async def serve(self) -> None:
         loop = asyncio.get_running_loop()
@@ -175,6 +181,9 @@ class Worker:
         assert runner is not None
         for frame in frames:
             if isinstance(frame, Fire):
+                self._runs[frame.seq] = (frame.task, frame.due)
+                if not frame.reply:  # a run-now is outside the schedule
+                    self._last_due[frame.task] = frame.due
                 runner.start(frame)
             elif isinstance(frame, Cancel):
                 runner.cancel(frame.seq)
@@ -186,8 +195,22 @@ class Worker:
                 asyncio.get_running_loop().call_soon(self._send, passed)
             elif isinstance(frame, Stop):
                 self._stop(frame.grace)
+            elif isinstance(frame, Rejoin):
+                for answer in self._in_flight():
+                    self._send(answer)
             else:
                 logger.warning("worker %d ignored %s", self.index, type(frame).__name__)
+
+    def _in_flight(self) -> list[InFlight]:
+        """What this worker runs, for a dispatcher that took over (the fires read before its
+        `Rejoin` have all been started), in frames of InFlight.PAGE dues."""
+        runs = [(seq, task, due) for seq, (task, due) in self._runs.items()]
+        dues = list(self._last_due.items())
+        pages = [dues[i : i + InFlight.PAGE] for i in range(0, len(dues), InFlight.PAGE)] or [[]]
+        pid = os.getpid()
+        answers = [InFlight(self.index, pid, [], page, final=False) for page in pages]
+        answers[-1] = InFlight(self.index, pid, runs, pages[-1])
+        return answers
 
     def _learn(self, runner: TaskRunner, lesson: LearnTask) -> None:
         """A task added while the app serves; its fires come after this frame on this pipe.
@@ -213,11 +236,12 @@ class Worker:
         if self._stopped is not None and not self._stopped.done():
             self._stopped.set_result(grace)
 
-    def _send(self, frame: Ready | Done | BarrierPassed) -> None:
+    def _send(self, frame: Ready | Done | BarrierPassed | InFlight) -> None:
         os.write(self._done_fd, encode(frame))
 
     def _send_done(self, done: Done) -> None:
         assert self._runner is not None
+        self._runs.pop(done.seq, None)
         reply = self._runner.take_reply(done.seq)
         if reply is not None:
             done = msgspec.structs.replace(done, result=pack_reply(done.task, reply))

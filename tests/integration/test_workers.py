@@ -208,30 +208,6 @@ async def test_a_tasks_own_timeout_error_is_a_failure_and_its_worker_stays(event
     ]
 
 
-@pytest.mark.parametrize(
-    "sign", [signal.SIGKILL, signal.SIGSTOP], ids=["killed", "silent (SIGSTOP)"]
-)
-async def test_a_dispatcher_that_dies_or_stops_answering_stops_the_app(events, monkeypatch, sign):
-    from aioclock.runtime import supervisor as _supervisor
-
-    monkeypatch.setattr(_supervisor, "PING_INTERVAL", 0.1)  # a silent one is killed in 0.5 s
-    monkeypatch.setattr(_supervisor, "LIVENESS_TIMEOUT", 0.5)
-    app = AioClock(workers=1)
-    app.task(trigger=Every(seconds=0.05))(tasks.probe)
-    serve = asyncio.create_task(app.serve())
-    try:
-        await events.wait_for(lambda e: len(e) >= 3)
-        dispatcher_pid, _ = runtime_pids(app)
-        os.kill(dispatcher_pid, sign)
-        with pytest.raises(
-            WorkerProcessError, match="dispatcher process .* died with exit code -9"
-        ):
-            await asyncio.wait_for(serve, HANG_GUARD)
-    finally:  # a wait above that failed must not leave the app serving
-        serve.cancel()
-        await asyncio.wait({serve}, timeout=HANG_GUARD)
-
-
 async def test_garbage_on_the_pipes_is_dropped_and_the_app_keeps_running(events):
     app = AioClock(workers=1)
     app.task(trigger=Every(seconds=0.05))(tasks.probe)

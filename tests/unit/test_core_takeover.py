@@ -1,0 +1,147 @@
+"""A dispatcher that takes over from one that died continues its schedule exactly: from the
+last checkpoint, corrected by what the workers say they started; nothing fires twice, the
+occurrences that fell due while no dispatcher ran are missed and counted, the grid is kept."""
+
+from __future__ import annotations
+
+import pickle
+
+import pytest
+
+from aioclock import Every, Forever
+from aioclock._protocol import Done, Fire, InFlight, Ready, Rejoin
+from aioclock.dispatcher.core import ControlCore, Resume, ToControl, ToWorker
+from aioclock.dispatcher.engine import ScheduledTask
+
+PERIOD = 0.1
+RUN_TIME = 0.25  # longer than the period: runs overlap the death (max_instances=3)
+
+
+class Supervisor:
+    """What the supervisor keeps of a dispatcher: its checkpoints, merged."""
+
+    def __init__(self) -> None:
+        self.progress: dict = {}
+        self.last_seq = 0
+        self.ends_seen_since = 0  # runs ended after the last checkpoint taken
+
+    def keep(self, sends) -> None:
+        self.ends_seen_since = 0
+        for send in sends:
+            if isinstance(send, ToControl) and type(send.frame).__name__ == "Checkpoint":
+                self.progress.update(pickle.loads(send.frame.progress))
+                self.last_seq = max(self.last_seq, send.frame.seq)
+
+
+class Worker:
+    """Runs each fire for RUN_TIME; remembers what it started, as a worker process does."""
+
+    def __init__(self) -> None:
+        self.running: dict[int, Fire] = {}
+        self.ends: list[tuple[float, Done]] = []
+        self.last_due: dict[str, float] = {}
+
+    def take(self, sends, now: float) -> list[Fire]:
+        fires = [s.frame for s in sends if isinstance(s, ToWorker) and isinstance(s.frame, Fire)]
+        for fire in fires:
+            self.running[fire.seq] = fire
+            self.last_due[fire.task] = fire.due
+            end = now + RUN_TIME
+            self.ends.append((end, Done(fire.task, fire.seq, now, end, "ok")))
+        return fires
+
+    def ended_by(self, now: float) -> list[Done]:
+        ended = [done for end, done in self.ends if end <= now]
+        self.ends = [(end, done) for end, done in self.ends if end > now]
+        for done in ended:
+            self.running.pop(done.seq, None)
+        return ended
+
+
+def schedule():
+    return [ScheduledTask("m:probe", Every(seconds=PERIOD), max_instances=3)]
+
+
+def drive(core, worker, supervisor, start, end, checkpoint_every, fired):
+    """Run `core` from `start` to `end` in steps of 10 ms; checkpoints every so often."""
+    now, next_checkpoint = start, start + checkpoint_every
+    while now < end:
+        for done in worker.ended_by(now):
+            core.handle(now, done)
+            supervisor.ends_seen_since += 1
+        fired += [fire.due for fire in worker.take(core.tick(now), now)]
+        if now >= next_checkpoint:
+            supervisor.keep([ToControl(frame) for frame in core.checkpoints(pages=1)])
+            next_checkpoint += checkpoint_every
+        now = round(now + 0.01, 6)
+
+
+@pytest.mark.parametrize("dies_at", [101.005, 101.04, 101.101, 101.333, 101.499])
+@pytest.mark.parametrize("checkpoint_every", [0.05, 0.35])
+def test_a_takeover_fires_nothing_twice_and_counts_the_gap_as_missed(dies_at, checkpoint_every):
+    worker, supervisor, fired = Worker(), Supervisor(), []
+    first = ControlCore(schedule(), workers=[0])
+    supervisor.keep(first.handle(100.0, Ready(0, pid=1)))
+    drive(first, worker, supervisor, 100.0, dies_at, checkpoint_every, fired)
+    fired_before = len(fired)
+    # Written behind: the counts of runs that ended after the last checkpoint die with it.
+    uncounted = supervisor.ends_seen_since
+    # The dispatcher dies; the next one starts 0.3 s later and asks the worker what it runs.
+    restart = round(dies_at + 0.3, 6)
+    second = ControlCore(
+        schedule(), workers=[0], resume=Resume(supervisor.progress, supervisor.last_seq)
+    )
+    assert second.opening() == [ToWorker(0, Rejoin())]
+    for done in worker.ended_by(restart):  # ended while no dispatcher ran: unknown runs
+        second.handle(restart, done)
+    runs = [(f.seq, f.task, f.due) for f in worker.running.values()]
+    answer = InFlight(0, 1, runs, sorted(worker.last_due.items()))
+    fired += [f.due for f in worker.take(second.handle(restart, answer), restart)]
+    drive(second, worker, supervisor, restart, restart + 1.0, checkpoint_every, fired)
+
+    assert len(fired) == len(set(fired)), "an occurrence fired twice"
+    grid = [round((due - 100.0) / PERIOD, 6) for due in fired]
+    assert all(step == int(step) for step in grid), "the grid moved"
+    last_before = max(fired[:fired_before])
+    gap = [k for k in range(1, 40) if last_before < 100.0 + k * PERIOD < restart]
+    (stats,) = second.engine.stats()
+    missed_in_gap = sorted(set(gap) - {int(step) for step in grid})
+    assert stats.missed == len(missed_in_gap) > 0
+    assert not any(last_before < due < restart for due in fired[fired_before:])
+    for done in worker.ended_by(restart + 5):  # runs adopted from the first are waited for
+        second.handle(restart + 5, done)
+    (stats,) = second.engine.stats()
+    assert stats.runs == len(fired) - uncounted  # none counted twice; lost: the write-behind
+
+
+def test_a_task_that_waits_for_its_run_is_armed_by_the_end_of_the_run_it_adopted():
+    worker, supervisor, fired = Worker(), Supervisor(), []
+    tasks = [ScheduledTask("m:loop", Forever())]
+    first = ControlCore(tasks, workers=[0])
+    supervisor.keep(first.handle(100.0, Ready(0, pid=1)))
+    drive(first, worker, supervisor, 100.0, 100.1, 0.05, fired)
+    assert len(worker.running) == 1  # the death comes mid-run
+    second = ControlCore(tasks, workers=[0], resume=Resume(supervisor.progress, 0))
+    runs = [(f.seq, f.task, f.due) for f in worker.running.values()]
+    sends = second.handle(100.2, InFlight(0, 1, runs, sorted(worker.last_due.items())))
+    assert worker.take(sends, 100.2) == []  # not armed while its run goes on
+    fired_after = []
+    drive(second, worker, supervisor, 100.2, 100.45, 0.05, fired_after)
+    assert fired_after == [100.25]  # armed again once the adopted run ended
+
+
+def test_paused_state_and_counters_survive_the_takeover():
+    supervisor = Supervisor()
+    tasks = [ScheduledTask("m:a", Every(seconds=1)), ScheduledTask("m:b", Every(seconds=1))]
+    first = ControlCore(tasks, workers=[0])
+    first.handle(100.0, Ready(0, pid=1))
+    from aioclock._protocol import PauseTask
+
+    supervisor.keep(first.handle(100.5, PauseTask(1, "m:b")))  # checkpointed before the reply
+    second = ControlCore(tasks, workers=[0], resume=Resume(supervisor.progress, 0))
+    sends = second.handle(100.6, InFlight(0, 1, [], []))
+    assert [s for s in sends if isinstance(s, ToWorker)] == []
+    fires = second.tick(101.0)
+    assert [s.frame.task for s in fires if isinstance(s, ToWorker)] == ["m:a"]
+    paused = {s.task: s.paused for s in second.engine.stats()}
+    assert paused == {"m:a": False, "m:b": True}
