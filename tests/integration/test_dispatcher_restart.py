@@ -55,7 +55,9 @@ async def test_a_stalled_then_killed_dispatcher_loses_only_the_gap_and_fires_not
         os.kill(dispatcher_pid, signal.SIGKILL)
         await replaced(app, dispatcher_pid)
         back = time.time()
-        await events.wait_for(lambda e: sum(x["name"] == "probe" and x["time"] > back for x in e) >= 5)
+        await events.wait_for(
+            lambda e: sum(x["name"] == "probe" and x["time"] > back for x in e) >= 5
+        )
         probe = await stats_of(app, "probe")
     # The gap's occurrences were missed and counted, not fired late: an occurrence fired
     # twice, or once after the gap, would start a second or more after its due.
@@ -105,7 +107,9 @@ async def test_a_dispatcher_that_dies_before_the_schedule_started_stops_the_app(
     app.task(trigger=Every(seconds=0.05))(tasks.probe)
     serve = asyncio.create_task(app.serve())
     try:
-        while app._runtime is None or app._runtime._dispatcher is None:
+        for _ in range(int(HANG_GUARD / 0.001)):  # until it has started a dispatcher
+            if app._runtime is not None and app._runtime._dispatcher is not None:
+                break
             await asyncio.sleep(0.001)
         os.kill(app._runtime._dispatcher.pid, signal.SIGKILL)  # before any checkpoint
         with pytest.raises(WorkerProcessError, match="died with exit code -9"):
