@@ -111,11 +111,11 @@ class Requests:
         if waiting is not None and not waiting.done():
             waiting.set_result(frame)
 
-    def fail_all(self) -> None:
-        """The runtime ended: nobody will answer the questions still waiting."""
+    def fail_all(self, why: str = "no answer came") -> None:
+        """Nobody will answer the questions still waiting (the runtime ended, say)."""
         for waiting in self._waiting.values():
             if not waiting.done():
-                waiting.set_exception(AppStoppedError("no answer came"))
+                waiting.set_exception(AppStoppedError(why))
 
 
 class ControlVerbs:

@@ -228,14 +228,16 @@ class Supervisor(ControlVerbs):
     async def _start(self, loop: asyncio.AbstractEventLoop) -> None:
         # May fail: before any process starts.
         schedule = pickle.dumps(schedule_of(self._tasks, self._app._paused))
+        child_end = self._new_control(loop)  # questions asked from now on wait there
         started = await asyncio.gather(
             *(self._spawn_worker(loop, index) for index in range(self._app.workers)),
             return_exceptions=True,
         )
         failures = [error for error in started if isinstance(error, BaseException)]
         if failures:
+            child_end.close()
             raise failures[0]
-        dispatcher = self._start_dispatcher(loop, schedule, resume=None)
+        dispatcher = self._start_dispatcher(loop, child_end, schedule, resume=None)
         self._watch_loops(loop)
         logger.info(
             "started dispatcher (pid %s) and %d workers (pids %s)",
@@ -244,15 +246,22 @@ class Supervisor(ControlVerbs):
             ", ".join(str(p.pid) for p in self._workers.values()),
         )
 
-    def _start_dispatcher(
-        self, loop: asyncio.AbstractEventLoop, schedule: bytes, resume: bytes | None
-    ) -> DispatcherProcess:
-        """Start a dispatcher over the workers' pipes, with a new control channel; `resume`:
-        where the one that died left the schedule."""
+    def _new_control(self, loop: asyncio.AbstractEventLoop) -> socket.socket:
+        """A control channel for the next dispatcher; returns the end it inherits."""
         parent_end, child_end = socket.socketpair()
         self._control = ControlChannel(parent_end, loop)
-        self._control_reader = FrameReader()
         loop.add_reader(parent_end.fileno(), self._read_control)
+        return child_end
+
+    def _start_dispatcher(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        child_end: socket.socket,
+        schedule: bytes,
+        resume: bytes | None,
+    ) -> DispatcherProcess:
+        """Start a dispatcher over the workers' pipes and `child_end` of the control channel;
+        `resume`: where the one that died left the schedule."""
         try:
             payload = DispatcherPayload(
                 sys_path=list(sys.path),
@@ -501,7 +510,8 @@ class Supervisor(ControlVerbs):
         if isinstance(process, DispatcherProcess):
             process.close()
         loop = asyncio.get_running_loop()
-        loop.call_later(delay, self._start_replacement_dispatcher, loop)
+        child_end = self._new_control(loop)  # questions asked meanwhile wait for the new one
+        loop.call_later(delay, self._start_replacement_dispatcher, loop, child_end)
 
     def _drop_control(self) -> None:
         """The control channel of a dispatcher that died: its questions get no answer."""
@@ -514,15 +524,18 @@ class Supervisor(ControlVerbs):
             asyncio.get_running_loop().remove_reader(control.fileno())
             control.close()
             self._control = None
-        self._requests.fail_all()
+        self._requests.fail_all("the dispatcher died before it answered; ask again")
 
-    def _start_replacement_dispatcher(self, loop: asyncio.AbstractEventLoop) -> None:
-        if self._stopping or self._reaping or self._fatal is not None:
+    def _start_replacement_dispatcher(
+        self, loop: asyncio.AbstractEventLoop, child_end: socket.socket
+    ) -> None:
+        if self._reaping or self._fatal is not None:  # (a stop asked meanwhile waits for it)
+            child_end.close()
             return
         try:
             schedule = pickle.dumps(self._current_schedule())
             resume = pickle.dumps(Resume(self._progress, self._last_seq))
-            dispatcher = self._start_dispatcher(loop, schedule, resume)
+            dispatcher = self._start_dispatcher(loop, child_end, schedule, resume)
         except Exception as error:
             self._fail(WorkerProcessError(f"could not start another dispatcher: {error!r}"))
             return

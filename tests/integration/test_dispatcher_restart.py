@@ -117,3 +117,27 @@ async def test_a_dispatcher_that_dies_before_the_schedule_started_stops_the_app(
     finally:
         serve.cancel()
         await asyncio.wait({serve}, timeout=HANG_GUARD)
+
+
+async def test_runtime_changes_survive_a_dispatcher_restart(events):
+    from . import control_tasks
+
+    app = AioClock(workers=1)
+    app.task(trigger=Every(seconds=0.1))(tasks.probe)
+    app.task(trigger=Every(seconds=0.1))(control_tasks.paced)
+    async with serving(app):
+        await events.wait_for(lambda e: len(e) >= 3)
+        await app.pause(control_tasks.paced)
+        await app.add_task(control_tasks.added, trigger=Every(hours=1))
+        await app.reschedule(control_tasks.added, Every(seconds=0.1))
+        await events.wait_for(lambda e: any(x["name"] == "added" for x in e))
+        dispatcher_pid, _ = runtime_pids(app)
+        os.kill(dispatcher_pid, signal.SIGKILL)
+        await replaced(app, dispatcher_pid)
+        back = time.time() + 0.05  # a run sent just before the death may start a moment after
+        await events.wait_for(
+            lambda e: sum(x["name"] == "added" and x["time"] > back for x in e) >= 3
+        )
+        paused = await stats_of(app, "paced")
+    assert paused.paused
+    assert not [x for x in events.named("paced") if x["time"] > back]
