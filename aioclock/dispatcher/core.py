@@ -206,8 +206,11 @@ class ControlCore:
         sync_tasks: frozenset[str] = frozenset(),
         publish_due_times: bool = False,
         resume: Resume | None = None,
+        checkpointing: bool = False,
     ) -> None:
         self.engine = DeadlineEngine(schedule, publish_due_times=publish_due_times)
+        # Someone keeps checkpoints (the supervisor): a control verb's answer follows one.
+        self._checkpointing = checkpointing
         self._resuming = resume is not None
         if resume is not None:
             self.engine.restore(resume.progress, resume.last_seq)
@@ -407,7 +410,7 @@ class ControlCore:
         if isinstance(event, PauseTask):
             engine.pause(task_id)
             self._drop_waiting(task_id)
-            saved = [ToControl(frame) for frame in self.checkpoints()]
+            saved = self._checkpoint_now()
             return saved + self._answer_once_started(task_id, ControlReply(event.request))
         elif isinstance(event, ResumeTask):
             fires = engine.resume(task_id, now)
@@ -432,9 +435,14 @@ class ControlCore:
         routed = self._route(fires, now)
         # Kept by the supervisor before it hears the answer: a dispatcher that takes over
         # knows every change that was confirmed.
-        sends += [ToControl(frame) for frame in self.checkpoints()]
+        sends += self._checkpoint_now()
         sends.append(ToControl(ControlReply(event.request)))
         return sends + routed
+
+    def _checkpoint_now(self) -> list[Send]:
+        if not self._checkpointing:
+            return []
+        return [ToControl(frame) for frame in self.checkpoints()]
 
     def _refusal(self, event: Control, task_id: str, verb: str) -> tuple[Refusal, str] | None:
         engine = self.engine

@@ -138,6 +138,7 @@ class Dispatcher:
             workers=[index for index, _, _ in worker_links],
             sync_tasks=sync_tasks,
             resume=resume,
+            checkpointing=True,
         )
         self._checkpointed_at = 0.0
         self._yield_after_light_fires = shares_cpu_with_workers

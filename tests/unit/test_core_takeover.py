@@ -133,7 +133,7 @@ def test_a_task_that_waits_for_its_run_is_armed_by_the_end_of_the_run_it_adopted
 def test_paused_state_and_counters_survive_the_takeover():
     supervisor = Supervisor()
     tasks = [ScheduledTask("m:a", Every(seconds=1)), ScheduledTask("m:b", Every(seconds=1))]
-    first = ControlCore(tasks, workers=[0])
+    first = ControlCore(tasks, workers=[0], checkpointing=True)
     first.handle(100.0, Ready(0, pid=1))
     from aioclock._protocol import PauseTask
 
