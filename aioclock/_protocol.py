@@ -101,6 +101,9 @@ class TaskStats(msgspec.Struct, frozen=True, array_like=True):
     lateness_max: Union[float, None]
     paused: bool = False
     removed: bool = False  # removed while the app served: its counters stay readable
+    # Occurrences that fell due (each fired, or missed); runs whose worker died under them.
+    dues: int = 0
+    lost: int = 0
 
 
 class Stats(msgspec.Struct, frozen=True, tag=True, array_like=True):
@@ -241,7 +244,8 @@ class Rejoin(msgspec.Struct, frozen=True, tag=True, array_like=True):
 
 class InFlight(msgspec.Struct, frozen=True, tag=True, array_like=True):
     """A worker's answer to `Rejoin`, once it has started every fire sent before it: its runs
-    still going (seq, task, due) and the latest scheduled due it started per task."""
+    still going (seq, task, due), the latest scheduled due it started per task, and the runs
+    it ended lately."""
 
     #: How many (task, due) pairs one frame carries at most.
     PAGE: ClassVar[int] = 5000
@@ -250,6 +254,9 @@ class InFlight(msgspec.Struct, frozen=True, tag=True, array_like=True):
     pid: int
     runs: list[tuple[int, str, float]]
     last_dues: list[tuple[str, float]]
+    # Runs it ended lately (seq, task, due, outcome, scheduled): the one that died may not
+    # have counted them.
+    ended: list[tuple[int, str, float, str, bool]] = []
     final: bool = True  # a long answer comes in several frames; the last one says so
 
 

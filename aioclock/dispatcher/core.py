@@ -354,6 +354,7 @@ class ControlCore:
             return []
         self.engine.adopt(answer.runs)
         self.engine.started_there(answer.last_dues)
+        self.engine.recount(answer.ended)
         for seq, task_id, _ in answer.runs:
             if self.engine.flight(seq) is not None and self.router.owner(seq) is None:
                 self.router.assign(link, seq, task_id in self._sync_tasks)

@@ -59,6 +59,12 @@ class TaskProgress(NamedTuple):
     missed: int
     last_error: str | None
     lateness_max: float | None
+    dues: int
+    lost: int
+    # Which runs the counters include: every run numbered up to `counted_through` but those
+    # in `in_flight` (they had not ended).
+    counted_through: int
+    in_flight: tuple[int, ...]
 
 
 @dataclass(frozen=True)
@@ -139,6 +145,8 @@ class _TaskState:
     failures: int = 0
     timeouts: int = 0
     missed: int = 0
+    dues: int = 0  # occurrences that fell due: fired, or skipped and counted in `missed`
+    lost: int = 0  # runs whose worker died under them (also in `failures`)
     last_error: str | None = None
     lateness: deque[float] = field(default_factory=lambda: deque(maxlen=LATENESS_WINDOW))
     lateness_max: float | None = None
@@ -205,6 +213,9 @@ class DeadlineEngine:
         # started there, and whether the schedule goes on rather than starts.
         self._resumed = False
         self._started_there: dict[str, float] = {}
+        self._counted_there: dict[str, tuple[int, frozenset[int]]] = {}
+        self._dues_run_there: dict[str, set[float]] = {}
+        self._recounted: set[int] = set()
 
     def _classify(self, state: _TaskState) -> None:
         """Put a task where its trigger says: start-up, shut-down, legacy-driven or scheduled."""
@@ -306,6 +317,7 @@ class DeadlineEngine:
                 continue
             state.armed = 0
             state.next_due = None
+            state.dues += 1
             fire = self._fire_unless_busy(state, due, now)
             if fire is not None:
                 fires.append(fire)
@@ -381,6 +393,7 @@ class DeadlineEngine:
         while due is not None and due < now:
             skipped += 1
             due = schedule.advance(now)
+        state.dues += skipped
         self._count_missed(state, skipped, now, reason)
         return due
 
@@ -422,10 +435,10 @@ class DeadlineEngine:
         """Record a finished run; re-arm a task that waits for completion; move the phases on."""
         flight = self._in_flight.pop(done.seq, None)
         if flight is None:
-            if self._resumed and done.task in self._states and self.phase is Phase.STARTUP:
-                # A run the dispatcher that died had sent, ended before this one took over.
+            if self._resumed and self.phase is Phase.STARTUP:
+                # A run the dispatcher that died had sent, ended before this one took over:
+                # counted from its worker's account (`recount`).
                 self._seq = max(self._seq, done.seq)
-                self._record(self._states[done.task], done, None)
                 return []
             logger.warning("ignored Done for unknown run %d of %s", done.seq, done.task)
             return []
@@ -456,6 +469,8 @@ class DeadlineEngine:
             state.timeouts += 1
         elif done.outcome != "ok":
             state.failures += 1
+            if done.outcome == "crashed":
+                state.lost += 1
         if done.error is not None:
             state.last_error = done.error
         if due is None:  # its due is not known here
@@ -487,6 +502,7 @@ class DeadlineEngine:
             return []
         if self._states[task_id].paused:  # not counted as missed: nobody was meant to run it
             return []
+        self._states[task_id].dues += 1
         fire = self._fire_unless_busy(self._states[task_id], now, now)
         return [] if fire is None else [fire]
 
@@ -610,7 +626,14 @@ class DeadlineEngine:
             changed.clear()
         else:
             taken = [changed.pop() for _ in range(limit)]
-        return {task_id: _progress_of(states[task_id]) for task_id in taken}
+        running: dict[str, list[int]] = {}
+        for seq, (task_id, _) in self._in_flight.items():
+            running.setdefault(task_id, []).append(seq)
+        last = self._seq
+        return {
+            task_id: _progress_of(states[task_id], last, tuple(running.get(task_id, ())))
+            for task_id in taken
+        }
 
     def restore(self, progress: Mapping[str, tuple[Any, ...]], last_seq: int) -> None:
         """Before `start`: continue from a checkpoint of a dispatcher that died. `start` then
@@ -637,6 +660,8 @@ class DeadlineEngine:
             state.runs, state.failures, state.timeouts = saved.runs, saved.failures, saved.timeouts
             state.missed, state.last_error = saved.missed, saved.last_error
             state.lateness_max = saved.lateness_max
+            state.dues, state.lost = saved.dues, saved.lost
+            self._counted_there[task_id] = (saved.counted_through, frozenset(saved.in_flight))
         self._seq = max(self._seq, last_seq)
         self._resumed = True
 
@@ -649,6 +674,23 @@ class DeadlineEngine:
             self._in_flight[seq] = (task_id, due)
             state.running += 1
             self._seq = max(self._seq, seq)
+            self._dues_run_there.setdefault(task_id, set()).add(due)
+
+    def recount(self, ended: Iterable[tuple[int, str, float, str, bool]]) -> None:
+        """Runs that ended for the dispatcher that died, as their worker tells (seq, task, due,
+        outcome, scheduled): counted unless its checkpoint counted them already."""
+        for seq, task_id, due, outcome, scheduled in ended:
+            self._seq = max(self._seq, seq)
+            state = self._states.get(task_id)
+            if state is None:
+                continue
+            if scheduled:
+                self._dues_run_there.setdefault(task_id, set()).add(due)
+            through, running = self._counted_there.get(task_id, (0, frozenset()))
+            if (seq <= through and seq not in running) or seq in self._recounted:
+                continue
+            self._recounted.add(seq)
+            self._record(state, Done(task_id, seq, due, due, outcome), None)  # type: ignore[arg-type]
 
     def started_there(self, last_dues: Iterable[tuple[str, float]]) -> None:
         """The latest due of each task that a worker started for the dispatcher that died."""
@@ -665,6 +707,7 @@ class DeadlineEngine:
             if state.scheduled and not state.paused and not state.ended:
                 self._rearm_restored(state, now)
         self._started_there.clear()
+        self._dues_run_there.clear()
         return self._advance_phase(now)
 
     def _rearm_restored(self, state: _TaskState, now: float) -> None:
@@ -675,9 +718,15 @@ class DeadlineEngine:
             if state.waits and state.running:  # its run's end arms it
                 return
             due = schedule.advance(now)
-        started = self._started_there.get(state.spec.task_id)
+        task_id = state.spec.task_id
+        started = self._started_there.get(task_id)
+        ran = self._dues_run_there.get(task_id, set())
         while due is not None and started is not None and due <= started + COINCIDENT:
-            due = schedule.advance(now)  # fired after the checkpoint, by the one that died
+            # Fell due after the checkpoint, for the one that died: it ran, or was skipped.
+            state.dues += 1
+            if due not in ran:
+                self._count_missed(state, 1, now, "the dispatcher that died skipped them")
+            due = schedule.advance(now)
         if due is not None and due < now:
             reason = "they fell due while no dispatcher ran"
             due = self._skip_past(schedule, state, due, now, reason)
@@ -697,7 +746,7 @@ class DeadlineEngine:
         return self._in_flight.get(seq)
 
 
-def _progress_of(state: _TaskState) -> tuple[Any, ...]:
+def _progress_of(state: _TaskState, last_seq: int, in_flight: tuple[int, ...]) -> tuple[Any, ...]:
     schedule = state.schedule
     return (  # TaskProgress's fields, in its order
         None if schedule is None else schedule.progress(),
@@ -711,6 +760,10 @@ def _progress_of(state: _TaskState) -> tuple[Any, ...]:
         state.missed,
         state.last_error,
         state.lateness_max,
+        state.dues,
+        state.lost,
+        last_seq,
+        in_flight,
     )
 
 
@@ -729,6 +782,8 @@ def _snapshot(state: _TaskState) -> TaskStats:
         lateness_max=state.lateness_max,
         paused=state.paused,
         removed=state.removed,
+        dues=state.dues,
+        lost=state.lost,
     )
 
 

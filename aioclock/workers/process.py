@@ -12,6 +12,8 @@ import asyncio
 import logging
 import os
 import pickle
+import time
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
@@ -56,6 +58,11 @@ logger = logging.getLogger(__name__)
 
 #: Exit status of a worker that replaced itself because a sync task overran its timeout.
 EXIT_SYNC_TIMEOUT = 70
+#: The runs a worker ended in this many seconds, at most RECENT_ENDS of them, are told to a
+#: dispatcher that takes over (the one that died may not have counted them).
+RECENT_ENDS_S = 60.0
+RECENT_ENDS = 50_000
+
 #: Exit status of a worker whose start-up (the lifespan, say) or loop raised.
 EXIT_FAILED = 1
 
@@ -122,8 +129,11 @@ class Worker:
         self._runner: TaskRunner | None = None
         # For a dispatcher that takes over (`Rejoin`): the runs going, and the latest
         # scheduled due started per task.
-        self._runs: dict[int, tuple[str, float]] = {}
+        self._runs: dict[int, tuple[str, float, bool]] = {}  # seq -> task, due, scheduled
         self._last_due: dict[str, float] = {}
+        self._ended: deque[tuple[float, tuple[int, str, float, str, bool]]] = deque(
+            maxlen=RECENT_ENDS
+        )
 
     async def serve(self) -> None:
         loop = asyncio.get_running_loop()
@@ -181,7 +191,7 @@ class Worker:
         assert runner is not None
         for frame in frames:
             if isinstance(frame, Fire):
-                self._runs[frame.seq] = (frame.task, frame.due)
+                self._runs[frame.seq] = (frame.task, frame.due, not frame.reply)
                 if not frame.reply:  # a run-now is outside the schedule
                     self._last_due[frame.task] = frame.due
                 runner.start(frame)
@@ -204,12 +214,24 @@ class Worker:
     def _in_flight(self) -> list[InFlight]:
         """What this worker runs, for a dispatcher that took over (the fires read before its
         `Rejoin` have all been started), in frames of InFlight.PAGE dues."""
-        runs = [(seq, task, due) for seq, (task, due) in self._runs.items()]
+        runs = [(seq, task, due) for seq, (task, due, _) in self._runs.items()]
+        since = time.monotonic() - RECENT_ENDS_S
+        ended = [run for at, run in self._ended if at >= since]
         dues = list(self._last_due.items())
-        pages = [dues[i : i + InFlight.PAGE] for i in range(0, len(dues), InFlight.PAGE)] or [[]]
+        size = InFlight.PAGE
+        count = max(1, -(-max(len(dues), len(ended)) // size))
         pid = os.getpid()
-        answers = [InFlight(self.index, pid, [], page, final=False) for page in pages]
-        answers[-1] = InFlight(self.index, pid, runs, pages[-1])
+        answers = [
+            InFlight(
+                self.index,
+                pid,
+                runs if page == count - 1 else [],
+                dues[page * size : (page + 1) * size],
+                ended[page * size : (page + 1) * size],
+                final=page == count - 1,
+            )
+            for page in range(count)
+        ]
         return answers
 
     def _learn(self, runner: TaskRunner, lesson: LearnTask) -> None:
@@ -241,7 +263,10 @@ class Worker:
 
     def _send_done(self, done: Done) -> None:
         assert self._runner is not None
-        self._runs.pop(done.seq, None)
+        run = self._runs.pop(done.seq, None)
+        if run is not None:
+            task, due, scheduled = run
+            self._ended.append((time.monotonic(), (done.seq, task, due, done.outcome, scheduled)))
         reply = self._runner.take_reply(done.seq)
         if reply is not None:
             done = msgspec.structs.replace(done, result=pack_reply(done.task, reply))
