@@ -104,6 +104,7 @@ class TaskStats(msgspec.Struct, frozen=True, array_like=True):
     # Occurrences that fell due (each fired, or missed); runs whose worker died under them.
     dues: int = 0
     lost: int = 0
+    running: int = 0  # runs fired and not yet ended
 
 
 class Stats(msgspec.Struct, frozen=True, tag=True, array_like=True):

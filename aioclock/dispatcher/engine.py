@@ -784,6 +784,7 @@ def _snapshot(state: _TaskState) -> TaskStats:
         removed=state.removed,
         dues=state.dues,
         lost=state.lost,
+        running=state.running,
     )
 
 

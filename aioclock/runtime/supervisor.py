@@ -85,6 +85,10 @@ RESTART_BACKOFF = 0.1
 MAX_RESTARTS = 5
 RESTART_WINDOW = 60.0
 
+#: A worker index whose replacements die this many times in a row before they are ready stops
+#: the app (its start fails by itself, most likely).
+MAX_FAILED_STARTS = 3
+
 #: How long stopped children get to exit on their own before they are killed.
 EXIT_WAIT = 5.0
 
@@ -183,10 +187,15 @@ class Supervisor(ControlVerbs):
         self._schedule_running = False
         self._triggers: dict[str, BaseTrigger[Any]] = {}
         self._dispatcher_deaths: deque[float] = deque()
+        #: Children started in place of ones that died, since `serve()` began.
+        self.workers_replaced = 0
+        self.dispatchers_replaced = 0
         self._stack_pipes: dict[int, int] = {}  # read ends: where a worker writes its stacks
         self._ending: dict[int, str] = {}  # workers this process ends, and why
         self._loop_watch: asyncio.TimerHandle | None = None
         self._ready: set[int] = set()
+        self._was_ready: set[int] = set()  # indices that have served: replacements may retry
+        self._failed_starts: dict[int, int] = {}  # index -> replacements dead before ready
         self._control: ControlChannel | None = None
         self._control_reader = FrameReader()
         self._exits: dict[int, asyncio.Future[None]] = {}
@@ -433,11 +442,14 @@ class Supervisor(ControlVerbs):
         if index not in self._ready and not self._stopping:
             # (While stopping, a worker still starting may have taken the terminal's Ctrl-C:
             # it is replaced like any other, so that the shut-down tasks can run.)
-            reason = (
-                exit_reason(code) or f"worker {index} exited with code {code} before it was ready"
-            )
-            self._fail(WorkerProcessError(reason))
-            return
+            failed = self._failed_starts[index] = self._failed_starts.get(index, 0) + 1
+            if index not in self._was_ready or failed >= MAX_FAILED_STARTS:
+                reason = exit_reason(code) or (
+                    f"worker {index} exited with code {code} before it was ready"
+                    + (f" ({failed} times in a row)" if failed > 1 else "")
+                )
+                self._fail(WorkerProcessError(reason))
+                return
         if reason is None:
             logger.error(
                 "worker %d (pid %s) died with exit code %s; replacing it", index, process.pid, code
@@ -448,6 +460,7 @@ class Supervisor(ControlVerbs):
         os.close(self._lifelines.pop(index))
         self._forget_links(index)
         self._send(WorkerGone(index, code, reason))
+        self.workers_replaced += 1
         replacing = asyncio.get_running_loop().create_task(self._replace_worker(index))
         self._replacements.add(replacing)
         replacing.add_done_callback(self._replacements.discard)
@@ -539,6 +552,7 @@ class Supervisor(ControlVerbs):
         except Exception as error:
             self._fail(WorkerProcessError(f"could not start another dispatcher: {error!r}"))
             return
+        self.dispatchers_replaced += 1
         logger.info("started dispatcher (pid %s), continuing the schedule", dispatcher.pid)
 
     def _current_schedule(self) -> list[ScheduledTask]:
@@ -588,6 +602,8 @@ class Supervisor(ControlVerbs):
             self._schedule_running = self._schedule_running or frame.running
         elif isinstance(frame, Ready):
             self._ready.add(frame.worker)
+            self._was_ready.add(frame.worker)
+            self._failed_starts.pop(frame.worker, None)
         elif isinstance(frame, Pong):
             self._last_pong = time.monotonic()
         elif isinstance(frame, Listening):

@@ -496,3 +496,23 @@ async def test_the_supervisor_never_joins_nor_starts_a_process_in_the_callers_ev
         await events.wait_for(lambda e: len(e) >= 5)
         os.kill(next(iter(runtime_pids(app)[1])), signal.SIGKILL)  # a worker is replaced
         await events.wait_for(lambda e: len(e) >= 20)
+
+
+async def test_a_replacement_killed_before_it_was_ready_is_replaced_again(events):
+    app = AioClock(workers=1)
+    app.task(trigger=Every(seconds=0.05))(tasks.probe)
+    async with serving(app) as serve:
+        await events.wait_for(lambda e: len(e) >= 3)
+        runtime = app._runtime
+        first = runtime._workers[0].pid
+        os.kill(first, signal.SIGKILL)
+        for _ in range(int(HANG_GUARD / 0.001)):  # its replacement, as soon as it exists
+            replacement = runtime._workers.get(0)
+            if replacement is not None and replacement.pid not in (None, first):
+                break
+            await asyncio.sleep(0.001)
+        os.kill(replacement.pid, signal.SIGKILL)  # before it could be ready
+        killed_at = time.time()
+        await events.wait_for(lambda e: _probe_after(e, killed_at))
+        assert not serve.done()
+        assert runtime.workers_replaced == 2
