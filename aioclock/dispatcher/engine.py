@@ -703,12 +703,25 @@ class DeadlineEngine:
         """Re-arm every task where the dispatcher that died left it: an occurrence it fired
         is not fired again; those that fell due while no dispatcher ran are missed (counted)."""
         self.phase = Phase.RUNNING
+        self._count_lost_there(now)
         for state in self._states.values():
             if state.scheduled and not state.paused and not state.ended:
                 self._rearm_restored(state, now)
         self._started_there.clear()
         self._dues_run_there.clear()
         return self._advance_phase(now)
+
+    def _count_lost_there(self, now: float) -> None:
+        """Runs the last checkpoint saw in flight that no worker has going or says it ended
+        (their worker died meanwhile, or they never left the dispatcher): lost, and counted."""
+        error = "lost with the dispatcher that died (its worker did not report it)"
+        for task_id, (_, in_flight) in self._counted_there.items():
+            state = self._states[task_id]
+            for seq in in_flight:
+                if seq in self._in_flight or seq in self._recounted:
+                    continue
+                self._recounted.add(seq)
+                self._record(state, Done(task_id, seq, now, now, "crashed", error), None)
 
     def _rearm_restored(self, state: _TaskState, now: float) -> None:
         schedule = state.schedule

@@ -153,3 +153,20 @@ def test_paused_state_and_counters_survive_the_takeover():
     assert [s.frame.task for s in fires if isinstance(s, ToWorker)] == ["m:a"]
     paused = {s.task: s.paused for s in second.engine.stats()}
     assert paused == {"m:a": False, "m:b": True}
+
+
+def test_runs_whose_worker_died_with_the_dispatcher_are_counted_as_lost():
+    worker, supervisor, fired = Worker(), Supervisor(), []
+    first = ControlCore(schedule(), workers=[0])
+    supervisor.keep(first.handle(100.0, Ready(0, pid=1)))
+    drive(first, worker, supervisor, 100.0, 100.43, 0.05, fired)
+    supervisor.keep([ToControl(frame) for frame in first.checkpoints()])
+    assert worker.running  # runs in flight at the last checkpoint...
+    # ...and their worker dies too: its replacement has nothing to tell.
+    second = ControlCore(
+        schedule(), workers=[0], resume=Resume(supervisor.progress, supervisor.last_seq)
+    )
+    second.handle(100.8, InFlight(0, 2, [], []))
+    (stats,) = second.engine.stats()
+    assert stats.lost == len(worker.running)
+    assert stats.dues == stats.runs + stats.missed + stats.running
