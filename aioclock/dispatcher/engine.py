@@ -11,6 +11,11 @@ flight, then fires the shut-down tasks, then reports `finished`.
 Runtime control (`pause`, `resume`, `remove`, `reschedule`, `add`) changes one task's state; a
 paused task keeps no heap entry (its entry is left in the heap, marked stale, and skipped), and it
 keeps the app serving: it may be resumed.
+
+Each task's scheduling policy (`Rules`: overlap, misfire grace, catch-up, start/end window,
+jitter) is applied here, where the time of each decision is known. The heap holds the planned
+time of each occurrence (its due time plus its jitter); `Fire.due` is the nominal due time, which
+names the occurrence; lateness and the misfire grace are measured from the planned time.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
+from aioclock._policy import DEFAULT_RULES, Policy, Rules, jitter_offset
 from aioclock._protocol import Done, Fire, TaskStats
 from aioclock._schedule import Schedule
 from aioclock.triggers import BaseTrigger, OnShutDown, OnStartUp
@@ -50,19 +56,29 @@ class ScheduledTask:
 
     task_id: str
     trigger: BaseTrigger[Any]
-    max_instances: int = 1
+    max_instances: int = 1  # without `rules`: overlap "allow" with this many
     paused: bool = False  # registered paused (`app.pause` while the app did not serve)
+    rules: Rules = DEFAULT_RULES
+
+    def __post_init__(self) -> None:
+        if self.max_instances != 1 and self.rules == DEFAULT_RULES:
+            object.__setattr__(self, "rules", Rules(overlap="allow", limit=self.max_instances))
+
+
+def spec_of(task: Task, paused: bool = False, defaults: Policy | None = None) -> ScheduledTask:
+    """What the engine needs of `task`: its policy resolved over the app's `defaults`."""
+    rules = task.policy.over(defaults).rules()
+    return ScheduledTask(task.name, task.trigger, rules.limit, paused, rules)
 
 
 def schedule_of(
-    tasks: Mapping[str, Task], paused: Collection[str] = frozenset()
+    tasks: Mapping[str, Task],
+    paused: Collection[str] = frozenset(),
+    defaults: Policy | None = None,
 ) -> list[ScheduledTask]:
-    """What the engine needs of each task: its name, trigger, `max_instances`, and whether it
-    starts paused (its name is in `paused`)."""
-    return [
-        ScheduledTask(name, task.trigger, task.max_instances, name in paused)
-        for name, task in tasks.items()
-    ]
+    """What the engine needs of each task: its name, trigger, policy (over the app's
+    `defaults`), and whether it starts paused (its name is in `paused`)."""
+    return [spec_of(task, name in paused, defaults) for name, task in tasks.items()]
 
 
 def control_refusal(verb: str, task_id: str, trigger: BaseTrigger[Any]) -> str | None:
@@ -113,7 +129,8 @@ class _TaskState:
     schedule: Schedule | None = None
     waits: bool = False  # the trigger computes its next due from the end of the previous run
     running: int = 0
-    next_due: float | None = None
+    next_due: float | None = None  # nominal (the heap holds the planned time)
+    queued: tuple[float, float] | None = None  # overlap "queue_one": (due, planned) waiting
     armed: int = 0  # the sequence number of its live heap entry, 0 if none
     ended: bool = False
     paused: bool = False
@@ -131,6 +148,10 @@ class _TaskState:
     @property
     def trigger(self) -> BaseTrigger[Any]:
         return self.spec.trigger
+
+    @property
+    def rules(self) -> Rules:
+        return self.spec.rules
 
     @property
     def scheduled(self) -> bool:
@@ -180,6 +201,9 @@ class DeadlineEngine:
         self._heap: list[tuple[float, int, str]] = []
         self._stale = 0  # heap entries left by tasks paused, removed or rescheduled
         self._in_flight: dict[int, tuple[str, float]] = {}
+        self._planned: dict[int, float] = {}  # seq -> planned time, for jittered runs only
+        self._replacing: set[int] = set()  # runs cancelled by overlap "replace", not yet done
+        self._to_cancel: list[int] = []  # ... that the core has not been told of yet
         self._startup_runs: set[int] = set()  # the start-up runs the schedule waits for
         self._seq = 0
         self.phase = Phase.STARTUP
@@ -281,22 +305,45 @@ class DeadlineEngine:
                 self._stale -= 1
                 continue
             state.armed = 0
+            nominal = state.next_due
+            assert nominal is not None
             state.next_due = None
-            fire = self._fire_unless_busy(state, due, now)
+            if state.waits:
+                fire = self._fire_if_may(state, nominal, due, now)
+            else:
+                following = self._next(state, now)
+                if following is not None and self._planned_time(state, following) < now:
+                    nominal, due, following = self._catch_up(state, nominal, due, following, now)
+                fire = self._fire_if_may(state, nominal, due, now)
+                self._push(state, following)
             if fire is not None:
                 fires.append(fire)
-            if not state.waits:
-                self._arm(state, now, skip_past=True)
         if not heap:
             fires += self._advance_phase(now)
         return fires
 
-    def _arm(self, state: _TaskState, now: float, skip_past: bool = False) -> None:
+    def _arm(self, state: _TaskState, now: float) -> None:
+        self._push(state, self._next(state, now))
+
+    def _next(self, state: _TaskState, now: float) -> float | None:
+        """The task's next due time, within its `start`/`end` window; None: never again."""
         schedule = state.schedule
         assert schedule is not None  # only scheduled tasks are armed
-        due = schedule.advance(now)
-        if skip_past and due is not None and due < now:
-            due = self._skip_past(schedule, state, due, now)
+        rules = state.spec.rules
+        start = rules.start
+        due = schedule.advance(now if start is None or now >= start else start)
+        end = rules.end
+        if due is not None and end is not None and due > end:
+            schedule.ended = True
+            return None
+        return due
+
+    def _planned_time(self, state: _TaskState, due: float) -> float:
+        jitter = state.spec.rules.jitter
+        return due + jitter_offset(state.spec.task_id, due, jitter) if jitter else due
+
+    def _push(self, state: _TaskState, due: float | None) -> None:
+        """Arm the task for `due` (its planned time goes on the heap), or end it."""
         if due is None:
             state.ended = True
             state.next_due = None
@@ -309,7 +356,7 @@ class DeadlineEngine:
             state.spec.trigger.expected_trigger_time = datetime.fromtimestamp(due, timezone.utc)
         self._seq += 1
         state.armed = self._seq
-        heapq.heappush(self._heap, (due, self._seq, state.spec.task_id))
+        heapq.heappush(self._heap, (self._planned_time(state, due), self._seq, state.spec.task_id))
 
     def _disarm(self, state: _TaskState) -> None:
         """Forget the task's next due: its heap entry goes stale (skipped when it surfaces)."""
@@ -336,17 +383,25 @@ class DeadlineEngine:
         heapq.heapify(self._heap)
         self._stale = 0
 
-    def _skip_past(
-        self, schedule: Schedule, state: _TaskState, due: float | None, now: float
-    ) -> float | None:
+    def _catch_up(
+        self, state: _TaskState, due: float, planned: float, following: float | None, now: float
+    ) -> tuple[float, float, float | None]:
         """The engine fell behind (a stall, a suspended machine): rather than firing a burst of
-        runs that are all late, skip the occurrences already past and count them as missed."""
+        runs that are all late, run one of the occurrences already past and count the others as
+        missed. `catch_up="skip"` runs the first (`due`), "latest" the last. Returns the
+        occurrence to run (due, planned) and the first one still to come."""
+        latest = state.spec.rules.catch_up == "latest"
         skipped = 0
-        while due is not None and due < now:
+        while following is not None:
+            following_planned = self._planned_time(state, following)
+            if following_planned >= now:
+                break
             skipped += 1
-            due = schedule.advance(now)
+            if latest:
+                due, planned = following, following_planned
+            following = self._next(state, now)
         self._count_missed(state, skipped, now, "they were already past due when re-armed")
-        return due
+        return due, planned, following
 
     def _count_missed(self, state: _TaskState, count: int, now: float, reason: str) -> None:
         """Count skipped occurrences; log the first at once, then a summary at most every
@@ -366,16 +421,51 @@ class DeadlineEngine:
         state.missed_logged_at = now
         state.missed_unlogged = 0
 
-    def _fire_unless_busy(self, state: _TaskState, due: float, now: float) -> Fire | None:
-        """Fire the occurrence, or skip and count it while `max_instances` runs are going."""
-        if state.running >= state.spec.max_instances:
-            self._count_missed(state, 1, now, "its previous run was still in progress")
+    def _fire_if_may(
+        self, state: _TaskState, due: float, planned: float, now: float
+    ) -> Fire | None:
+        """Fire the occurrence due at `due` (planned at `planned`), unless its policy says
+        otherwise: too late for `misfire_grace`, or a run still going (`overlap`)."""
+        rules = state.spec.rules
+        grace = rules.misfire_grace
+        if grace is not None and now - planned > grace:
+            self._count_missed(state, 1, now, "it could not start within its misfire_grace")
             return None
-        return self._fire(state.spec.task_id, due)
+        if state.running >= rules.limit:
+            overlap = rules.overlap
+            if overlap == "queue_one":
+                if state.queued is not None:
+                    self._count_missed(state, 1, now, "a newer occurrence took its place in queue")
+                state.queued = (due, planned)
+                return None
+            if overlap != "replace":
+                self._count_missed(state, 1, now, "its previous run was still in progress")
+                return None
+            self._replace_runs(state.spec.task_id)
+        return self._fire(state.spec.task_id, due, planned=planned)
 
-    def _fire(self, task_id: str, due: float, reply: bool = False) -> Fire:
+    def _replace_runs(self, task_id: str) -> None:
+        """Overlap "replace": the runs of `task_id` in flight are to be cancelled (the core
+        sends the `Cancel`s: `take_replaced`); each still counts until its `Done`."""
+        for seq, (task, _) in self._in_flight.items():
+            if task == task_id and seq not in self._replacing:
+                self._replacing.add(seq)
+                self._to_cancel.append(seq)
+
+    def take_replaced(self) -> list[int]:
+        """The runs that overlap "replace" cancelled since the last call (usually none)."""
+        if not self._to_cancel:
+            return []
+        seqs, self._to_cancel = self._to_cancel, []
+        return seqs
+
+    def _fire(
+        self, task_id: str, due: float, reply: bool = False, planned: float | None = None
+    ) -> Fire:
         self._seq += 1
         self._in_flight[self._seq] = (task_id, due)
+        if planned is not None and planned != due:
+            self._planned[self._seq] = planned
         self._states[task_id].running += 1
         return Fire(task_id, self._seq, due, reply)
 
@@ -390,7 +480,21 @@ class DeadlineEngine:
         task_id, due = flight
         state = self._states[task_id]
         state.running -= 1
+        if self._planned:
+            due = self._planned.pop(done.seq, due)
+        if self._replacing:
+            self._replacing.discard(done.seq)
         self._record(state, done, due)
+        queued = state.queued
+        if queued is not None:  # overlap "queue_one": its turn, unless the task was stopped
+            state.queued = None
+            if self.phase is Phase.RUNNING and not state.paused and not state.ended:
+                fire = self._fire_if_may(state, queued[0], queued[1], now)
+                if fire is not None:
+                    return [fire, *self._after_done(state, done, now)]
+        return self._after_done(state, done, now)
+
+    def _after_done(self, state: _TaskState, done: Done, now: float) -> list[Fire]:
         if self.phase is Phase.STARTUP:
             # The schedule is armed when the start-up tasks are done (a run-now may overlap).
             if done.seq in self._startup_runs:
@@ -440,9 +544,15 @@ class DeadlineEngine:
         """A legacy trigger driven from outside says `task_id` is due now."""
         if task_id not in self._external or self.phase is not Phase.RUNNING:
             return []
-        if self._states[task_id].paused:  # not counted as missed: nobody was meant to run it
+        state = self._states[task_id]
+        if state.paused:  # not counted as missed: nobody was meant to run it
             return []
-        fire = self._fire_unless_busy(self._states[task_id], now, now)
+        rules = state.spec.rules  # outside its start/end window: not meant to run either
+        if (rules.start is not None and now < rules.start) or (
+            rules.end is not None and now > rules.end
+        ):
+            return []
+        fire = self._fire_if_may(state, now, now, now)
         return [] if fire is None else [fire]
 
     def external_ended(self, task_id: str, now: float) -> list[Fire]:
@@ -467,6 +577,29 @@ class DeadlineEngine:
         flight = self._in_flight.pop(seq, None)
         if flight is not None:
             self._states[flight[0]].running -= 1
+            self._planned.pop(seq, None)
+            self._replacing.discard(seq)
+
+    def drop_misfired(self, fires: list[Fire], now: float) -> tuple[list[Fire], list[Fire]]:
+        """Of `fires` that waited for a worker, those past their task's `misfire_grace` are
+        dropped and counted as missed (a run-now never is). Returns (the fires to send, the
+        fires that dropping them brings: shut-down tasks when nothing else can fire)."""
+        kept: list[Fire] = []
+        dropped = False
+        for fire in fires:
+            flight = self._in_flight.get(fire.seq)
+            grace = None if flight is None else self._states[flight[0]].spec.rules.misfire_grace
+            if grace is None or fire.reply:
+                kept.append(fire)
+                continue
+            if now - self._planned.get(fire.seq, fire.due) <= grace:
+                kept.append(fire)
+                continue
+            self.forget(fire.seq)
+            state = self._states[fire.task]
+            self._count_missed(state, 1, now, "it waited for a worker longer than misfire_grace")
+            dropped = True
+        return kept, (self._advance_phase(now) if dropped else [])
 
     def pause(self, task_id: str) -> None:
         """No further occurrence until `resume`; runs in flight go on. The occurrences that fall
@@ -475,6 +608,7 @@ class DeadlineEngine:
         if state.paused:
             return
         state.paused = True
+        state.queued = None
         self._paused.add(task_id)
         self._disarm(state)
 
@@ -500,6 +634,7 @@ class DeadlineEngine:
         state.removed = True
         state.ended = True
         state.paused = False
+        state.queued = None
         self._paused.discard(task_id)
         self._disarm(state)
         self._external.discard(task_id)
@@ -513,6 +648,7 @@ class DeadlineEngine:
         paused, an ended one may fire again)."""
         state = self._states[task_id]
         self._disarm(state)
+        state.queued = None
         state.spec = replace(state.spec, trigger=trigger)
         state.schedule = trigger._new_schedule()
         state.waits = trigger.waits_for_completion

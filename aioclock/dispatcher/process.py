@@ -124,7 +124,10 @@ class Dispatcher:
     ) -> None:
         self._main_path = main_path
         self.core = ControlCore(
-            schedule, workers=[index for index, _, _ in worker_links], sync_tasks=sync_tasks
+            schedule,
+            workers=[index for index, _, _ in worker_links],
+            sync_tasks=sync_tasks,
+            sync_cancel_ends_worker=True,
         )
         self._yield_after_light_fires = shares_cpu_with_workers
         self._control = control

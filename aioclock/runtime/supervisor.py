@@ -51,7 +51,7 @@ from aioclock._protocol import (
 )
 from aioclock._task import Task
 from aioclock.dispatcher.core import CANCEL_ANSWER_WAIT
-from aioclock.dispatcher.engine import ScheduledTask, schedule_of
+from aioclock.dispatcher.engine import schedule_of, spec_of
 from aioclock.dispatcher.payload import DispatcherPayload
 from aioclock.exceptions import AppStoppedError, WorkerProcessError
 from aioclock.runtime import ControlVerbs, Requests, raise_for_refusal, result_of_run_now
@@ -197,7 +197,7 @@ class Supervisor(ControlVerbs):
 
     async def _start(self, loop: asyncio.AbstractEventLoop) -> None:
         # May fail: before any process starts.
-        schedule = pickle.dumps(schedule_of(self._tasks, self._app._paused))
+        schedule = pickle.dumps(schedule_of(self._tasks, self._app._paused, self._app.policy))
         parent_end, child_end = socket.socketpair()
         self._control = ControlChannel(parent_end, loop)
         loop.add_reader(parent_end.fileno(), self._read_control)
@@ -419,7 +419,7 @@ class Supervisor(ControlVerbs):
         same pipe) before it answers; a worker started later is taught it when it joins."""
         task.check_reachable(self._app.start_method)
         refuse_legacy_triggers([task])
-        spec = ScheduledTask(task.name, task.trigger, task.max_instances)
+        spec = spec_of(task, defaults=self._app.policy)
         schedule = _for_dispatcher(spec, f"the trigger of task {task.name!r}")
         try:
             code = _for_workers(task)

@@ -53,6 +53,8 @@ logger = logging.getLogger(__name__)
 
 #: Exit status of a worker that replaced itself because a sync task overran its timeout.
 EXIT_SYNC_TIMEOUT = 70
+#: Exit status of a worker that replaced itself because a newer run replaced its sync run.
+EXIT_SYNC_REPLACED = 71
 #: Exit status of a worker whose start-up (the lifespan, say) or loop raised.
 EXIT_FAILED = 1
 
@@ -112,6 +114,7 @@ class Worker:
         self._lifeline_reader = FrameReader()
         self._stopped: asyncio.Future[float] | None = None
         self._runner: TaskRunner | None = None
+        self._exit_after: set[int] = set()  # replaced sync runs: exit once their Done is sent
 
     async def serve(self) -> None:
         loop = asyncio.get_running_loop()
@@ -154,7 +157,8 @@ class Worker:
             if isinstance(frame, Fire):
                 runner.start(frame)
             elif isinstance(frame, Cancel):
-                runner.cancel(frame.seq)
+                if runner.cancel(frame.seq) and frame.replace:
+                    self._exit_after.add(frame.seq)
             elif isinstance(frame, LearnTask):
                 self._learn(runner, frame)
             elif isinstance(frame, Barrier):
@@ -204,6 +208,21 @@ class Worker:
             logger.warning(
                 "worker %d could not report run %d of %s", self.index, done.seq, done.task
             )
+        if self._exit_after and done.seq in self._exit_after:
+            self._replace_after_sync_cancel(done)
+
+    def _replace_after_sync_cancel(self, done: Done) -> None:
+        """A newer run replaced sync run `done.seq`; its thread cannot be cancelled, so this
+        worker exits to be replaced (its other runs end as crashed)."""
+        logger.warning(
+            "worker %d: sync run %d of %s was replaced by a newer run; the worker exits and is "
+            "replaced, to end its thread",
+            self.index,
+            done.seq,
+            done.task,
+        )
+        self.exit_code = EXIT_SYNC_REPLACED
+        asyncio.get_running_loop().call_soon(self._exit_now)
 
     def _replace_after_sync_timeout(self, task: Task) -> None:
         """A thread cannot be cancelled: once its Done is sent, this worker exits to be replaced."""

@@ -58,6 +58,7 @@ class TaskRunner:
         self._now = now
         self._injected: dict[str, Callable[..., Any]] = {}
         self._running: dict[int, asyncio.Task[None]] = {}
+        self._sync_runs: set[int] = set()  # runs of sync tasks (a thread runs them)
         self._replies: dict[int, tuple[bool, Any]] = {}  # seq -> (ok, value or exception)
         for task in tasks.values():  # build the injectors now, not on the first (timed) run
             self._injector(task)
@@ -72,11 +73,14 @@ class TaskRunner:
     def running_tasks(self) -> list[asyncio.Task[None]]:
         return list(self._running.values())
 
-    def cancel(self, seq: int) -> None:
-        """Cancel run `seq` if it is still going (it then reports `cancelled`)."""
+    def cancel(self, seq: int) -> bool:
+        """Cancel run `seq` if it is still going (it then reports `cancelled`). True when it
+        is a run of a sync task: its thread cannot be cancelled and runs on."""
         run = self._running.get(seq)
-        if run is not None:
-            run.cancel()
+        if run is None:
+            return False
+        run.cancel()
+        return seq in self._sync_runs
 
     def start(self, fire: Fire) -> None:
         """Begin the run at once; its `Done` goes to `on_done` when it ends."""
@@ -115,6 +119,8 @@ class TaskRunner:
         try:
             if task is None:
                 raise LookupError(f"no task with id {fire.task!r} is registered in this process")
+            if not task.is_async:
+                self._sync_runs.add(fire.seq)
             value = await self._call(task)
             if fire.reply:
                 self._replies[fire.seq] = (True, value)
@@ -134,6 +140,7 @@ class TaskRunner:
                 self._replies[fire.seq] = (False, failure)
         finally:
             self._running.pop(fire.seq, None)
+            self._sync_runs.discard(fire.seq)
             self._on_done(Done(fire.task, fire.seq, started, self._now(), outcome, error))
 
     def _injector(self, task: Task) -> Callable[..., Any]:
