@@ -49,7 +49,7 @@ from aioclock.runtime import ControlVerbs, Requests, raise_for_refusal, result_o
 from aioclock.runtime.legacy import drive_legacy_trigger
 from aioclock.runtime.signals import StopSignals
 from aioclock.triggers import BaseTrigger
-from aioclock.workers.runner import TaskRunner, enter_lifespan
+from aioclock.workers.runner import REPLACED, SHUTDOWN, TaskRunner, enter_lifespan
 
 if TYPE_CHECKING:
     from aioclock.app import AioClock
@@ -202,7 +202,8 @@ class LocalRuntime(ControlVerbs):
             elif isinstance(send.frame, Fire):
                 self._runner.start(send.frame)
             elif isinstance(send.frame, Cancel):
-                self._runner.cancel(send.frame.seq)
+                reason = REPLACED if send.frame.replace else SHUTDOWN
+                self._runner.cancel(send.frame.seq, reason)
             elif isinstance(send.frame, Barrier):
                 # After the first steps of the runs started above, as a worker answers it.
                 passed = BarrierPassed(LOCAL_WORKER, send.frame.token)

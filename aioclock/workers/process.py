@@ -44,7 +44,7 @@ from aioclock._protocol import (
     read_frames,
 )
 from aioclock._task import Task
-from aioclock.workers.runner import TaskRunner, enter_lifespan
+from aioclock.workers.runner import REPLACED, TaskRunner, enter_lifespan
 
 if TYPE_CHECKING:
     from aioclock.app import AioClock
@@ -157,8 +157,11 @@ class Worker:
             if isinstance(frame, Fire):
                 runner.start(frame)
             elif isinstance(frame, Cancel):
-                if runner.cancel(frame.seq) and frame.replace:
-                    self._exit_after.add(frame.seq)
+                if frame.replace:
+                    if runner.cancel(frame.seq, REPLACED):
+                        self._exit_after.add(frame.seq)
+                else:
+                    runner.cancel(frame.seq)
             elif isinstance(frame, LearnTask):
                 self._learn(runner, frame)
             elif isinstance(frame, Barrier):

@@ -25,6 +25,11 @@ from aioclock.exceptions import TaskTimeoutError
 
 logger = logging.getLogger("aioclock")
 
+#: Why a run is cancelled, unless told otherwise.
+SHUTDOWN = "shutdown"
+#: ... when a newer run of its task replaces it (overlap "replace").
+REPLACED = "replaced by a newer run"
+
 #: The error a `Done` carries is cut to this many characters (the log keeps it whole), so that
 #: every `Done` fits in a frame.
 MAX_ERROR_CHARS = 2000
@@ -73,13 +78,14 @@ class TaskRunner:
     def running_tasks(self) -> list[asyncio.Task[None]]:
         return list(self._running.values())
 
-    def cancel(self, seq: int) -> bool:
-        """Cancel run `seq` if it is still going (it then reports `cancelled`). True when it
-        is a run of a sync task: its thread cannot be cancelled and runs on."""
+    def cancel(self, seq: int, reason: str = SHUTDOWN) -> bool:
+        """Cancel run `seq` if it is still going (it then reports `cancelled`, and why:
+        `reason`). True when it is a run of a sync task: its thread cannot be cancelled and
+        runs on."""
         run = self._running.get(seq)
         if run is None:
             return False
-        run.cancel()
+        run.cancel(reason)
         return seq in self._sync_runs
 
     def start(self, fire: Fire) -> None:
@@ -129,8 +135,9 @@ class TaskRunner:
             timeout_error = _timeout_error(task)
             outcome, error = "timeout", str(timeout_error)
             logger.error("%s", timeout_error)
-        except asyncio.CancelledError:
-            outcome, error = "cancelled", "cancelled while running (shutdown)"
+        except asyncio.CancelledError as cancelled:
+            reason = cancelled.args[0] if cancelled.args else SHUTDOWN
+            outcome, error = "cancelled", f"cancelled while running ({reason})"
             logger.warning("task %s was cancelled while running", fire.task)
             raise
         except Exception as failure:
