@@ -131,6 +131,7 @@ class _TaskState:
     running: int = 0
     next_due: float | None = None  # nominal (the heap holds the planned time)
     queued: tuple[float, float] | None = None  # overlap "queue_one": (due, planned) waiting
+    rules: Rules = DEFAULT_RULES  # `spec.rules`, read once per fire
     armed: int = 0  # the sequence number of its live heap entry, 0 if none
     ended: bool = False
     paused: bool = False
@@ -149,9 +150,8 @@ class _TaskState:
     def trigger(self) -> BaseTrigger[Any]:
         return self.spec.trigger
 
-    @property
-    def rules(self) -> Rules:
-        return self.spec.rules
+    def __post_init__(self) -> None:
+        self.rules = self.spec.rules
 
     @property
     def scheduled(self) -> bool:
@@ -308,11 +308,19 @@ class DeadlineEngine:
             nominal = state.next_due
             assert nominal is not None
             state.next_due = None
+            rules = state.rules
             if state.waits:
                 fire = self._fire_if_may(state, nominal, due, now)
             else:
-                following = self._next(state, now)
-                if following is not None and self._planned_time(state, following) < now:
+                if rules.start is None and rules.end is None:
+                    following = state.schedule.advance(now)  # type: ignore[union-attr]
+                else:
+                    following = self._next(state, now)
+                if following is not None and (
+                    following < now
+                    if not rules.jitter
+                    else self._planned_time(state, following) < now
+                ):
                     nominal, due, following = self._catch_up(state, nominal, due, following, now)
                 fire = self._fire_if_may(state, nominal, due, now)
                 self._push(state, following)
@@ -329,7 +337,7 @@ class DeadlineEngine:
         """The task's next due time, within its `start`/`end` window; None: never again."""
         schedule = state.schedule
         assert schedule is not None  # only scheduled tasks are armed
-        rules = state.spec.rules
+        rules = state.rules
         start = rules.start
         due = schedule.advance(now if start is None or now >= start else start)
         end = rules.end
@@ -339,7 +347,7 @@ class DeadlineEngine:
         return due
 
     def _planned_time(self, state: _TaskState, due: float) -> float:
-        jitter = state.spec.rules.jitter
+        jitter = state.rules.jitter
         return due + jitter_offset(state.spec.task_id, due, jitter) if jitter else due
 
     def _push(self, state: _TaskState, due: float | None) -> None:
@@ -356,7 +364,8 @@ class DeadlineEngine:
             state.spec.trigger.expected_trigger_time = datetime.fromtimestamp(due, timezone.utc)
         self._seq += 1
         state.armed = self._seq
-        heapq.heappush(self._heap, (self._planned_time(state, due), self._seq, state.spec.task_id))
+        planned = self._planned_time(state, due) if state.rules.jitter else due
+        heapq.heappush(self._heap, (planned, self._seq, state.spec.task_id))
 
     def _disarm(self, state: _TaskState) -> None:
         """Forget the task's next due: its heap entry goes stale (skipped when it surfaces)."""
@@ -390,7 +399,7 @@ class DeadlineEngine:
         runs that are all late, run one of the occurrences already past and count the others as
         missed. `catch_up="skip"` runs the first (`due`), "latest" the last. Returns the
         occurrence to run (due, planned) and the first one still to come."""
-        latest = state.spec.rules.catch_up == "latest"
+        latest = state.rules.catch_up == "latest"
         skipped = 0
         while following is not None:
             following_planned = self._planned_time(state, following)
@@ -426,7 +435,7 @@ class DeadlineEngine:
     ) -> Fire | None:
         """Fire the occurrence due at `due` (planned at `planned`), unless its policy says
         otherwise: too late for `misfire_grace`, or a run still going (`overlap`)."""
-        rules = state.spec.rules
+        rules = state.rules
         grace = rules.misfire_grace
         if grace is not None and now - planned > grace:
             self._count_missed(state, 1, now, "it could not start within its misfire_grace")
@@ -485,16 +494,9 @@ class DeadlineEngine:
         if self._replacing:
             self._replacing.discard(done.seq)
         self._record(state, done, due)
-        queued = state.queued
-        if queued is not None:  # overlap "queue_one": its turn, unless the task was stopped
-            state.queued = None
-            if self.phase is Phase.RUNNING and not state.paused and not state.ended:
-                fire = self._fire_if_may(state, queued[0], queued[1], now)
-                if fire is not None:
-                    return [fire, *self._after_done(state, done, now)]
-        return self._after_done(state, done, now)
-
-    def _after_done(self, state: _TaskState, done: Done, now: float) -> list[Fire]:
+        queued: list[Fire] = []
+        if state.queued is not None:  # overlap "queue_one": its turn, unless the task stopped
+            queued = self._fire_queued(state, now)
         if self.phase is Phase.STARTUP:
             # The schedule is armed when the start-up tasks are done (a run-now may overlap).
             if done.seq in self._startup_runs:
@@ -509,7 +511,18 @@ class DeadlineEngine:
             and not state.paused
         ):
             self._arm(state, now)
+        if queued:
+            return queued + self._advance_phase(now)
         return self._advance_phase(now)
+
+    def _fire_queued(self, state: _TaskState, now: float) -> list[Fire]:
+        queued = state.queued
+        assert queued is not None
+        state.queued = None
+        if self.phase is not Phase.RUNNING or state.paused or state.ended:
+            return []
+        fire = self._fire_if_may(state, queued[0], queued[1], now)
+        return [] if fire is None else [fire]
 
     def _record(self, state: _TaskState, done: Done, due: float) -> None:
         state.runs += 1
@@ -547,7 +560,7 @@ class DeadlineEngine:
         state = self._states[task_id]
         if state.paused:  # not counted as missed: nobody was meant to run it
             return []
-        rules = state.spec.rules  # outside its start/end window: not meant to run either
+        rules = state.rules  # outside its start/end window: not meant to run either
         if (rules.start is not None and now < rules.start) or (
             rules.end is not None and now > rules.end
         ):
@@ -588,7 +601,7 @@ class DeadlineEngine:
         dropped = False
         for fire in fires:
             flight = self._in_flight.get(fire.seq)
-            grace = None if flight is None else self._states[flight[0]].spec.rules.misfire_grace
+            grace = None if flight is None else self._states[flight[0]].rules.misfire_grace
             if grace is None or fire.reply:
                 kept.append(fire)
                 continue
@@ -665,6 +678,7 @@ class DeadlineEngine:
             state = self._states[spec.task_id] = _TaskState(spec)
         else:
             state.spec = spec
+            state.rules = spec.rules
             state.schedule = None
             state.waits = state.ended = state.removed = False
         self._classify(state)
