@@ -116,7 +116,8 @@ class Policy:
         """This policy, with each field it leaves at None taken from `defaults`.
 
         An `overlap` set here decides `max_instances` too (a task's "replace" is not given the
-        app's `max_instances`). Raises ValueError when the two windows give `end <= start`.
+        app's `max_instances`), except that "allow" over "allow" inherits the bound. Raises
+        ValueError when the two windows give `end <= start`.
         """
         if defaults is None:
             return self
@@ -124,7 +125,7 @@ class Policy:
         for spec in fields(self):
             own = getattr(self, spec.name)
             merged[spec.name] = own if own is not None else getattr(defaults, spec.name)
-        if self.overlap is not None:
+        if self.overlap is not None and not (self.overlap == "allow" == defaults.overlap):
             merged["max_instances"] = self.max_instances
         return Policy(**merged)
 

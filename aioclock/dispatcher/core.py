@@ -463,7 +463,7 @@ class ControlCore:
             if flight is None:
                 continue
             task_id = flight[0]
-            logger.warning("run %d of %s is replaced by a newer run: cancelling it", seq, task_id)
+            logger.info("run %d of %s is replaced by a newer run: cancelling it", seq, task_id)
             waiting = [fire for fire in self._waiting if fire.seq == seq]
             if waiting:
                 self._waiting.remove(waiting[0])

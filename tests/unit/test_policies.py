@@ -160,6 +160,14 @@ def test_a_task_field_wins_over_its_group_which_wins_over_the_app():
     assert specs["allowed"].max_instances == 3
 
 
+def test_overlap_decides_max_instances_unless_both_allow():
+    bounded = Policy(max_instances=3)
+    assert Policy(overlap="allow").over(bounded).rules().limit == 3
+    assert Policy(overlap="replace").over(bounded).rules().limit == 1
+    assert Policy(max_instances=5).over(bounded).rules().limit == 5
+    assert Policy().over(Policy(overlap="allow")).rules().limit > 10**9  # no bound
+
+
 def test_the_0_3_api_is_unchanged_max_instances_n_lets_n_runs_overlap():
     app = AioClock()
 
