@@ -2,6 +2,11 @@
 thread cannot be, so its worker exits and is replaced (the rest: tests/unit/test_policies.py)."""
 
 import asyncio
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -49,3 +54,22 @@ async def test_a_replaced_async_run_is_cancelled_and_its_worker_stays(events):
     assert {event["pid"] for event in started} == workers  # one worker, never replaced
     assert stats.last_error == "cancelled while running (replaced by a newer run)"
     assert stats.missed == 0
+
+
+def test_the_readme_example_runs(tmp_path):
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    section = readme[readme.index("## Scheduling policies") :]
+    code = re.search(r"```python\n(.*?)```", section, re.S)
+    assert code is not None
+    script = tmp_path / "policies_example.py"
+    script.write_text(code.group(1))
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])}
+    result = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=60, env=env
+    )
+    assert result.returncode == 0, result.stderr
+    lines = dict(line.split(": ", 1) for line in result.stdout.splitlines())
+    assert set(lines) == {"build_report", "refresh_cache", "poll"}
+    assert lines["refresh_cache"].split(", ")[1] != "0 cancelled"  # each run replaced the last
+    poll_runs = int(lines["poll"].split()[0])
+    assert 1 <= poll_runs <= 4  # due at 1.5, 2, 2.5 and 3 s at most: within start and end
