@@ -519,3 +519,38 @@ async def test_in_process_a_stall_is_caught_up_by_policy():
 def test_timedelta_is_not_a_grace():
     with pytest.raises(TypeError, match="misfire_grace must be a number of seconds or None"):
         Policy(misfire_grace=timedelta(seconds=1))  # type: ignore[arg-type]
+
+
+def test_aioclock_tasks_prints_the_policy_line():
+    from aioclock.cli.plan import format_plan
+
+    app = AioClock(policy=Policy(misfire_grace=30))
+
+    @app.task(trigger=Every(seconds=10), overlap="queue_one")
+    async def shown(): ...
+
+    text = format_plan("m:app", plan(app, T0, 1), T0)
+    assert "  policy   overlap=queue_one, misfire_grace=30 s" in text
+
+
+@fake_time(start=T0)
+async def test_a_task_added_while_serving_takes_its_policy_and_the_apps():
+    app = AioClock(handle_signals=False, policy=Policy(overlap="replace"))
+
+    @app.task(trigger=Every(seconds=100))
+    async def keeps_serving(): ...
+
+    async def added():
+        await asyncio.sleep(5)
+
+    serving = asyncio.create_task(app.serve())
+    await asyncio.sleep(0.5)
+    with pytest.raises(ValueError, match="jitter must be a finite number of seconds >= 0, got -1"):
+        await app.add_task(added, trigger=Every(seconds=1), jitter=-1)
+    await app.add_task(added, trigger=Every(seconds=1), start=at(T0 + 2))
+    await asyncio.sleep(5.0)  # due at 3, 4 and 5: each replaces the one before
+    metadata = {m.task_name: m for m in await get_metadata_of_all_tasks(app)}
+    serving.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await serving
+    assert (metadata["added"].runs, metadata["added"].failures) == (2, 2)
