@@ -1,11 +1,13 @@
 """AioClock: asyncio scheduling with dependency injection.
 
 `AioClock()` runs tasks in the current event loop; `AioClock(workers=N)` keeps the schedule in a
-dispatcher process and runs tasks in N worker processes. The public names are those of aioclock 0.3.
+dispatcher process and runs tasks in N worker processes. The public names are those of
+aioclock 0.3, and `Policy`.
 """
 
 from fast_depends import Depends as Depends
 
+from aioclock._policy import Policy as Policy
 from aioclock.app import AioClock as AioClock
 from aioclock.group import Group as Group
 from aioclock.triggers import At as At
@@ -29,6 +31,7 @@ __all__ = [
     "OnStartUp",
     "Once",
     "OrTrigger",
+    "Policy",
 ]
 
 __version__ = "1.0.0.dev0"

@@ -116,9 +116,12 @@ class Stats(msgspec.Struct, frozen=True, tag=True, array_like=True):
 
 
 class Cancel(msgspec.Struct, frozen=True, tag=True, array_like=True):
-    """Cancel run `seq` (its grace period at shutdown is over)."""
+    """Cancel run `seq` (its grace period at shutdown is over, or `replace`: a newer run of its
+    task replaces it, overlap "replace"; a worker whose thread runs it then exits, to be
+    replaced, so that the thread ends)."""
 
     seq: int
+    replace: bool = False
 
 
 class RunNowDone(msgspec.Struct, frozen=True, tag=True, array_like=True):

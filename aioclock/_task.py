@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from aioclock._policy import Policy
 from aioclock.exceptions import TaskNotReachableError
 from aioclock.triggers import BaseTrigger
 
@@ -44,6 +45,8 @@ class Task:
     and a restarted app all agree on it; `id` is the same name as a UUID (upstream's type).
     `limiter` (an `anyio.CapacityLimiter`, from the task's group) bounds how many sync tasks
     sharing it run in threads at once; it stays in this process (see `__getstate__`).
+    `policy`: its scheduling policy as declared (its own fields over its group's); the app's
+    defaults are applied when the app serves (`Policy.over`).
     """
 
     func: Callable[..., Any]
@@ -52,6 +55,7 @@ class Task:
     max_instances: int = 1
     name: str = ""
     limiter: Any = field(default=None, repr=False, compare=False)
+    policy: Policy = field(default_factory=Policy)
     id: uuid.UUID = field(init=False)
     is_async: bool = field(init=False)  # read for every run: computed once
 

@@ -6,15 +6,17 @@ import uuid
 import weakref
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager, AbstractContextManager
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeVar, Union
 
 import anyio
 from fast_depends import Provider
 
+from aioclock._policy import CatchUp, Overlap, Policy
 from aioclock._task import Task, qualified_name
 from aioclock.dispatcher.engine import control_refusal, reschedule_refusal, trigger_refusal
 from aioclock.exceptions import TaskIdNotFound, TaskStateError
-from aioclock.group import Group, _check_timeout, check_int
+from aioclock.group import Group, _check_policy, _check_timeout, task_policy
 from aioclock.settings import Settings, StartMethod, SyncTaskPriority
 from aioclock.triggers import BaseTrigger
 
@@ -29,6 +31,13 @@ Lifespan = Callable[
 TaskRef = Union[Callable[..., Any], str, uuid.UUID]
 
 _apps: weakref.WeakSet[AioClock] = weakref.WeakSet()
+
+
+def _check_with_defaults(task: Task, defaults: Policy | None) -> None:
+    try:
+        task.policy.over(defaults)
+    except ValueError as error:
+        raise ValueError(f"task {task.name!r} with the app's policy: {error}") from None
 
 
 def apps_owning(func: Callable[..., Any]) -> list[AioClock]:
@@ -107,6 +116,7 @@ class AioClock:
         sync_task_priority: SyncTaskPriority = "idle",
         scheduling_cpus: int | None = None,
         loop_stall_timeout: float | None = 10.0,
+        policy: Policy | None = None,
     ) -> None:
         settings = Settings(  # validates each, naming the setting and the value
             workers=workers,
@@ -124,7 +134,8 @@ class AioClock:
         self.sync_task_priority = settings.sync_task_priority
         self.scheduling_cpus = settings.scheduling_cpus
         self.loop_stall_timeout = settings.loop_stall_timeout
-        self._app_group = Group(limiter=limiter)
+        self.policy = _check_policy(policy)
+        self._app_group = Group(limiter=limiter, policy=self.policy)
         self._groups: list[Group] = []
         self._overrides: list[tuple[Callable[..., Any], Callable[..., Any]]] = []
         self._provider = Provider()
@@ -140,7 +151,13 @@ class AioClock:
         *,
         trigger: BaseTrigger[Any],
         timeout: float | None = None,
-        max_instances: int = 1,
+        max_instances: int | None = None,
+        overlap: Overlap | None = None,
+        misfire_grace: float | None = None,
+        catch_up: CatchUp | None = None,
+        start: datetime | None = None,
+        end: datetime | None = None,
+        jitter: float | None = None,
     ) -> Callable[[F], F]:
         """Register the decorated function to run whenever `trigger` fires.
 
@@ -148,8 +165,10 @@ class AioClock:
         functions run on the event loop, sync ones in a thread so they never block it.
         `timeout` (seconds): a run past it is logged as `TaskTimeoutError`; an async run is
         cancelled, a sync run's thread cannot be (it runs on in-process; a worker replaces itself).
-        `max_instances`: how many runs of this task may overlap (default 1); an occurrence due
-        while that many still run is skipped, logged and counted as missed.
+        `overlap`, `max_instances`, `misfire_grace`, `catch_up`, `start`, `end`, `jitter`: its
+        scheduling policy (see `Policy`; each one not set comes from the app's `policy`). By
+        default an occurrence due while a run still goes is skipped, logged and counted as
+        missed; `max_instances=N` lets N runs overlap.
 
         Example:
             ```python
@@ -162,7 +181,17 @@ class AioClock:
                 print("Hello World")
             ```
         """
-        return self._app_group.task(trigger=trigger, timeout=timeout, max_instances=max_instances)
+        return self._app_group.task(
+            trigger=trigger,
+            timeout=timeout,
+            max_instances=max_instances,
+            overlap=overlap,
+            misfire_grace=misfire_grace,
+            catch_up=catch_up,
+            start=start,
+            end=end,
+            jitter=jitter,
+        )
 
     def include_group(self, group: Group) -> None:
         """Add every task of `group` to this app.
@@ -183,6 +212,8 @@ class AioClock:
         """
         if not isinstance(group, Group):
             raise TypeError(f"include_group takes a Group, got {group!r}")
+        for task in group._tasks:  # the app's defaults must make sense with each task's own
+            _check_with_defaults(task, self.policy)
         if group not in self._groups:
             self._groups.append(group)
 
@@ -305,7 +336,13 @@ class AioClock:
         *,
         trigger: BaseTrigger[Any],
         timeout: float | None = None,  # noqa: ASYNC109  # the task's timeout, as in `task()`
-        max_instances: int = 1,
+        max_instances: int | None = None,
+        overlap: Overlap | None = None,
+        misfire_grace: float | None = None,
+        catch_up: CatchUp | None = None,
+        start: datetime | None = None,
+        end: datetime | None = None,
+        jitter: float | None = None,
     ) -> None:
         """Register `func` as `@app.task(...)` does, while the app serves or not.
 
@@ -327,7 +364,16 @@ class AioClock:
                 await app.add_task(cleanup, trigger=Cron(cron="0 3 * * *", tz="UTC"), timeout=60)
             ```
         """
-        new = self._new_task(func, trigger, timeout, max_instances)
+        policy = dict(
+            max_instances=max_instances,
+            overlap=overlap,
+            misfire_grace=misfire_grace,
+            catch_up=catch_up,
+            start=start,
+            end=end,
+            jitter=jitter,
+        )
+        new = self._new_task(func, trigger, timeout, policy)
         if new.name in self._adding or any(t.name == new.name for t in self._tasks):
             raise TaskStateError(f"task {new.name!r} is already registered")
         runtime = self._runtime
@@ -356,7 +402,7 @@ class AioClock:
             raise TaskStateError(problem)
 
     def _new_task(
-        self, func: Callable[..., Any], trigger: Any, timeout: Any, max_instances: Any
+        self, func: Callable[..., Any], trigger: Any, timeout: Any, policy: dict[str, Any]
     ) -> Task:
         """The task `@app.task(...)` would register, checked the same way, not registered."""
         if not isinstance(trigger, BaseTrigger):
@@ -365,12 +411,14 @@ class AioClock:
             raise TypeError(f"add_task takes a function, got {func!r}")
         group = self._app_group
         own_timeout = _check_timeout(timeout)
+        resolved = task_policy(trigger, group.policy, **policy)
         return Task(
             func=func,
             trigger=trigger,
             timeout=own_timeout if own_timeout is not None else group.timeout,
-            max_instances=check_int("max_instances", max_instances, 1),
+            max_instances=resolved.rules().limit,
             limiter=group._limiter,
+            policy=resolved,
         )
 
     # -- dependencies -------------------------------------------------------------------------

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any, TypeVar
 
 import anyio
 
+from aioclock._policy import CatchUp, Overlap, Policy, check_for_trigger
 from aioclock._task import Task
 from aioclock.triggers import BaseTrigger
 
@@ -30,6 +32,20 @@ def _check_limiter(limiter: Any) -> anyio.CapacityLimiter | None:
     return limiter
 
 
+def _check_policy(policy: Any) -> Policy | None:
+    if policy is not None and not isinstance(policy, Policy):
+        raise TypeError(f"policy must be an aioclock.Policy or None, got {policy!r}")
+    return policy
+
+
+def task_policy(trigger: BaseTrigger[Any], defaults: Policy | None, **given: Any) -> Policy:
+    """The policy of a task declared with the keyword arguments `given`, over `defaults`
+    (its group's): validated here, naming the field and the value."""
+    own = Policy(**given)
+    check_for_trigger(own, trigger)
+    return own.over(defaults)
+
+
 def check_int(name: str, value: Any, minimum: int) -> int:
     """`value` if it is an int (not a bool) >= `minimum`; else ValueError naming `name`."""
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
@@ -44,7 +60,8 @@ class Group:
     `anyio.CapacityLimiter`) bounds how many of its sync tasks run in threads at once (a group
     without one is not bounded by the app's limiter, as in aioclock 0.3). A limiter holds in one
     process only: with `workers >= 1` it is not sent to the worker processes, and each worker
-    runs its sync tasks in its own thread pool.
+    runs its sync tasks in its own thread pool. `policy` (a `Policy`): the scheduling policy
+    of its tasks, for each field a task does not set itself (see "Scheduling policies").
 
     Example:
         ```python
@@ -62,30 +79,52 @@ class Group:
     """
 
     def __init__(
-        self, *, timeout: float | None = None, limiter: anyio.CapacityLimiter | None = None
+        self,
+        *,
+        timeout: float | None = None,
+        limiter: anyio.CapacityLimiter | None = None,
+        policy: Policy | None = None,
     ) -> None:
         self._tasks: list[Task] = []
         self.timeout = _check_timeout(timeout)
         self._limiter = _check_limiter(limiter)
+        self.policy = _check_policy(policy)
 
     def task(
         self,
         *,
         trigger: BaseTrigger[Any],
         timeout: float | None = None,
-        max_instances: int = 1,
+        max_instances: int | None = None,
+        overlap: Overlap | None = None,
+        misfire_grace: float | None = None,
+        catch_up: CatchUp | None = None,
+        start: datetime | None = None,
+        end: datetime | None = None,
+        jitter: float | None = None,
     ) -> Callable[[F], F]:
         """Register the decorated function to run whenever `trigger` fires.
 
         The function is returned unchanged, so it stays callable as a plain function. Sync
         functions run without blocking the event loop. `timeout` (seconds) wins over the group's;
-        `max_instances` is how many runs of this task may overlap (an occurrence due while that
-        many still run is skipped and counted as missed).
+        `overlap`, `max_instances`, `misfire_grace`, `catch_up`, `start`, `end` and `jitter`
+        are its scheduling policy (see `Policy`); each one left at None comes from the group's
+        `policy`, then the app's.
         """
         if not isinstance(trigger, BaseTrigger):
             raise TypeError(f"trigger must be a BaseTrigger instance, got {trigger!r}")
         own_timeout = _check_timeout(timeout)
-        instances = check_int("max_instances", max_instances, 1)
+        policy = task_policy(
+            trigger,
+            self.policy,
+            overlap=overlap,
+            max_instances=max_instances,
+            misfire_grace=misfire_grace,
+            catch_up=catch_up,
+            start=start,
+            end=end,
+            jitter=jitter,
+        )
 
         def register(func: F) -> F:
             if not callable(func):
@@ -95,8 +134,9 @@ class Group:
                     func=func,
                     trigger=trigger,
                     timeout=own_timeout if own_timeout is not None else self.timeout,
-                    max_instances=instances,
+                    max_instances=policy.rules().limit,
                     limiter=self._limiter,
+                    policy=policy,
                 )
             )
             return func

@@ -5,6 +5,9 @@ on a simulated clock that reaches each due in turn, as the engine's clock does w
 Nothing reads the clock but the caller, once, for "now": a trigger whose first due counts from
 the start (`Every`, `Once`) is planned as if the app started then.
 
+A task's `start` and `end` bound its dues as they bound the engine's; its policy is shown when it
+sets one (the due times are nominal: with `jitter`, each run starts up to that much later).
+
 Times are shown in the trigger's time zone: `At` and `Cron` have `tz`; an `OrTrigger` whose
 calendar triggers share one zone is shown in it; every other trigger in UTC, which reads the same
 on a laptop and on the server it is deployed to.
@@ -13,13 +16,14 @@ on a laptop and on the server it is deployed to.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone, tzinfo
 from typing import Any
 
 from pydantic import BaseModel
 
 from aioclock._calendar import load_zone
+from aioclock._policy import Rules
 from aioclock.app import AioClock
 from aioclock.triggers import BaseTrigger, OnShutDown, OnStartUp, OrTrigger
 
@@ -39,19 +43,49 @@ class TaskPlan:
     dues: list[datetime] = field(default_factory=list)
     note: str | None = None
     failed: bool = False  # its trigger raised: the plan of this task is unknown
+    policy: str | None = None  # its scheduling policy, where it sets one
 
 
 def plan(app: AioClock, now: float, count: int) -> list[TaskPlan]:
     """The next `count` due times of every task of `app`, as if it started at `now`."""
-    return [plan_task(task.name, str(task.id), task.trigger, now, count) for task in app._tasks]
+    plans = []
+    for task in app._tasks:
+        policy = task.policy.over(app.policy)
+        planned = plan_task(task.name, str(task.id), task.trigger, now, count, policy.rules())
+        given = policy.given()
+        if given:
+            planned = replace(planned, policy=_describe_policy(given))
+        plans.append(planned)
+    return plans
+
+
+def _describe_policy(given: dict[str, Any]) -> str:
+    parts = []
+    for name, value in given.items():
+        if isinstance(value, datetime):
+            value = value.isoformat(sep=" ")
+        elif name == "jitter":
+            value = f"up to {value:g} s after each due time"
+        elif name == "misfire_grace":
+            value = f"{value:g} s"
+        parts.append(f"{name}={value}")
+    return ", ".join(parts)
 
 
 def plan_task(
-    name: str, task_id: str, trigger: BaseTrigger[Any], now: float, count: int
+    name: str,
+    task_id: str,
+    trigger: BaseTrigger[Any],
+    now: float,
+    count: int,
+    rules: Rules | None = None,
 ) -> TaskPlan:
-    """The next `count` due times of one trigger, as if it started at `now`."""
+    """The next `count` due times of one trigger, as if it started at `now`, within the
+    `start`/`end` window of `rules`."""
     zone = zone_of(trigger)
     shown = describe(trigger)
+    start = None if rules is None else rules.start
+    end = None if rules is None else rules.end
     if isinstance(trigger, OnStartUp):
         return TaskPlan(name, task_id, shown, zone, note="at start-up, before the scheduled tasks")
     if isinstance(trigger, OnShutDown):
@@ -62,15 +96,17 @@ def plan_task(
     dues: list[datetime] = []
     try:
         schedule = trigger._new_schedule()
+        if start is not None:
+            now = max(now, start)
         if trigger.waits_for_completion:
             due = schedule.advance(now)
-            if due is not None:
+            if due is not None and (end is None or due <= end):
                 dues.append(_in(due, tz))
             return TaskPlan(name, task_id, shown, zone, dues, "then again as soon as each run ends")
         clock = now
         for _ in range(count):
             due = schedule.advance(clock)
-            if due is None:
+            if due is None or (end is not None and due > end):
                 return TaskPlan(name, task_id, shown, zone, dues, "then never again")
             dues.append(_in(due, tz))
             clock = max(clock, due)
@@ -128,6 +164,8 @@ def format_plan(reference: str, plans: list[TaskPlan], now: float) -> str:
     lines = [f"{reference}: {count}; due times as if it started now, {started} UTC"]
     for task in plans:
         lines += ["", task.name, f"  id       {task.id}", f"  trigger  {task.trigger}"]
+        if task.policy is not None:
+            lines.append(f"  policy   {task.policy}")
         precision = "seconds" if all(due.microsecond == 0 for due in task.dues) else "milliseconds"
         entries = [f"{_time(due, precision)} {task.zone}" for due in task.dues]
         if task.note is not None:

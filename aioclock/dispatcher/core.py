@@ -195,7 +195,9 @@ class ControlCore:
 
     `workers`: the indices of the workers the app starts with; the schedule starts when all of
     them are `Ready`. `sync_tasks`: the tasks that occupy a thread of their worker (routed so
-    that light runs avoid such workers).
+    that light runs avoid such workers). `sync_cancel_ends_worker`: a worker that is told to
+    cancel a sync run (overlap "replace") exits, to end the thread (worker processes); in-process
+    the thread runs on.
     """
 
     def __init__(
@@ -207,6 +209,7 @@ class ControlCore:
         publish_due_times: bool = False,
         resume: Resume | None = None,
         checkpointing: bool = False,
+        sync_cancel_ends_worker: bool = False,
     ) -> None:
         self.engine = DeadlineEngine(schedule, publish_due_times=publish_due_times)
         # Someone keeps checkpoints (the supervisor): a control verb's answer follows one.
@@ -216,6 +219,7 @@ class ControlCore:
             self.engine.restore(resume.progress, resume.last_seq)
         self.router = Router()
         self._sync_tasks = set(sync_tasks)
+        self._sync_cancel_ends_worker = sync_cancel_ends_worker
         self._learned: dict[str, bytes] = {}  # tasks added while serving: what workers need
         self._expected_ready: set[int] = set()
         for index in workers:
@@ -234,6 +238,9 @@ class ControlCore:
         self._answer_by: dict[int, float] = {}
         # Pauses waiting for workers to pass a barrier: token -> (workers, the answer).
         self._barriers: dict[int, tuple[set[int], ControlReply]] = {}
+        # Sync runs replaced (overlap "replace"): seq -> their worker, which takes no fire
+        # while it exits to end the thread (it takes them again if the run ended first).
+        self._retiring: dict[int, int] = {}
 
     # -- what the driver asks -----------------------------------------------------------------
 
@@ -275,7 +282,7 @@ class ControlCore:
         """Fire every occurrence due by `now`; cancel the runs whose grace is over."""
         sends: list[Send] = []
         if self._started:
-            sends += self._route(self.engine.pop_due(now), now)
+            sends += self._fires(self.engine.pop_due(now), now)
         if self._cancel_at and self._cancel_at[0][0] <= now:
             sends += self._cancel_overdue(now)
         if self._answer_by:
@@ -310,7 +317,7 @@ class ControlCore:
         elif isinstance(event, Ping):
             sends = [ToControl(Pong(event.token))]
         elif isinstance(event, ExternalDue):
-            sends = self._route(self.engine.fire_external(event.task, now), now)
+            sends = self._fires(self.engine.fire_external(event.task, now), now)
         elif isinstance(event, ExternalEnded):
             sends = self._route(self.engine.external_ended(event.task, now), now)
         elif isinstance(event, BarrierPassed):
@@ -332,6 +339,8 @@ class ControlCore:
         self.router.release(done.seq)
         self._answer_by.pop(done.seq, None)
         sends: list[Send] = []
+        if self._retiring:
+            sends += self._unless_retired(done, now)
         request = self._run_now.pop(done.seq, None)
         if request is not None:
             reply = RunNowDone(request, done.seq, done.outcome, done.error, done.result)
@@ -504,6 +513,53 @@ class ControlCore:
         for fire in dropped:
             self.engine.forget(fire.seq)
 
+    # -- overlap "replace" --------------------------------------------------------------------
+
+    def _fires(self, fires: list[Fire], now: float) -> list[Send]:
+        """Route scheduled fires, after cancelling the runs they replace (if any)."""
+        replaced = self.engine.take_replaced()
+        sends = self._cancel_replaced(replaced, now) if replaced else []
+        return sends + self._route(fires, now)
+
+    def _cancel_replaced(self, seqs: list[int], now: float) -> list[Send]:
+        """Cancel runs that newer runs of their task replace. One still waiting for a worker
+        ends at once; a sync one in a worker process ends with its worker (a thread cannot be
+        cancelled): that worker takes no fire meanwhile."""
+        sends: list[Send] = []
+        for seq in seqs:
+            flight = self.engine.flight(seq)
+            if flight is None:
+                continue
+            task_id = flight[0]
+            logger.info("run %d of %s is replaced by a newer run: cancelling it", seq, task_id)
+            waiting = [fire for fire in self._waiting if fire.seq == seq]
+            if waiting:
+                self._waiting.remove(waiting[0])
+                error = "replaced by a newer run before it started"
+                sends += self._on_done(Done(task_id, seq, now, now, "cancelled", error), now)
+                continue
+            link = self.router.owner(seq)
+            if link is None or not link.alive:
+                continue  # its worker is gone: its WorkerGone ends it
+            if self._sync_cancel_ends_worker and link.in_flight.get(seq, False):
+                link.ready = False
+                self._retiring[seq] = link.index
+            self._answer_by[seq] = now + CANCEL_ANSWER_WAIT
+            sends.append(ToWorker(link.index, Cancel(seq, replace=True)))
+        return sends
+
+    def _unless_retired(self, done: Done, now: float) -> list[Send]:
+        """A replaced sync run that ended before its cancellation leaves its worker running:
+        it takes fires again."""
+        index = self._retiring.pop(done.seq, None)
+        if index is None or done.outcome == "cancelled":
+            return []
+        link = self.router.workers.get(index)
+        if link is None or not link.alive:
+            return []
+        link.ready = True
+        return self._route_waiting(now)
+
     # -- routing ------------------------------------------------------------------------------
 
     def _route(self, fires: list[Fire], now: float) -> list[Send]:
@@ -555,6 +611,9 @@ class ControlCore:
             return []
         waiting = list(self._waiting)
         self._waiting.clear()
+        if self.engine.phase is Phase.RUNNING:  # those too late for their misfire_grace: missed
+            waiting, fires = self.engine.drop_misfired(waiting, now)
+            return self._place(waiting, now) + self._route(fires, now)
         return self._place(waiting, now)
 
     # -- stopping -----------------------------------------------------------------------------

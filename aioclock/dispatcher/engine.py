@@ -11,6 +11,11 @@ flight, then fires the shut-down tasks, then reports `finished`.
 Runtime control (`pause`, `resume`, `remove`, `reschedule`, `add`) changes one task's state; a
 paused task keeps no heap entry (its entry is left in the heap, marked stale, and skipped), and it
 keeps the app serving: it may be resumed.
+
+Each task's scheduling policy (`Rules`: overlap, misfire grace, catch-up, start/end window,
+jitter) is applied here, where the time of each decision is known. The heap holds the planned
+time of each occurrence (its due time plus its jitter); `Fire.due` is the nominal due time, which
+names the occurrence; lateness and the misfire grace are measured from the planned time.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from aioclock._policy import DEFAULT_RULES, Policy, Rules, jitter_offset
 from aioclock._protocol import Done, Fire, TaskStats
 from aioclock._schedule import COINCIDENT, Schedule
 from aioclock.triggers import BaseTrigger, OnShutDown, OnStartUp
@@ -73,19 +79,29 @@ class ScheduledTask:
 
     task_id: str
     trigger: BaseTrigger[Any]
-    max_instances: int = 1
+    max_instances: int = 1  # without `rules`: overlap "allow" with this many
     paused: bool = False  # registered paused (`app.pause` while the app did not serve)
+    rules: Rules = DEFAULT_RULES
+
+    def __post_init__(self) -> None:
+        if self.max_instances != 1 and self.rules == DEFAULT_RULES:
+            object.__setattr__(self, "rules", Rules(overlap="allow", limit=self.max_instances))
+
+
+def spec_of(task: Task, paused: bool = False, defaults: Policy | None = None) -> ScheduledTask:
+    """What the engine needs of `task`: its policy resolved over the app's `defaults`."""
+    rules = task.policy.over(defaults).rules()
+    return ScheduledTask(task.name, task.trigger, rules.limit, paused, rules)
 
 
 def schedule_of(
-    tasks: Mapping[str, Task], paused: Collection[str] = frozenset()
+    tasks: Mapping[str, Task],
+    paused: Collection[str] = frozenset(),
+    defaults: Policy | None = None,
 ) -> list[ScheduledTask]:
-    """What the engine needs of each task: its name, trigger, `max_instances`, and whether it
-    starts paused (its name is in `paused`)."""
-    return [
-        ScheduledTask(name, task.trigger, task.max_instances, name in paused)
-        for name, task in tasks.items()
-    ]
+    """What the engine needs of each task: its name, trigger, policy (over the app's
+    `defaults`), and whether it starts paused (its name is in `paused`)."""
+    return [spec_of(task, name in paused, defaults) for name, task in tasks.items()]
 
 
 def control_refusal(verb: str, task_id: str, trigger: BaseTrigger[Any]) -> str | None:
@@ -136,7 +152,9 @@ class _TaskState:
     schedule: Schedule | None = None
     waits: bool = False  # the trigger computes its next due from the end of the previous run
     running: int = 0
-    next_due: float | None = None
+    next_due: float | None = None  # nominal (the heap holds the planned time)
+    queued: tuple[float, float] | None = None  # overlap "queue_one": (due, planned) waiting
+    rules: Rules = DEFAULT_RULES  # `spec.rules`, read once per fire
     armed: int = 0  # the sequence number of its live heap entry, 0 if none
     ended: bool = False
     paused: bool = False
@@ -156,6 +174,9 @@ class _TaskState:
     @property
     def trigger(self) -> BaseTrigger[Any]:
         return self.spec.trigger
+
+    def __post_init__(self) -> None:
+        self.rules = self.spec.rules
 
     @property
     def scheduled(self) -> bool:
@@ -205,12 +226,15 @@ class DeadlineEngine:
         self._heap: list[tuple[float, int, str]] = []
         self._stale = 0  # heap entries left by tasks paused, removed or rescheduled
         self._in_flight: dict[int, tuple[str, float]] = {}
+        self._planned: dict[int, float] = {}  # seq -> planned time, for jittered runs only
+        self._replacing: set[int] = set()  # runs cancelled by overlap "replace", not yet done
+        self._to_cancel: list[int] = []  # ... that the core has not been told of yet
         self._startup_runs: set[int] = set()  # the start-up runs the schedule waits for
         self._seq = 0
         self.phase = Phase.STARTUP
         self._changed: set[str] = set()  # tasks whose progress changed since `take_progress`
-        # Taking over from a dispatcher that died (`restore`): the latest due each task had
-        # started there, and whether the schedule goes on rather than starts.
+        # Taking over from a dispatcher that died (`restore`): what its workers say they
+        # started and ended, and which of those runs its checkpoints counted.
         self._resumed = False
         self._started_there: dict[str, float] = {}
         self._counted_there: dict[str, tuple[int, frozenset[int]]] = {}
@@ -316,28 +340,54 @@ class DeadlineEngine:
                 self._stale -= 1
                 continue
             state.armed = 0
+            nominal = state.next_due
+            assert nominal is not None
             state.next_due = None
             state.dues += 1
-            fire = self._fire_unless_busy(state, due, now)
+            rules = state.rules
+            if state.waits:
+                fire = self._fire_if_may(state, nominal, due, now)
+            else:
+                if rules.start is None and rules.end is None:
+                    following = state.schedule.advance(now)  # type: ignore[union-attr]
+                else:
+                    following = self._next(state, now)
+                if following is not None and (
+                    following < now
+                    if not rules.jitter
+                    else self._planned_time(state, following) < now
+                ):
+                    nominal, due, following = self._catch_up(state, nominal, due, following, now)
+                fire = self._fire_if_may(state, nominal, due, now)
+                self._push(state, following)
             if fire is not None:
                 fires.append(fire)
-            if not state.waits:
-                self._arm(state, now, skip_past=True)
         if not heap:
             fires += self._advance_phase(now)
         return fires
 
-    def _arm(self, state: _TaskState, now: float, skip_past: bool = False) -> None:
+    def _arm(self, state: _TaskState, now: float) -> None:
+        self._push(state, self._next(state, now))
+
+    def _next(self, state: _TaskState, now: float) -> float | None:
+        """The task's next due time, within its `start`/`end` window; None: never again."""
         schedule = state.schedule
         assert schedule is not None  # only scheduled tasks are armed
-        due = schedule.advance(now)
-        if skip_past and due is not None and due < now:
-            due = self._skip_past(schedule, state, due, now)
-        self._arm_at(state, due)
+        rules = state.rules
+        start = rules.start
+        due = schedule.advance(now if start is None or now >= start else start)
+        end = rules.end
+        if due is not None and end is not None and due > end:
+            schedule.ended = True
+            return None
+        return due
 
-    def _arm_at(self, state: _TaskState, due: float | None) -> None:
-        """Put the task's next occurrence, already consumed from its schedule, in the heap; None:
-        the trigger ended."""
+    def _planned_time(self, state: _TaskState, due: float) -> float:
+        jitter = state.rules.jitter
+        return due + jitter_offset(state.spec.task_id, due, jitter) if jitter else due
+
+    def _push(self, state: _TaskState, due: float | None) -> None:
+        """Arm the task for `due` (its planned time goes on the heap), or end it."""
         self._changed.add(state.spec.task_id)
         if due is None:
             state.ended = True
@@ -351,7 +401,8 @@ class DeadlineEngine:
             state.spec.trigger.expected_trigger_time = datetime.fromtimestamp(due, timezone.utc)
         self._seq += 1
         state.armed = self._seq
-        heapq.heappush(self._heap, (due, self._seq, state.spec.task_id))
+        planned = self._planned_time(state, due) if state.rules.jitter else due
+        heapq.heappush(self._heap, (planned, self._seq, state.spec.task_id))
 
     def _disarm(self, state: _TaskState) -> None:
         """Forget the task's next due: its heap entry goes stale (skipped when it surfaces)."""
@@ -379,23 +430,26 @@ class DeadlineEngine:
         heapq.heapify(self._heap)
         self._stale = 0
 
-    def _skip_past(
-        self,
-        schedule: Schedule,
-        state: _TaskState,
-        due: float | None,
-        now: float,
-        reason: str = "they were already past due when re-armed",
-    ) -> float | None:
+    def _catch_up(
+        self, state: _TaskState, due: float, planned: float, following: float | None, now: float
+    ) -> tuple[float, float, float | None]:
         """The engine fell behind (a stall, a suspended machine): rather than firing a burst of
-        runs that are all late, skip the occurrences already past and count them as missed."""
+        runs that are all late, run one of the occurrences already past and count the others as
+        missed. `catch_up="skip"` runs the first (`due`), "latest" the last. Returns the
+        occurrence to run (due, planned) and the first one still to come."""
+        latest = state.rules.catch_up == "latest"
         skipped = 0
-        while due is not None and due < now:
+        while following is not None:
+            following_planned = self._planned_time(state, following)
+            if following_planned >= now:
+                break
             skipped += 1
-            due = schedule.advance(now)
+            if latest:
+                due, planned = following, following_planned
+            following = self._next(state, now)
         state.dues += skipped
-        self._count_missed(state, skipped, now, reason)
-        return due
+        self._count_missed(state, skipped, now, "they were already past due when re-armed")
+        return due, planned, following
 
     def _count_missed(self, state: _TaskState, count: int, now: float, reason: str) -> None:
         """Count skipped occurrences; log the first at once, then a summary at most every
@@ -416,16 +470,51 @@ class DeadlineEngine:
         state.missed_logged_at = now
         state.missed_unlogged = 0
 
-    def _fire_unless_busy(self, state: _TaskState, due: float, now: float) -> Fire | None:
-        """Fire the occurrence, or skip and count it while `max_instances` runs are going."""
-        if state.running >= state.spec.max_instances:
-            self._count_missed(state, 1, now, "its previous run was still in progress")
+    def _fire_if_may(
+        self, state: _TaskState, due: float, planned: float, now: float
+    ) -> Fire | None:
+        """Fire the occurrence due at `due` (planned at `planned`), unless its policy says
+        otherwise: too late for `misfire_grace`, or a run still going (`overlap`)."""
+        rules = state.rules
+        grace = rules.misfire_grace
+        if grace is not None and now - planned > grace:
+            self._count_missed(state, 1, now, "it could not start within its misfire_grace")
             return None
-        return self._fire(state.spec.task_id, due)
+        if state.running >= rules.limit:
+            overlap = rules.overlap
+            if overlap == "queue_one":
+                if state.queued is not None:
+                    self._count_missed(state, 1, now, "a newer occurrence took its place in queue")
+                state.queued = (due, planned)
+                return None
+            if overlap != "replace":
+                self._count_missed(state, 1, now, "its previous run was still in progress")
+                return None
+            self._replace_runs(state.spec.task_id)
+        return self._fire(state.spec.task_id, due, planned=planned)
 
-    def _fire(self, task_id: str, due: float, reply: bool = False) -> Fire:
+    def _replace_runs(self, task_id: str) -> None:
+        """Overlap "replace": the runs of `task_id` in flight are to be cancelled (the core
+        sends the `Cancel`s: `take_replaced`); each still counts until its `Done`."""
+        for seq, (task, _) in self._in_flight.items():
+            if task == task_id and seq not in self._replacing:
+                self._replacing.add(seq)
+                self._to_cancel.append(seq)
+
+    def take_replaced(self) -> list[int]:
+        """The runs that overlap "replace" cancelled since the last call (usually none)."""
+        if not self._to_cancel:
+            return []
+        seqs, self._to_cancel = self._to_cancel, []
+        return seqs
+
+    def _fire(
+        self, task_id: str, due: float, reply: bool = False, planned: float | None = None
+    ) -> Fire:
         self._seq += 1
         self._in_flight[self._seq] = (task_id, due)
+        if planned is not None and planned != due:
+            self._planned[self._seq] = planned
         self._states[task_id].running += 1
         return Fire(task_id, self._seq, due, reply)
 
@@ -445,7 +534,14 @@ class DeadlineEngine:
         task_id, due = flight
         state = self._states[task_id]
         state.running -= 1
+        if self._planned:
+            due = self._planned.pop(done.seq, due)
+        if self._replacing:
+            self._replacing.discard(done.seq)
         self._record(state, done, due)
+        queued: list[Fire] = []
+        if state.queued is not None:  # overlap "queue_one": its turn, unless the task stopped
+            queued = self._fire_queued(state, now)
         if self.phase is Phase.STARTUP:
             # The schedule is armed when the start-up tasks are done (a run-now may overlap).
             if done.seq in self._startup_runs:
@@ -460,7 +556,19 @@ class DeadlineEngine:
             and not state.paused
         ):
             self._arm(state, now)
+        if queued:
+            return queued + self._advance_phase(now)
         return self._advance_phase(now)
+
+    def _fire_queued(self, state: _TaskState, now: float) -> list[Fire]:
+        queued = state.queued
+        assert queued is not None
+        state.queued = None
+        if self.phase is not Phase.RUNNING or state.paused or state.ended:
+            self._count_missed(state, 1, now, "it was queued when the task stopped")
+            return []
+        fire = self._fire_if_may(state, queued[0], queued[1], now)
+        return [] if fire is None else [fire]
 
     def _record(self, state: _TaskState, done: Done, due: float | None) -> None:
         self._changed.add(state.spec.task_id)
@@ -500,10 +608,16 @@ class DeadlineEngine:
         """A legacy trigger driven from outside says `task_id` is due now."""
         if task_id not in self._external or self.phase is not Phase.RUNNING:
             return []
-        if self._states[task_id].paused:  # not counted as missed: nobody was meant to run it
+        state = self._states[task_id]
+        if state.paused:  # not counted as missed: nobody was meant to run it
             return []
-        self._states[task_id].dues += 1
-        fire = self._fire_unless_busy(self._states[task_id], now, now)
+        rules = state.rules  # outside its start/end window: not meant to run either
+        if (rules.start is not None and now < rules.start) or (
+            rules.end is not None and now > rules.end
+        ):
+            return []
+        state.dues += 1
+        fire = self._fire_if_may(state, now, now, now)
         return [] if fire is None else [fire]
 
     def external_ended(self, task_id: str, now: float) -> list[Fire]:
@@ -524,11 +638,38 @@ class DeadlineEngine:
         return self._states[task_id].spec.trigger
 
     def forget(self, seq: int) -> None:
-        """Run `seq` was fired but will never be sent (its task was paused or removed): it
-        neither ran nor was missed."""
+        """Run `seq` was fired but will never be sent (its task was paused or removed, or it
+        waited past its misfire_grace): its occurrence is missed."""
         flight = self._in_flight.pop(seq, None)
         if flight is not None:
-            self._states[flight[0]].running -= 1
+            state = self._states[flight[0]]
+            state.running -= 1
+            state.missed += 1
+            self._changed.add(state.spec.task_id)
+            self._planned.pop(seq, None)
+            self._replacing.discard(seq)
+
+    def drop_misfired(self, fires: list[Fire], now: float) -> tuple[list[Fire], list[Fire]]:
+        """Of `fires` that waited for a worker, those past their task's `misfire_grace` are
+        dropped and counted as missed (a run-now never is). Returns (the fires to send, the
+        fires that dropping them brings: shut-down tasks when nothing else can fire)."""
+        kept: list[Fire] = []
+        dropped = False
+        for fire in fires:
+            flight = self._in_flight.get(fire.seq)
+            grace = None if flight is None else self._states[flight[0]].rules.misfire_grace
+            if grace is None or fire.reply:
+                kept.append(fire)
+                continue
+            if now - self._planned.get(fire.seq, fire.due) <= grace:
+                kept.append(fire)
+                continue
+            self.forget(fire.seq)
+            state = self._states[fire.task]
+            state.missed -= 1  # counted, and logged, below
+            self._count_missed(state, 1, now, "it waited for a worker longer than misfire_grace")
+            dropped = True
+        return kept, (self._advance_phase(now) if dropped else [])
 
     def pause(self, task_id: str) -> None:
         """No further occurrence until `resume`; runs in flight go on. The occurrences that fall
@@ -538,6 +679,7 @@ class DeadlineEngine:
             return
         self._changed.add(task_id)
         state.paused = True
+        self._drop_queued(state)
         self._paused.add(task_id)
         self._disarm(state)
 
@@ -564,6 +706,7 @@ class DeadlineEngine:
         state.removed = True
         state.ended = True
         state.paused = False
+        self._drop_queued(state)
         self._paused.discard(task_id)
         self._disarm(state)
         self._external.discard(task_id)
@@ -577,6 +720,7 @@ class DeadlineEngine:
         paused, an ended one may fire again)."""
         state = self._states[task_id]
         self._disarm(state)
+        self._drop_queued(state)
         state.spec = replace(state.spec, trigger=trigger)
         state.schedule = trigger._new_schedule()
         state.waits = trigger.waits_for_completion
@@ -588,17 +732,25 @@ class DeadlineEngine:
     def add(self, spec: ScheduledTask, now: float) -> list[Fire]:
         """Register a task while the app serves (or re-register a removed one, whose counters
         go on); a scheduled one is armed from `now`, a shut-down one runs at the stop."""
-        state = self._states.get(spec.task_id)
         self._changed.add(spec.task_id)
+        state = self._states.get(spec.task_id)
         if state is None:
             state = self._states[spec.task_id] = _TaskState(spec)
         else:
             state.spec = spec
+            state.rules = spec.rules
             state.schedule = None
             state.waits = state.ended = state.removed = False
         self._classify(state)
         self._arm_if_running(state, now)
         return self._advance_phase(now)
+
+    def _drop_queued(self, state: _TaskState) -> None:
+        """Overlap "queue_one": the occurrence waiting for its turn will not run (missed)."""
+        if state.queued is not None:
+            state.queued = None
+            state.missed += 1
+            self._changed.add(state.spec.task_id)
 
     def _arm_if_running(self, state: _TaskState, now: float) -> None:
         """Arm a scheduled task unless the schedule has not started (it is armed then) or it
@@ -701,7 +853,8 @@ class DeadlineEngine:
 
     def _go_on_running(self, now: float) -> list[Fire]:
         """Re-arm every task where the dispatcher that died left it: an occurrence it fired
-        is not fired again; those that fell due while no dispatcher ran are missed (counted)."""
+        is not fired again; those that fell due while no dispatcher ran are caught up by each
+        task's policy at the next tick, as after any stall."""
         self.phase = Phase.RUNNING
         self._count_lost_there(now)
         for state in self._states.values():
@@ -724,13 +877,11 @@ class DeadlineEngine:
                 self._record(state, Done(task_id, seq, now, now, "crashed", error), None)
 
     def _rearm_restored(self, state: _TaskState, now: float) -> None:
-        schedule = state.schedule
-        assert schedule is not None
         due = state.next_due  # armed, not yet fired when the checkpoint was taken
         if due is None:
             if state.waits and state.running:  # its run's end arms it
                 return
-            due = schedule.advance(now)
+            due = self._next(state, now)
         task_id = state.spec.task_id
         started = self._started_there.get(task_id)
         ran = self._dues_run_there.get(task_id, set())
@@ -739,11 +890,8 @@ class DeadlineEngine:
             state.dues += 1
             if due not in ran:
                 self._count_missed(state, 1, now, "the dispatcher that died skipped them")
-            due = schedule.advance(now)
-        if due is not None and due < now:
-            reason = "they fell due while no dispatcher ran"
-            due = self._skip_past(schedule, state, due, now, reason)
-        self._arm_at(state, due)
+            due = self._next(state, now)
+        self._push(state, due)
 
     # -- reporting ----------------------------------------------------------------------------
 

@@ -139,6 +139,7 @@ class Dispatcher:
             sync_tasks=sync_tasks,
             resume=resume,
             checkpointing=True,
+            sync_cancel_ends_worker=True,
         )
         self._checkpointed_at = 0.0
         self._yield_after_light_fires = shares_cpu_with_workers

@@ -44,12 +44,12 @@ from aioclock.dispatcher.core import (
     Send,
     ToControl,
 )
-from aioclock.dispatcher.engine import ScheduledTask, schedule_of
+from aioclock.dispatcher.engine import schedule_of, spec_of
 from aioclock.runtime import ControlVerbs, Requests, raise_for_refusal, result_of_run_now
 from aioclock.runtime.legacy import drive_legacy_trigger
 from aioclock.runtime.signals import StopSignals
 from aioclock.triggers import BaseTrigger
-from aioclock.workers.runner import TaskRunner, enter_lifespan
+from aioclock.workers.runner import REPLACED, SHUTDOWN, TaskRunner, enter_lifespan
 
 if TYPE_CHECKING:
     from aioclock.app import AioClock
@@ -72,7 +72,9 @@ class LocalRuntime(ControlVerbs):
         self._clock = clock or default_clock()
         self._tasks = app._task_table()
         self._core = ControlCore(
-            schedule_of(self._tasks, app._paused), workers=[LOCAL_WORKER], publish_due_times=True
+            schedule_of(self._tasks, app._paused, app.policy),
+            workers=[LOCAL_WORKER],
+            publish_due_times=True,
         )
         self._runner = TaskRunner(self._tasks, app._provider, self._on_done, now=self._clock.now)
         self._waker = Waker()
@@ -113,7 +115,7 @@ class LocalRuntime(ControlVerbs):
         previous = self._tasks.get(task.name)
         self._tasks[task.name] = task
         self._runner.add(task)
-        spec = ScheduledTask(task.name, task.trigger, task.max_instances)
+        spec = spec_of(task, defaults=self._app.policy)
         try:
             await self._ask_core(task, lambda number: NewTask(number, spec, not task.is_async))
         except BaseException:
@@ -200,7 +202,8 @@ class LocalRuntime(ControlVerbs):
             elif isinstance(send.frame, Fire):
                 self._runner.start(send.frame)
             elif isinstance(send.frame, Cancel):
-                self._runner.cancel(send.frame.seq)
+                reason = REPLACED if send.frame.replace else SHUTDOWN
+                self._runner.cancel(send.frame.seq, reason)
             elif isinstance(send.frame, Barrier):
                 # After the first steps of the runs started above, as a worker answers it.
                 passed = BarrierPassed(LOCAL_WORKER, send.frame.token)

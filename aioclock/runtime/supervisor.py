@@ -55,7 +55,7 @@ from aioclock._protocol import (
 )
 from aioclock._task import Task
 from aioclock.dispatcher.core import CANCEL_ANSWER_WAIT, Resume
-from aioclock.dispatcher.engine import ScheduledTask, schedule_of
+from aioclock.dispatcher.engine import ScheduledTask, schedule_of, spec_of
 from aioclock.dispatcher.payload import DispatcherPayload
 from aioclock.exceptions import AppStoppedError, WorkerProcessError
 from aioclock.runtime import ControlVerbs, Requests, raise_for_refusal, result_of_run_now
@@ -236,7 +236,7 @@ class Supervisor(ControlVerbs):
 
     async def _start(self, loop: asyncio.AbstractEventLoop) -> None:
         # May fail: before any process starts.
-        schedule = pickle.dumps(schedule_of(self._tasks, self._app._paused))
+        schedule = pickle.dumps(schedule_of(self._tasks, self._app._paused, self._app.policy))
         child_end = self._new_control(loop)  # questions asked from now on wait there
         started = await asyncio.gather(
             *(self._spawn_worker(loop, index) for index in range(self._app.workers)),
@@ -558,7 +558,7 @@ class Supervisor(ControlVerbs):
     def _current_schedule(self) -> list[ScheduledTask]:
         """The tasks as they are now: added, removed and rescheduled while serving (pause
         states come with the checkpoints)."""
-        specs = schedule_of(self._tasks, self._app._paused)
+        specs = schedule_of(self._tasks, self._app._paused, self._app.policy)
         triggers = self._triggers
         return [
             replace(spec, trigger=triggers[spec.task_id]) if spec.task_id in triggers else spec
@@ -645,7 +645,7 @@ class Supervisor(ControlVerbs):
         same pipe) before it answers; a worker started later is taught it when it joins."""
         task.check_reachable(self._app.start_method)
         refuse_legacy_triggers([task])
-        spec = ScheduledTask(task.name, task.trigger, task.max_instances)
+        spec = spec_of(task, defaults=self._app.policy)
         schedule = _for_dispatcher(spec, f"the trigger of task {task.name!r}")
         try:
             code = _for_workers(task)

@@ -49,7 +49,7 @@ from aioclock._protocol import (
     read_frames,
 )
 from aioclock._task import Task
-from aioclock.workers.runner import TaskRunner, enter_lifespan
+from aioclock.workers.runner import REPLACED, TaskRunner, enter_lifespan
 
 if TYPE_CHECKING:
     from aioclock.app import AioClock
@@ -62,6 +62,9 @@ EXIT_SYNC_TIMEOUT = 70
 #: dispatcher that takes over (the one that died may not have counted them).
 RECENT_ENDS_S = 60.0
 RECENT_ENDS = 50_000
+
+#: Exit status of a worker that replaced itself because a newer run replaced its sync run.
+EXIT_SYNC_REPLACED = 71
 
 #: Exit status of a worker whose start-up (the lifespan, say) or loop raised.
 EXIT_FAILED = 1
@@ -134,6 +137,7 @@ class Worker:
         self._ended: deque[tuple[float, tuple[int, str, float, str, bool]]] = deque(
             maxlen=RECENT_ENDS
         )
+        self._exit_after: set[int] = set()  # replaced sync runs: exit once their Done is sent
 
     async def serve(self) -> None:
         loop = asyncio.get_running_loop()
@@ -196,7 +200,11 @@ class Worker:
                     self._last_due[frame.task] = frame.due
                 runner.start(frame)
             elif isinstance(frame, Cancel):
-                runner.cancel(frame.seq)
+                if frame.replace:
+                    if runner.cancel(frame.seq, REPLACED):
+                        self._exit_after.add(frame.seq)
+                else:
+                    runner.cancel(frame.seq)
             elif isinstance(frame, LearnTask):
                 self._learn(runner, frame)
             elif isinstance(frame, Barrier):
@@ -276,6 +284,21 @@ class Worker:
             logger.warning(
                 "worker %d could not report run %d of %s", self.index, done.seq, done.task
             )
+        if self._exit_after and done.seq in self._exit_after:
+            self._replace_after_sync_cancel(done)
+
+    def _replace_after_sync_cancel(self, done: Done) -> None:
+        """A newer run replaced sync run `done.seq`; its thread cannot be cancelled, so this
+        worker exits to be replaced (its other runs end as crashed)."""
+        logger.warning(
+            "worker %d: sync run %d of %s was replaced by a newer run; the worker exits and is "
+            "replaced, to end its thread",
+            self.index,
+            done.seq,
+            done.task,
+        )
+        self.exit_code = EXIT_SYNC_REPLACED
+        asyncio.get_running_loop().call_soon(self._exit_now)
 
     def _replace_after_sync_timeout(self, task: Task) -> None:
         """A thread cannot be cancelled: once its Done is sent, this worker exits to be replaced."""

@@ -25,6 +25,11 @@ from aioclock.exceptions import TaskTimeoutError
 
 logger = logging.getLogger("aioclock")
 
+#: Why a run is cancelled, unless told otherwise.
+SHUTDOWN = "shutdown"
+#: ... when a newer run of its task replaces it (overlap "replace").
+REPLACED = "replaced by a newer run"
+
 #: The error a `Done` carries is cut to this many characters (the log keeps it whole), so that
 #: every `Done` fits in a frame.
 MAX_ERROR_CHARS = 2000
@@ -58,6 +63,7 @@ class TaskRunner:
         self._now = now
         self._injected: dict[str, Callable[..., Any]] = {}
         self._running: dict[int, asyncio.Task[None]] = {}
+        self._sync_runs: set[int] = set()  # runs of sync tasks (a thread runs them)
         self._replies: dict[int, tuple[bool, Any]] = {}  # seq -> (ok, value or exception)
         for task in tasks.values():  # build the injectors now, not on the first (timed) run
             self._injector(task)
@@ -72,11 +78,15 @@ class TaskRunner:
     def running_tasks(self) -> list[asyncio.Task[None]]:
         return list(self._running.values())
 
-    def cancel(self, seq: int) -> None:
-        """Cancel run `seq` if it is still going (it then reports `cancelled`)."""
+    def cancel(self, seq: int, reason: str = SHUTDOWN) -> bool:
+        """Cancel run `seq` if it is still going (it then reports `cancelled`, and why:
+        `reason`). True when it is a run of a sync task: its thread cannot be cancelled and
+        runs on."""
         run = self._running.get(seq)
-        if run is not None:
-            run.cancel()
+        if run is None:
+            return False
+        run.cancel(reason)
+        return seq in self._sync_runs
 
     def start(self, fire: Fire) -> None:
         """Begin the run at once; its `Done` goes to `on_done` when it ends."""
@@ -115,6 +125,8 @@ class TaskRunner:
         try:
             if task is None:
                 raise LookupError(f"no task with id {fire.task!r} is registered in this process")
+            if not task.is_async:
+                self._sync_runs.add(fire.seq)
             value = await self._call(task)
             if fire.reply:
                 self._replies[fire.seq] = (True, value)
@@ -123,8 +135,9 @@ class TaskRunner:
             timeout_error = _timeout_error(task)
             outcome, error = "timeout", str(timeout_error)
             logger.error("%s", timeout_error)
-        except asyncio.CancelledError:
-            outcome, error = "cancelled", "cancelled while running (shutdown)"
+        except asyncio.CancelledError as cancelled:
+            reason = cancelled.args[0] if cancelled.args else SHUTDOWN
+            outcome, error = "cancelled", f"cancelled while running ({reason})"
             logger.warning("task %s was cancelled while running", fire.task)
             raise
         except Exception as failure:
@@ -134,6 +147,7 @@ class TaskRunner:
                 self._replies[fire.seq] = (False, failure)
         finally:
             self._running.pop(fire.seq, None)
+            self._sync_runs.discard(fire.seq)
             self._on_done(Done(fire.task, fire.seq, started, self._now(), outcome, error))
 
     def _injector(self, task: Task) -> Callable[..., Any]:
