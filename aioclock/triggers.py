@@ -18,6 +18,7 @@ Kinds of schedule:
 
 import asyncio
 import difflib
+import functools
 import math
 import time
 from collections.abc import Callable, Iterator
@@ -733,6 +734,8 @@ def _short(trigger: BaseTrigger[Any]) -> str:
     return f"{type(trigger).__name__}({', '.join(f'{k}={v!r}' for k, v in fields.items())})"
 
 
+@functools.lru_cache(maxsize=1024)
 def _owner(cls: type, name: str) -> type:
-    """The class in `cls`'s MRO that defines `name`."""
+    """The class in `cls`'s MRO that defines `name` (asked for every task of a large schedule:
+    cached per class)."""
     return next(klass for klass in cls.__mro__ if name in vars(klass))

@@ -23,6 +23,7 @@ COLUMNS = (
     Column("system", "system"),
     Column("tasks", "tasks", "{:,.0f}"),
     Column("start-up s", "startup_s", "{:.2f}"),
+    Column("1st run s", "first_run_s", "{:.2f}"),
     Column("import+reg s", "import_register_s", "{:.2f}"),
     Column("runs", "runs", "{:.0f}"),
     Column("missed", "missed", "{:.0f}"),
@@ -38,7 +39,8 @@ COLUMNS = (
 LEGEND = (
     "tasks: registered idle tasks (Every(idle period), first run after one period) plus one "
     "probe and a Once() marker registered last; start-up s: process launch to the marker's "
-    "run; import+reg s: library import and registration in the main process; p50..max: the "
+    "run; 1st run s: serve() to the probe's first run; import+reg s: library import and "
+    "registration in the main process; p50..max: the "
     "probe's start lateness over the measured seconds after the marker; CPU s: whole tree, "
     "start-up included; RSS MB: largest process; tree MB: whole tree, sampled"
 )

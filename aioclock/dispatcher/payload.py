@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import pickle
+from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from aioclock._child import CpuPlan
 from aioclock._logs import ChildLogging
+from aioclock.dispatcher.engine import ScheduledTask
+from aioclock.triggers import BaseTrigger
 
 #: The dispatcher's process name, in log records and process listings.
 DISPATCHER_NAME = "aioclock-dispatcher"
@@ -22,4 +27,48 @@ class DispatcherPayload:
     links: list[tuple[int, int, int]]  # (worker index, fire write fd, done read fd)
     sync_tasks: frozenset[str]
     cpus: CpuPlan  # it runs on `cpus.scheduling`, with the workers' event loops
-    schedule: bytes  # pickled list[ScheduledTask], unpickled once sys.path is in place
+    schedule: bytes  # `pack_schedule`, unpacked once sys.path is in place
+
+
+#: The module of the trigger classes whose equal instances are sent once (see `pack_schedule`).
+_OWN_TRIGGERS = BaseTrigger.__module__
+
+
+def pack_schedule(schedule: Iterable[ScheduledTask]) -> bytes:
+    """The schedule as the dispatcher receives it, one row per task.
+
+    Trigger objects are immutable declarations, and the engine keeps each task's schedule state
+    apart from them: equal triggers of aioclock's own classes are sent as one object, which the
+    tasks then share (100,000 `Every(hours=1)` cost one trigger to pickle and to rebuild, not
+    100,000; unpickling a pydantic model costs ~10 us). A trigger of another class (it may keep
+    state, in `should_trigger` say) or with a field that cannot be hashed is sent as it is.
+    """
+    shared: dict[Hashable, BaseTrigger[Any]] = {}
+    rows = []
+    for spec in schedule:
+        trigger = spec.trigger
+        key = _sharing_key(trigger)
+        if key is not None:
+            trigger = shared.setdefault(key, trigger)
+        rows.append((spec.task_id, trigger, spec.max_instances, spec.paused))
+    return pickle.dumps(rows, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def unpack_schedule(
+    data: bytes, load: Callable[[bytes], Any] = pickle.loads
+) -> list[ScheduledTask]:
+    """The schedule `pack_schedule` made; `load` unpickles (the dispatcher's may import the
+    main script, where a trigger class can be defined)."""
+    return [ScheduledTask(*row) for row in load(data)]
+
+
+def _sharing_key(trigger: BaseTrigger[Any]) -> Hashable | None:
+    cls = type(trigger)
+    if cls.__module__ != _OWN_TRIGGERS:
+        return None
+    key = (cls, frozenset(trigger.model_fields_set), tuple(trigger.__dict__.items()))
+    try:
+        hash(key)
+    except TypeError:  # a list of triggers (OrTrigger), say
+        return None
+    return key

@@ -52,7 +52,7 @@ from aioclock.dispatcher.core import (
     WorkerClosed,
 )
 from aioclock.dispatcher.engine import ScheduledTask
-from aioclock.dispatcher.payload import DISPATCHER_NAME, DispatcherPayload
+from aioclock.dispatcher.payload import DISPATCHER_NAME, DispatcherPayload, unpack_schedule
 
 logger = logging.getLogger(__name__)
 
@@ -82,8 +82,7 @@ def run_from_payload(payload: DispatcherPayload) -> None:
 
 
 def _load_schedule(payload: DispatcherPayload) -> list[ScheduledTask]:
-    schedule: list[ScheduledTask] = _unpickle(payload.schedule, payload.main_path)
-    return schedule
+    return unpack_schedule(payload.schedule, lambda data: _unpickle(data, payload.main_path))
 
 
 _imported_main: list[str] = []  # the main script, once this process has imported it

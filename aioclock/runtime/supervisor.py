@@ -52,12 +52,13 @@ from aioclock._protocol import (
 from aioclock._task import Task
 from aioclock.dispatcher.core import CANCEL_ANSWER_WAIT
 from aioclock.dispatcher.engine import ScheduledTask, schedule_of
-from aioclock.dispatcher.payload import DispatcherPayload
+from aioclock.dispatcher.payload import DispatcherPayload, pack_schedule
 from aioclock.exceptions import AppStoppedError, WorkerProcessError
 from aioclock.runtime import ControlVerbs, Requests, raise_for_refusal, result_of_run_now
 from aioclock.runtime.channel import ControlChannel
 from aioclock.runtime.launch import DispatcherProcess, main_script_path, stop_signals_held
 from aioclock.runtime.signals import StopSignals
+from aioclock.runtime.template import ForkedWorker, WorkerTemplate
 from aioclock.triggers import BaseTrigger
 from aioclock.workers.process import WorkerSettings, worker_main
 
@@ -66,7 +67,8 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("aioclock")
 
-Child = Union[BaseProcess, DispatcherProcess]
+Worker = Union[BaseProcess, ForkedWorker]
+Child = Union[BaseProcess, ForkedWorker, DispatcherProcess]
 
 #: The dispatcher is pinged this often, and killed if it has not answered for LIVENESS_TIMEOUT.
 PING_INTERVAL = 1.0
@@ -110,8 +112,7 @@ def refuse_legacy_triggers(tasks: Iterable[Task]) -> None:
 
 def worker_payload(app: AioClock) -> bytes:
     """The app as every worker receives it, pickled once; refuses what a worker cannot import."""
-    for task in app._tasks:
-        task.check_reachable(app.start_method)
+    check_reachable(app)
     try:
         return _for_workers(app)
     except Exception as error:
@@ -119,6 +120,12 @@ def worker_payload(app: AioClock) -> bytes:
             "the app cannot be sent to worker processes: its lifespan and dependency overrides "
             f"must be importable module-level objects ({type(error).__name__}: {error})"
         ) from error
+
+
+def check_reachable(app: AioClock) -> None:
+    """Refuse, before any process starts, a task that a worker could not find by name."""
+    for task in app._tasks:
+        task.check_reachable(app.start_method)
 
 
 def _for_workers(obj: object) -> bytes:
@@ -143,10 +150,18 @@ class Supervisor(ControlVerbs):
         self._app = app
         self._tasks = app._task_table()
         refuse_legacy_triggers(self._tasks.values())
-        self._app_payload = worker_payload(app)
+        self._template: WorkerTemplate | None = None
+        if app.start_method == "forkserver":
+            check_reachable(app)  # as for the other start methods: the same tasks are refused
+            self._app_payload = b""  # a worker forked from the template has the app already
+        else:
+            self._app_payload = worker_payload(app)
         # Any: typeshed's BaseContext has no `Process`, though every concrete context has one.
         self._context: Any = multiprocessing.get_context(app.start_method)
         has_sync_tasks = any(not task.is_async for task in self._tasks.values())
+        if app.start_method == "forkserver":
+            # Forked before this process starts a thread of ours (the log listener's, below).
+            self._template = WorkerTemplate(app)
         self._logs = LogListener()  # every child's records reach this process's handlers
         self._settings = WorkerSettings(
             logs=self._logs.child_logging(),
@@ -154,7 +169,7 @@ class Supervisor(ControlVerbs):
             cpus=plan_cpus(app.scheduling_cpus, has_sync_tasks, app.sync_task_priority),
         )
         self._dispatcher: DispatcherProcess | None = None
-        self._workers: dict[int, BaseProcess] = {}
+        self._workers: dict[int, Worker] = {}
         self._lifelines: dict[int, int] = {}
         self._ready: set[int] = set()
         self._control: ControlChannel | None = None
@@ -197,7 +212,9 @@ class Supervisor(ControlVerbs):
 
     async def _start(self, loop: asyncio.AbstractEventLoop) -> None:
         # May fail: before any process starts.
-        schedule = pickle.dumps(schedule_of(self._tasks, self._app._paused))
+        schedule = pack_schedule(schedule_of(self._tasks, self._app._paused))
+        if self._template is not None:
+            self._template.attach(loop)
         parent_end, child_end = socket.socketpair()
         self._control = ControlChannel(parent_end, loop)
         loop.add_reader(parent_end.fileno(), self._read_control)
@@ -237,38 +254,64 @@ class Supervisor(ControlVerbs):
         )
 
     async def _spawn_worker(self, loop: asyncio.AbstractEventLoop, index: int) -> tuple[int, int]:
-        """Start worker `index`; return the ends the dispatcher needs: (fire write, done read).
-
-        The start runs in a thread: it writes the pickled app to the new process, which reads
-        it only once its interpreter is up, and a large app does not fit in a pipe's buffer.
-        """
+        """Start worker `index`; return the ends the dispatcher needs: (fire write, done read)."""
         fire_read, fire_write = os.pipe()
         done_read, done_write = os.pipe()
         lifeline_read, lifeline_write = os.pipe()
+        try:
+            if self._template is not None:
+                process: Worker = await self._fork_from_template(
+                    index, fire_read, done_write, lifeline_read
+                )
+            else:
+                process = await self._start_process(index, fire_read, done_write, lifeline_read)
+        except BaseException:
+            for fd in (fire_write, done_read, lifeline_write):
+                os.close(fd)
+            raise
+        self._workers[index] = process
+        os.set_blocking(lifeline_write, False)
+        self._lifelines[index] = lifeline_write
+        self._watch_exit(loop, process, lambda p, i=index: self._on_worker_exit(i, p))
+        return fire_write, done_read
+
+    async def _fork_from_template(
+        self, index: int, fire_read: int, done_write: int, lifeline_read: int
+    ) -> ForkedWorker:
+        """A worker forked from the template, which has the app already: milliseconds."""
+        assert self._template is not None
+        sink = self._settings.logs.sink
+        sink_fd = sink.fileno() if isinstance(sink, socket.socket) else sink
+        try:
+            return await self._template.start_worker(
+                index, self._settings, [fire_read, done_write, lifeline_read], sink_fd
+            )
+        finally:
+            for fd in (fire_read, done_write, lifeline_read):
+                os.close(fd)
+
+    async def _start_process(
+        self, index: int, fire_read: int, done_write: int, lifeline_read: int
+    ) -> BaseProcess:
+        """A multiprocessing worker ("spawn", "fork"), started in a thread: it writes the pickled
+        app to the new process, which reads it only once its interpreter is up, and a large app
+        does not fit in a pipe's buffer."""
         carried = (
             Connection(fire_read, writable=False),
             Connection(done_write, readable=False),
             Connection(lifeline_read, writable=False),
         )
-        process = self._context.Process(
+        process: BaseProcess = self._context.Process(
             target=worker_main,
             name=f"aioclock-worker-{index}",
             args=(index, self._app_payload, *carried, self._settings),
         )
         try:
             await asyncio.to_thread(_start_holding_stop_signals, process)
-        except BaseException:
-            for fd in (fire_write, done_read, lifeline_write):
-                os.close(fd)
-            raise
         finally:
             for connection in carried:
                 connection.close()
-        self._workers[index] = process
-        os.set_blocking(lifeline_write, False)
-        self._lifelines[index] = lifeline_write
-        self._watch_exit(loop, process, lambda p, i=index: self._on_worker_exit(i, p))
-        return fire_write, done_read
+        return process
 
     # -- process exits ------------------------------------------------------------------------
 
@@ -300,7 +343,7 @@ class Supervisor(ControlVerbs):
         self._send(Ping(self._requests.next_number()))
         self._pinger = loop.call_later(PING_INTERVAL, self._check_liveness, loop)
 
-    def _on_worker_exit(self, index: int, process: BaseProcess) -> None:
+    def _on_worker_exit(self, index: int, process: Worker) -> None:
         if self._workers.get(index) is not process:
             return
         code = process.exitcode
@@ -518,6 +561,11 @@ class Supervisor(ControlVerbs):
         self._lifelines.clear()
         if self._dispatcher is not None:
             self._dispatcher.close()
+        for process in self._workers.values():
+            if isinstance(process, ForkedWorker):
+                process.close()
+        if self._template is not None:
+            await self._template.close()
         if self._control is not None:
             loop.remove_reader(self._control.fileno())
             self._control.close()

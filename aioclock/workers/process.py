@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 import msgspec
 
@@ -72,14 +72,33 @@ def worker_main(
     lifeline: Connection,
     settings: WorkerSettings,
 ) -> None:
-    """Entry point of a worker process (module level, so every start method finds it)."""
+    """Entry point of a worker process started by multiprocessing ("spawn", "fork")."""
     prepare_child(settings.logs)
     keep_to_cpus(settings.cpus.scheduling)  # the event loop; sync threads move to their CPUs
     # Unpickling imports the user's modules: every task function is found by module and name.
     # The tasks come without their triggers (the dispatcher keeps those).
     app: AioClock = pickle.loads(app_payload)
     route_records_to_main_process()  # those modules may have installed handlers again
-    worker = Worker(index, app, take_fd(fire), take_fd(done), take_fd(lifeline), settings)
+    _run(Worker(index, app, take_fd(fire), take_fd(done), take_fd(lifeline), settings))
+
+
+def serve_worker(
+    index: int,
+    app: AioClock,
+    fire_fd: int,
+    done_fd: int,
+    lifeline_fd: int,
+    settings: WorkerSettings,
+) -> NoReturn:
+    """Entry point of a worker forked from the template of the main process ("forkserver"):
+    the app and its tasks are in memory already, so nothing is imported or unpickled."""
+    prepare_child(settings.logs)
+    keep_to_cpus(settings.cpus.scheduling)
+    _run(Worker(index, app, fire_fd, done_fd, lifeline_fd, settings))
+
+
+def _run(worker: Worker) -> NoReturn:
+    index = worker.index
     try:
         asyncio.run(worker.serve())
     except BaseException:  # os._exit below would drop it unseen: say why this worker ends
