@@ -21,6 +21,7 @@ import socket
 import sys
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from typing import TYPE_CHECKING, Any, Union
@@ -218,34 +219,41 @@ class Supervisor(ControlVerbs):
         parent_end, child_end = socket.socketpair()
         self._control = ControlChannel(parent_end, loop)
         loop.add_reader(parent_end.fileno(), self._read_control)
-        links: list[tuple[int, int]] = []
+        # The dispatcher starts first: its fresh interpreter takes the longest to be ready. Each
+        # worker's pipes are made now; a worker gets its ends of them when it starts.
+        pipes = [_WorkerPipes.new() for _ in range(self._app.workers)]
         try:
-            started = await asyncio.gather(
-                *(self._spawn_worker(loop, index) for index in range(self._app.workers)),
-                return_exceptions=True,
-            )
-            links += [link for link in started if not isinstance(link, BaseException)]
-            failures = [error for error in started if isinstance(error, BaseException)]
-            if failures:
-                raise failures[0]
             payload = DispatcherPayload(
                 sys_path=list(sys.path),
                 main_path=main_script_path(),
                 logs=self._settings.logs,
                 control_fd=child_end.fileno(),
-                links=[(index, fire, done) for index, (fire, done) in enumerate(links)],
+                links=[(index, p.fire_write, p.done_read) for index, p in enumerate(pipes)],
                 sync_tasks=frozenset(n for n, task in self._tasks.items() if not task.is_async),
                 cpus=self._settings.cpus,
                 schedule=schedule,
             )
             dispatcher = DispatcherProcess(payload)
+        except BaseException:
+            for worker_pipes in pipes:
+                worker_pipes.close_worker_ends()
+            raise
         finally:  # the dispatcher holds its own copies now (or never will)
             child_end.close()
-            for fire, done in links:
-                os.close(fire)
-                os.close(done)
+            for worker_pipes in pipes:
+                worker_pipes.close_dispatcher_ends()
         self._dispatcher = dispatcher
         self._watch_exit(loop, dispatcher, self._on_dispatcher_exit)
+        started = await asyncio.gather(
+            *(
+                self._spawn_worker(loop, index, p.fire_read, p.done_write)
+                for index, p in enumerate(pipes)
+            ),
+            return_exceptions=True,
+        )
+        failures = [error for error in started if isinstance(error, BaseException)]
+        if failures:
+            raise failures[0]
         logger.info(
             "started dispatcher (pid %s) and %d workers (pids %s)",
             dispatcher.pid,
@@ -253,10 +261,11 @@ class Supervisor(ControlVerbs):
             ", ".join(str(p.pid) for p in self._workers.values()),
         )
 
-    async def _spawn_worker(self, loop: asyncio.AbstractEventLoop, index: int) -> tuple[int, int]:
-        """Start worker `index`; return the ends the dispatcher needs: (fire write, done read)."""
-        fire_read, fire_write = os.pipe()
-        done_read, done_write = os.pipe()
+    async def _spawn_worker(
+        self, loop: asyncio.AbstractEventLoop, index: int, fire_read: int, done_write: int
+    ) -> None:
+        """Start worker `index` with its ends of its pipes to the dispatcher (closed here: the
+        worker holds its own copies, or never will)."""
         lifeline_read, lifeline_write = os.pipe()
         try:
             if self._template is not None:
@@ -266,14 +275,12 @@ class Supervisor(ControlVerbs):
             else:
                 process = await self._start_process(index, fire_read, done_write, lifeline_read)
         except BaseException:
-            for fd in (fire_write, done_read, lifeline_write):
-                os.close(fd)
+            os.close(lifeline_write)
             raise
         self._workers[index] = process
         os.set_blocking(lifeline_write, False)
         self._lifelines[index] = lifeline_write
         self._watch_exit(loop, process, lambda p, i=index: self._on_worker_exit(i, p))
-        return fire_write, done_read
 
     async def _fork_from_template(
         self, index: int, fire_read: int, done_write: int, lifeline_read: int
@@ -370,15 +377,17 @@ class Supervisor(ControlVerbs):
         replacing.add_done_callback(self._replacements.discard)
 
     async def _replace_worker(self, index: int) -> None:
+        pipes = _WorkerPipes.new()
         try:
-            fire_write, done_read = await self._spawn_worker(asyncio.get_running_loop(), index)
+            loop = asyncio.get_running_loop()
+            await self._spawn_worker(loop, index, pipes.fire_read, pipes.done_write)
         except Exception as error:  # in a loop callback, it would only be logged: fail loudly
+            pipes.close_dispatcher_ends()
             self._fail(WorkerProcessError(f"could not replace worker {index}: {error!r}"))
             return
         if self._control is not None:
-            self._control.send(WorkerJoined(index), [fire_write, done_read])
-        os.close(fire_write)
-        os.close(done_read)
+            self._control.send(WorkerJoined(index), [pipes.fire_write, pipes.done_read])
+        pipes.close_dispatcher_ends()
 
     def _on_dispatcher_exit(self, process: Child) -> None:
         if self._dispatcher_done or self._reaping or self._aborted or self._fatal is not None:
@@ -571,6 +580,30 @@ class Supervisor(ControlVerbs):
             self._control.close()
             self._control = None
         self._requests.fail_all()
+
+
+@dataclass(frozen=True)
+class _WorkerPipes:
+    """The two pipes between the dispatcher and one worker: fires one way, `Done` the other."""
+
+    fire_read: int
+    fire_write: int
+    done_read: int
+    done_write: int
+
+    @classmethod
+    def new(cls) -> _WorkerPipes:
+        fire_read, fire_write = os.pipe()
+        done_read, done_write = os.pipe()
+        return cls(fire_read, fire_write, done_read, done_write)
+
+    def close_dispatcher_ends(self) -> None:
+        os.close(self.fire_write)
+        os.close(self.done_read)
+
+    def close_worker_ends(self) -> None:
+        os.close(self.fire_read)
+        os.close(self.done_write)
 
 
 def _start_holding_stop_signals(process: BaseProcess) -> None:

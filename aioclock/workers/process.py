@@ -12,11 +12,12 @@ import asyncio
 import logging
 import os
 import pickle
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AsyncExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from multiprocessing.connection import Connection
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import msgspec
 
@@ -44,7 +45,7 @@ from aioclock._protocol import (
     read_frames,
 )
 from aioclock._task import Task
-from aioclock.workers.runner import TaskRunner, enter_lifespan
+from aioclock.workers.runner import TaskRunner, build_injectors, enter_lifespan
 
 if TYPE_CHECKING:
     from aioclock.app import AioClock
@@ -89,12 +90,31 @@ def serve_worker(
     done_fd: int,
     lifeline_fd: int,
     settings: WorkerSettings,
+    prepared: PreparedTasks | None = None,
 ) -> NoReturn:
     """Entry point of a worker forked from the template of the main process ("forkserver"):
-    the app and its tasks are in memory already, so nothing is imported or unpickled."""
+    the app and its tasks are in memory already, so nothing is imported or unpickled, and
+    `prepared` (built once in the template) saves building the task table in every worker."""
     prepare_child(settings.logs)
     keep_to_cpus(settings.cpus.scheduling)
-    _run(Worker(index, app, fire_fd, done_fd, lifeline_fd, settings))
+    _run(Worker(index, app, fire_fd, done_fd, lifeline_fd, settings, prepared))
+
+
+@dataclass(frozen=True)
+class PreparedTasks:
+    """A worker's task table and what runs each task, built once for every worker."""
+
+    tasks: dict[str, Task]
+    injected: dict[str, Callable[..., Any]]
+
+    @classmethod
+    def of(cls, app: AioClock) -> PreparedTasks:
+        # A limiter bounds threads of one process: a worker runs without it, as when spawned.
+        tasks = {
+            name: task if task.limiter is None else replace(task, limiter=None)
+            for name, task in app._task_table().items()
+        }
+        return cls(tasks, build_injectors(tasks, app.dependencies))
 
 
 def _run(worker: Worker) -> NoReturn:
@@ -119,8 +139,10 @@ class Worker:
         done_fd: int,
         lifeline_fd: int,
         settings: WorkerSettings,
+        prepared: PreparedTasks | None = None,
     ) -> None:
         self.index = index
+        self._prepared = prepared
         self.exit_code = 0
         self._app = app
         self._fire_fd = fire_fd
@@ -140,12 +162,14 @@ class Worker:
             initializer=prepare_sync_thread,
             initargs=(self._settings.sync_task_priority, self._settings.cpus.sync),
         )
+        prepared = self._prepared
         self._runner = TaskRunner(
-            self._app._task_table(),
+            prepared.tasks if prepared is not None else self._app._task_table(),
             self._app.dependencies,
             self._send_done,
             executor=executor,
             on_sync_timeout=self._replace_after_sync_timeout,
+            injected=prepared.injected if prepared is not None else None,
         )
         async with AsyncExitStack() as stack:
             await enter_lifespan(self._app, stack)
