@@ -140,7 +140,7 @@ async def test_a_worker_that_cannot_be_replaced_stops_the_app(events, monkeypatc
         await events.wait_for(lambda e: len(e) >= 2)
         _, (worker_pid,) = runtime_pids(app)
 
-        async def no_more_processes(self, loop, index):
+        async def no_more_processes(self, loop, index, *pipe_ends):
             raise OSError("fork failed")
 
         monkeypatch.setattr(Supervisor, "_spawn_worker", no_more_processes)
