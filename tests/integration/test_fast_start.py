@@ -160,12 +160,10 @@ KILLED = textwrap.dedent(
 )
 
 
-async def test_the_template_and_its_workers_exit_when_the_main_process_is_killed(
-    events, tmp_path
-):
+async def test_the_template_and_its_workers_exit_when_the_main_process_is_killed(events, tmp_path):
     script = tmp_path / "killed.py"
     script.write_text(KILLED.format(root=REPOSITORY_ROOT))
-    process = subprocess.Popen([sys.executable, str(script)], start_new_session=True)
+    process = start_in_own_session(script)
     try:
         await events.wait_for(lambda e: len({x["pid"] for x in e}) >= 2)
         session = session_members(process.pid) - {process.pid}
@@ -178,6 +176,10 @@ async def test_the_template_and_its_workers_exit_when_the_main_process_is_killed
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
     assert left == set()
+
+
+def start_in_own_session(script):
+    return subprocess.Popen([sys.executable, str(script)], start_new_session=True)
 
 
 def session_members(session):
