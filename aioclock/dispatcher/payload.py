@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import gc
 import pickle
-from collections.abc import Callable, Hashable, Iterable
+from collections.abc import Callable, Collection, Hashable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aioclock._child import CpuPlan
 from aioclock._logs import ChildLogging
 from aioclock.dispatcher.engine import ScheduledTask
 from aioclock.triggers import BaseTrigger
+
+if TYPE_CHECKING:
+    from aioclock._task import Task
 
 #: The dispatcher's process name, in log records and process listings.
 DISPATCHER_NAME = "aioclock-dispatcher"
@@ -34,6 +38,11 @@ class DispatcherPayload:
 _OWN_TRIGGERS = BaseTrigger.__module__
 
 
+def pack_tasks(tasks: Mapping[str, Task], paused: Collection[str] = frozenset()) -> bytes:
+    """`pack_schedule(schedule_of(tasks, paused))`, without building the `ScheduledTask`s."""
+    return _pack((n, t.trigger, t.max_instances, n in paused) for n, t in tasks.items())
+
+
 def pack_schedule(schedule: Iterable[ScheduledTask]) -> bytes:
     """The schedule as the dispatcher receives it, one row per task.
 
@@ -43,15 +52,24 @@ def pack_schedule(schedule: Iterable[ScheduledTask]) -> bytes:
     100,000; unpickling a pydantic model costs ~10 us). A trigger of another class (it may keep
     state, in `should_trigger` say) or with a field that cannot be hashed is sent as it is.
     """
+    return _pack((s.task_id, s.trigger, s.max_instances, s.paused) for s in schedule)
+
+
+def _pack(rows: Iterable[tuple[str, BaseTrigger[Any], int, bool]]) -> bytes:
     shared: dict[Hashable, BaseTrigger[Any]] = {}
-    rows = []
-    for spec in schedule:
-        trigger = spec.trigger
-        key = _sharing_key(trigger)
-        if key is not None:
-            trigger = shared.setdefault(key, trigger)
-        rows.append((spec.task_id, trigger, spec.max_instances, spec.paused))
-    return pickle.dumps(rows, protocol=pickle.HIGHEST_PROTOCOL)
+    packed = []
+    collecting = gc.isenabled()
+    gc.disable()  # a collection would walk the whole app for each batch of rows made here
+    try:
+        for task_id, trigger, max_instances, paused in rows:
+            key = _sharing_key(trigger)
+            if key is not None:
+                trigger = shared.setdefault(key, trigger)
+            packed.append((task_id, trigger, max_instances, paused))
+        return pickle.dumps(packed, protocol=pickle.HIGHEST_PROTOCOL)
+    finally:
+        if collecting:
+            gc.enable()
 
 
 def unpack_schedule(

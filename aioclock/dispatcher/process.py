@@ -10,6 +10,7 @@ at once.
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import multiprocessing
 import os
@@ -63,6 +64,9 @@ SPIN_BEFORE_DEADLINE = 0.0002
 
 def run_from_payload(payload: DispatcherPayload) -> None:
     """Entry point of the dispatcher process: set up, load the schedule, run until finished."""
+    # Loading builds a few objects per task: collections while it does would walk them again
+    # and again (1.3 s instead of 0.45 s for the core of 100,000 tasks). One collection, below.
+    gc.disable()
     multiprocessing.current_process().name = DISPATCHER_NAME  # for log records
     prepare_child(payload.logs)
     keep_to_cpus(payload.cpus.scheduling)
@@ -78,6 +82,7 @@ def run_from_payload(payload: DispatcherPayload) -> None:
         main_path=payload.main_path,
     )
     settle_garbage_collector()
+    gc.enable()
     dispatcher.run()
 
 

@@ -52,8 +52,8 @@ from aioclock._protocol import (
 )
 from aioclock._task import Task
 from aioclock.dispatcher.core import CANCEL_ANSWER_WAIT
-from aioclock.dispatcher.engine import ScheduledTask, schedule_of
-from aioclock.dispatcher.payload import DispatcherPayload, pack_schedule
+from aioclock.dispatcher.engine import ScheduledTask
+from aioclock.dispatcher.payload import DispatcherPayload, pack_tasks
 from aioclock.exceptions import AppStoppedError, WorkerProcessError
 from aioclock.runtime import ControlVerbs, Requests, raise_for_refusal, result_of_run_now
 from aioclock.runtime.channel import ControlChannel
@@ -213,7 +213,7 @@ class Supervisor(ControlVerbs):
 
     async def _start(self, loop: asyncio.AbstractEventLoop) -> None:
         # May fail: before any process starts.
-        schedule = pack_schedule(schedule_of(self._tasks, self._app._paused))
+        schedule = pack_tasks(self._tasks, self._app._paused)
         if self._template is not None:
             self._template.attach(loop)
         parent_end, child_end = socket.socketpair()

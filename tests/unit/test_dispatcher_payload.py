@@ -46,3 +46,22 @@ def test_triggers_of_other_classes_or_with_unhashable_fields_are_sent_one_by_one
 def test_sharing_makes_a_large_schedule_small():
     schedule = [ScheduledTask(f"m:t{i}", Every(hours=1)) for i in range(1000)]
     assert len(pack_schedule(schedule)) < len(pickle.dumps(schedule)) / 3
+
+
+def test_the_tasks_of_an_app_pack_as_their_schedule_would():
+    from aioclock import AioClock
+    from aioclock.dispatcher.engine import schedule_of
+    from aioclock.dispatcher.payload import pack_tasks
+
+    app = AioClock()
+    app.task(trigger=Every(hours=1), max_instances=2)(a_job)
+    app.task(trigger=Every(hours=1))(another_job)
+    tasks = app._task_table()
+    paused = {next(iter(tasks))}
+    assert unpack_schedule(pack_tasks(tasks, paused)) == schedule_of(tasks, paused)
+
+
+def a_job(): ...
+
+
+def another_job(): ...
