@@ -61,7 +61,7 @@ from aioclock.runtime.launch import DispatcherProcess, main_script_path, stop_si
 from aioclock.runtime.signals import StopSignals
 from aioclock.runtime.template import ForkedWorker, WorkerTemplate
 from aioclock.triggers import BaseTrigger
-from aioclock.workers.process import WorkerSettings, worker_main
+from aioclock.workers.process import PreparedTasks, WorkerSettings, worker_main
 
 if TYPE_CHECKING:
     from aioclock.app import AioClock
@@ -162,7 +162,7 @@ class Supervisor(ControlVerbs):
         has_sync_tasks = any(not task.is_async for task in self._tasks.values())
         if app.start_method == "forkserver":
             # Forked before this process starts a thread of ours (the log listener's, below).
-            self._template = WorkerTemplate(app)
+            self._template = WorkerTemplate(app, _prepared(app, self._tasks))
         self._logs = LogListener()  # every child's records reach this process's handlers
         self._settings = WorkerSettings(
             logs=self._logs.child_logging(),
@@ -604,6 +604,15 @@ class _WorkerPipes:
     def close_worker_ends(self) -> None:
         os.close(self.fire_read)
         os.close(self.done_write)
+
+
+def _prepared(app: AioClock, tasks: dict[str, Task]) -> PreparedTasks | None:
+    """What each forked worker's runner starts from; None (each worker tries again, and fails
+    as it would have) if building it fails."""
+    try:
+        return PreparedTasks.of(app, tasks)
+    except Exception:
+        return None
 
 
 def _start_holding_stop_signals(process: BaseProcess) -> None:

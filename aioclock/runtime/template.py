@@ -53,14 +53,16 @@ REAP_POLL = 0.005
 class WorkerTemplate:
     """The main process's handle on the template: ask it for workers, learn their exits."""
 
-    def __init__(self, app: AioClock) -> None:
+    def __init__(self, app: AioClock, prepared: PreparedTasks | None = None) -> None:
+        """Fork the template of `app`; `prepared`: what every worker's runner starts from (built
+        here, in the main process, so that no process touches, hence copies, every task)."""
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         _flush_std_streams()  # what is buffered now would be written again by every fork
         with stop_signals_held():  # INT and TERM stay blocked in the template until it ignores them
             pid = os.fork()
         if pid == 0:  # the template
             ours.close()
-            _serve_as_template(app, theirs)
+            _serve_as_template(app, prepared, theirs)
         theirs.close()
         self.pid = pid
         self._socket = ours
@@ -184,11 +186,13 @@ class ForkedWorker:
 # -- the template process -----------------------------------------------------------------------
 
 
-def _serve_as_template(app: AioClock, channel: socket.socket) -> NoReturn:
+def _serve_as_template(
+    app: AioClock, prepared: PreparedTasks | None, channel: socket.socket
+) -> NoReturn:
     code = 0
     try:
         _prepare_template()
-        _template_loop(app, channel)
+        _template_loop(app, prepared, channel)
     except BaseException:  # noqa: BLE001  # nothing may unwind into the main process's frames
         with contextlib.suppress(Exception):
             logger.exception("the worker template failed")
@@ -211,11 +215,7 @@ def _prepare_template() -> None:
     gc.freeze()
 
 
-def _template_loop(app: AioClock, channel: socket.socket) -> None:
-    try:  # once here, not in each worker (a second per worker for 100,000 tasks)
-        prepared: PreparedTasks | None = PreparedTasks.of(app)
-    except Exception:  # each worker tries again, and fails as it would have
-        prepared = None
+def _template_loop(app: AioClock, prepared: PreparedTasks | None, channel: socket.socket) -> None:
     wake_read, wake_write = os.pipe()
     os.set_blocking(wake_write, False)
     signal.set_wakeup_fd(wake_write)

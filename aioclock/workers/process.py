@@ -12,7 +12,7 @@ import asyncio
 import logging
 import os
 import pickle
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, replace
@@ -94,7 +94,7 @@ def serve_worker(
 ) -> NoReturn:
     """Entry point of a worker forked from the template of the main process ("forkserver"):
     the app and its tasks are in memory already, so nothing is imported or unpickled, and
-    `prepared` (built once in the template) saves building the task table in every worker."""
+    `prepared` (built once for all) saves building the task table in every worker."""
     prepare_child(settings.logs)
     keep_to_cpus(settings.cpus.scheduling)
     _run(Worker(index, app, fire_fd, done_fd, lifeline_fd, settings, prepared))
@@ -102,17 +102,20 @@ def serve_worker(
 
 @dataclass(frozen=True)
 class PreparedTasks:
-    """A worker's task table and what runs each task, built once for every worker."""
+    """A worker's task table and what runs each task, built once, in the main process, for
+    every worker forked from its template (the worker keeps both as they are, shared with the
+    template until a task is added)."""
 
     tasks: dict[str, Task]
     injected: dict[str, Callable[..., Any]]
 
     @classmethod
-    def of(cls, app: AioClock) -> PreparedTasks:
+    def of(cls, app: AioClock, table: Mapping[str, Task]) -> PreparedTasks:
+        """For `app`'s tasks `table`."""
         # A limiter bounds threads of one process: a worker runs without it, as when spawned.
         tasks = {
             name: task if task.limiter is None else replace(task, limiter=None)
-            for name, task in app._task_table().items()
+            for name, task in table.items()
         }
         return cls(tasks, build_injectors(tasks, app.dependencies))
 

@@ -49,10 +49,12 @@ class TaskRunner:
         executor: ThreadPoolExecutor | None = None,
         on_sync_timeout: Callable[[Task], None] | None = None,
         now: Callable[[], float] = time.time,
-        injected: Mapping[str, Callable[..., Any]] | None = None,
+        injected: dict[str, Callable[..., Any]] | None = None,
     ) -> None:
-        """`injected`: the injectors of `tasks`, built already (see `build_injectors`)."""
-        self._tasks = dict(tasks)
+        """`injected`: the injectors of `tasks`, built already (see `build_injectors`) for this
+        runner alone, which then keeps both mappings as they are: copying them would touch every
+        task, and so copy the memory that a forked worker shares with its parent."""
+        self._tasks = dict(tasks) if injected is None or not isinstance(tasks, dict) else tasks
         self._provider = provider
         self._on_done = on_done
         self._executor = executor
@@ -61,9 +63,7 @@ class TaskRunner:
         self._running: dict[int, asyncio.Task[None]] = {}
         self._replies: dict[int, tuple[bool, Any]] = {}  # seq -> (ok, value or exception)
         # Built now, not on the first (timed) run.
-        self._injected = dict(
-            injected if injected is not None else build_injectors(tasks, provider)
-        )
+        self._injected = injected if injected is not None else build_injectors(tasks, provider)
 
     def add(self, task: Task) -> None:
         """Run fires of `task` from now on (a task added while the app serves); it replaces a
