@@ -17,6 +17,7 @@ from ._report import Column
 METRICS = (
     "startup_s", "launch_to_import_s", "import_register_s", "first_run_s", "runs", "missed",
     "late_p50_ms", "late_p99_ms", "late_max_ms", "cpu_s", "max_rss_mb", "tree_rss_peak_mb",
+    "tree_pss_peak_mb",
     "procs_peak", "orphans",
 )  # fmt: skip
 COLUMNS = (
@@ -33,6 +34,7 @@ COLUMNS = (
     Column("CPU s", "cpu_s", "{:.1f}"),
     Column("RSS MB", "max_rss_mb", "{:.0f}"),
     Column("tree MB", "tree_rss_peak_mb", "{:.0f}"),
+    Column("tree PSS MB", "tree_pss_peak_mb", "{:.0f}"),
     Column("procs", "procs_peak", "{:.0f}"),
     Column("status", "status"),
 )
@@ -42,11 +44,14 @@ LEGEND = (
     "run; 1st run s: serve() to the probe's first run; import+reg s: library import and "
     "registration in the main process; p50..max: the "
     "probe's start lateness over the measured seconds after the marker; CPU s: whole tree, "
-    "start-up included; RSS MB: largest process; tree MB: whole tree, sampled"
+    "start-up included; RSS MB: largest process; tree MB: whole tree's resident memory, "
+    "sampled (pages shared by forked processes count once per process); tree PSS MB: the "
+    "same, each shared page counted once"
 )
 PANELS = (
     ("startup_s", "start-up: launch to first run (s)"),
     ("tree_rss_peak_mb", "memory: process tree peak RSS (MB)"),
+    ("tree_pss_peak_mb", "memory: process tree peak PSS (MB)"),
     ("late_p99_ms", "idle probe lateness p99 (ms)"),
 )
 
