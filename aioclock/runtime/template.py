@@ -70,6 +70,8 @@ class WorkerTemplate:
         self._started: dict[int, asyncio.Future[int]] = {}
         self._exit_codes: dict[int, int] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
+        #: Set once the template has exited: it exits only after its last worker has.
+        self.closed = False
 
     def attach(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
@@ -102,7 +104,8 @@ class WorkerTemplate:
         return ForkedWorker(f"aioclock-worker-{index}", pid, sentinel_read, self)
 
     def exit_code(self, pid: int) -> int | None:
-        self._read()
+        if not self.closed:
+            self._read()
         return self._exit_codes.get(pid)
 
     def _read(self) -> None:
@@ -138,6 +141,7 @@ class WorkerTemplate:
             with contextlib.suppress(ValueError, OSError):
                 self._loop.remove_reader(self._socket.fileno())
         self._socket.close()
+        self._fail_waiting(OSError("the worker template is closed"))
         waited = 0.0
         while not self._reaped():  # a killed process is reaped a moment later
             if waited >= EXIT_PATIENCE:
@@ -147,6 +151,7 @@ class WorkerTemplate:
                 waited = -EXIT_PATIENCE  # it is SIGKILLed again only if that did not end it
             await asyncio.sleep(REAP_POLL)
             waited += REAP_POLL
+        self.closed = True
 
     def _reaped(self) -> bool:
         try:
@@ -171,7 +176,7 @@ class ForkedWorker:
         return self._template.exit_code(self.pid)
 
     def is_alive(self) -> bool:
-        return self.exitcode is None
+        return not self._template.closed and self.exitcode is None
 
     def kill(self) -> None:
         if self.is_alive():  # not yet reaped by the template, so the pid is still its own
