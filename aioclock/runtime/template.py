@@ -11,9 +11,9 @@ worker.
 The template is single-threaded, so forking it is safe whatever threads the main process starts
 later. It talks to the supervisor over one `SOCK_SEQPACKET` socket: the supervisor sends
 `(number, index, settings)` with the worker's descriptors attached; the template answers
-`("started", number, pid)`, and `("exited", pid, exit code)` once it has reaped a worker (the
-workers are its children). It exits when that socket closes and it has no child left; it dies
-with the main process (PDEATHSIG), and so do its workers.
+`("started", number, pid)` (or `("failed", number, why)`), and `("exited", pid, exit code)`
+once it has reaped a worker (the workers are its children). It exits when that socket closes
+and it has no child left; it dies with the main process (PDEATHSIG), and so do its workers.
 """
 
 from __future__ import annotations
@@ -124,6 +124,10 @@ class WorkerTemplate:
                 waiting = self._started.get(message[1])
                 if waiting is not None and not waiting.done():
                     waiting.set_result(message[2])
+            elif message[0] == "failed":
+                waiting = self._started.get(message[1])
+                if waiting is not None and not waiting.done():
+                    waiting.set_exception(OSError(f"the worker could not be forked: {message[2]}"))
             elif message[0] == "exited":
                 self._exit_codes[message[1]] = message[2]
 
@@ -245,10 +249,17 @@ def _template_loop(app: AioClock, prepared: PreparedTasks | None, channel: socke
             if not data:
                 open_channel = False
                 continue
+            number = pickle.loads(data)[0]
             template_fds = [channel.fileno(), wake_read, wake_write]
-            pid = _fork_worker(app, prepared, data, fds, template_fds)
+            try:
+                pid = _fork_worker(app, prepared, data, fds, template_fds)
+            except OSError as error:  # no process could be made (EAGAIN, ENOMEM)
+                for fd in fds:
+                    os.close(fd)
+                _tell(channel, ("failed", number, f"{type(error).__name__}: {error}"))
+                continue
             children.add(pid)
-            _tell(channel, ("started", pickle.loads(data)[0], pid))
+            _tell(channel, ("started", number, pid))
 
 
 def _reap(children: set[int], channel: socket.socket | None) -> None:
