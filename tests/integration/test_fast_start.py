@@ -3,6 +3,7 @@ register nothing again, and the dispatcher imports only what the schedule needs.
 
 import asyncio
 import contextlib
+import errno
 import os
 import signal
 import subprocess
@@ -194,3 +195,22 @@ def session_members(session):
         if int(fields[3]) == session and fields[0] != "Z":
             members.add(int(entry.name))
     return members
+
+
+async def test_a_worker_the_template_cannot_fork_fails_the_start_with_the_reason(
+    events, monkeypatch
+):
+    real_fork = os.fork
+    main = os.getpid()
+
+    def fork_only_in_this_process():  # the template inherits it: its forks fail
+        if os.getpid() != main:
+            raise OSError(errno.EAGAIN, "Resource temporarily unavailable")
+        return real_fork()
+
+    monkeypatch.setattr(os, "fork", fork_only_in_this_process)
+    app = AioClock(workers=1)
+    app.task(trigger=Every(seconds=0.02))(tasks.probe)
+    with pytest.raises(OSError, match="could not be forked: BlockingIOError"):
+        await asyncio.wait_for(app.serve(), HANG_GUARD)
+    assert events.named("probe") == []
