@@ -212,7 +212,8 @@ class Supervisor(ControlVerbs):
             raise self._fatal
 
     async def _start(self, loop: asyncio.AbstractEventLoop) -> None:
-        # May fail: before any process starts.
+        # May fail (a trigger that does not pickle): before the dispatcher and the workers start
+        # (a template forked already is let go on the way out, by `_reap`).
         schedule = pack_tasks(self._tasks, self._app._paused)
         if self._template is not None:
             self._template.attach(loop)
