@@ -66,7 +66,7 @@ def import_main_script(path: str) -> None:
 CHILD_IGNORES = (signal.SIGINT, signal.SIGTERM)
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     """Linux: have the kernel kill this process if its parent dies (belt and braces to EOF)."""
     if not prctl(PR_SET_PDEATHSIG, signal.SIGKILL):
         return
@@ -77,7 +77,7 @@ def _die_with_parent() -> None:
 def prepare_child(logs: ChildLogging) -> None:
     """Records to the main process's handlers, no stop signals (the supervisor orchestrates),
     precise timers."""
-    _die_with_parent()
+    die_with_parent()
     for signum in CHILD_IGNORES:
         signal.signal(signum, signal.SIG_IGN)
     if hasattr(signal, "pthread_sigmask"):  # blocked by `stop_signals_held` while it started

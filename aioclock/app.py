@@ -77,7 +77,13 @@ class AioClock:
     `@app.task` run in threads at once (a `Group` takes its own). It holds in the current process
     only: worker processes (`workers >= 1`) do not get it, and each runs its sync tasks in its own
     thread pool.
-    `start_method` is how worker processes start ("spawn" by default).
+    `start_method` is how worker processes start. "forkserver" (default): when `serve()` starts,
+    the main process forks once, before it starts any thread, and every worker (a replacement
+    too) is forked from that copy, which holds the imported app: a worker starts in
+    milliseconds and registers nothing again; like "fork", workers inherit the main process's
+    module-level state. "spawn": each worker is a fresh interpreter that imports the main
+    script again (slow for large apps: the script's module-level code runs in every worker).
+    "fork": multiprocessing forks each worker from the main process as it is at that moment.
     `sync_task_priority` (Linux, `workers >= 1`): the CPU priority of the threads that run sync
     tasks in workers. "idle" (default, SCHED_IDLE) gives them every cycle nothing else wants and
     lets the dispatcher and the workers' event loops preempt them at once, so CPU-bound jobs
@@ -110,7 +116,7 @@ class AioClock:
         lifespan: Lifespan | None = None,
         limiter: anyio.CapacityLimiter | None = None,
         workers: int = 0,
-        start_method: StartMethod = "spawn",
+        start_method: StartMethod = "forkserver",
         shutdown_timeout: float = 10.0,
         handle_signals: bool | None = None,
         sync_task_priority: SyncTaskPriority = "idle",

@@ -13,7 +13,7 @@ ValueError: workers must be an integer >= 0, got -1
 >>> base = Settings(workers=4)
 >>> base.layered(environ={"AIOCLOCK_WORKERS": "2", "AIOCLOCK_SHUTDOWN_TIMEOUT": "3"},
 ...              given={"workers": 1})
-Settings(workers=1, start_method='spawn', shutdown_timeout=3.0, sync_task_priority='idle', \
+Settings(workers=1, start_method='forkserver', shutdown_timeout=3.0, sync_task_priority='idle', \
 scheduling_cpus=None, loop_stall_timeout=10.0)
 """
 
@@ -84,7 +84,7 @@ class Settings:
     """How an app runs (see `AioClock` for what each setting does); validated when built."""
 
     workers: int = 0
-    start_method: StartMethod = "spawn"
+    start_method: StartMethod = "forkserver"
     shutdown_timeout: float = 10.0
     sync_task_priority: SyncTaskPriority = "idle"
     scheduling_cpus: int | None = None

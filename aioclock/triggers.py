@@ -18,6 +18,7 @@ Kinds of schedule:
 
 import asyncio
 import difflib
+import functools
 import math
 import time
 from collections.abc import Callable, Iterator
@@ -173,14 +174,7 @@ class BaseTrigger(BaseModel, Generic[TriggerTypeT]):
     def _is_legacy(cls) -> bool:
         """True for a class written against upstream's interface: it overrides `trigger_next` or
         `get_waiting_time_till_next_trigger` below the class that provides `next_due`."""
-        provider = _owner(cls, "next_due")
-        return any(
-            owner is not provider and issubclass(owner, provider)
-            for owner in (
-                _owner(cls, "trigger_next"),
-                _owner(cls, "get_waiting_time_till_next_trigger"),
-            )
-        )
+        return _is_legacy_class(cls)
 
     def _local_zone(self) -> tzinfo:
         """The zone a naive datetime given to the compat methods is read in."""
@@ -403,7 +397,14 @@ class Every(LoopController[Literal[Triggers.EVERY]]):
     @property
     def to_seconds(self) -> float:
         """The period in seconds."""
-        return sum((getattr(self, unit) or 0) * factor for unit, factor in _UNIT_SECONDS.items())
+        # Written out: it is read for every task of a schedule (100,000 at start-up, say).
+        return (
+            (self.weeks or 0) * 604800
+            + (self.days or 0) * 86400
+            + (self.hours or 0) * 3600
+            + (self.minutes or 0) * 60
+            + (self.seconds or 0)
+        )
 
     @property
     def waits_for_completion(self) -> bool:
@@ -733,6 +734,21 @@ def _short(trigger: BaseTrigger[Any]) -> str:
     return f"{type(trigger).__name__}({', '.join(f'{k}={v!r}' for k, v in fields.items())})"
 
 
+@functools.lru_cache(maxsize=1024)
+def _is_legacy_class(cls: type) -> bool:
+    """`BaseTrigger._is_legacy`, asked for every task of a schedule: cached per class."""
+    provider = _owner(cls, "next_due")
+    return any(
+        owner is not provider and issubclass(owner, provider)
+        for owner in (
+            _owner(cls, "trigger_next"),
+            _owner(cls, "get_waiting_time_till_next_trigger"),
+        )
+    )
+
+
+@functools.lru_cache(maxsize=1024)
 def _owner(cls: type, name: str) -> type:
-    """The class in `cls`'s MRO that defines `name`."""
+    """The class in `cls`'s MRO that defines `name` (asked for every task of a large schedule:
+    cached per class)."""
     return next(klass for klass in cls.__mro__ if name in vars(klass))

@@ -10,11 +10,13 @@ _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 @dataclass(frozen=True)
 class Member:
-    """One live process of a session: pid, resident memory now and its peak, in bytes."""
+    """One live process of a session: pid, resident memory now and its peak, in bytes, and its
+    proportional share (PSS: each page shared by k processes counts 1/k), None if unknown."""
 
     pid: int
     rss: int
     peak_rss: int
+    pss: int | None = None
 
 
 def session_members(sid: int) -> list[Member] | None:
@@ -33,8 +35,24 @@ def session_members(sid: int) -> list[Member] | None:
         # after "pid (comm)": state ppid pgrp session ...; rss is field 24 of the whole line
         if fields[0] != "Z" and int(fields[3]) == sid:
             rss = int(fields[21]) * _PAGE
-            members.append(Member(int(entry), rss, max(rss, _peak_rss(entry))))
+            members.append(Member(int(entry), rss, max(rss, _peak_rss(entry)), _pss(entry)))
     return members
+
+
+def _pss(pid: str) -> int | None:
+    """The process's proportional set size (Linux 4.14+: /proc/PID/smaps_rollup).
+
+    Resident memory counts every page a process maps, so forked processes that share pages
+    with their parent count them again each; summed over a tree, PSS counts each page once.
+    """
+    try:
+        with open(f"/proc/{pid}/smaps_rollup", encoding="ascii", errors="replace") as fh:
+            for line in fh:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        pass
+    return None
 
 
 def _peak_rss(pid: str) -> int:

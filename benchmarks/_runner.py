@@ -51,6 +51,7 @@ class RunResult:
     cpu_s: float | None = None
     max_rss_mb: float | None = None
     tree_rss_peak_mb: float | None = None
+    tree_pss_peak_mb: float | None = None
     output_bytes: int = 0
     procs_peak: int | None = None
     orphans: int = 0
@@ -66,6 +67,7 @@ class RunResult:
             "cpu_pct": cpu_pct,
             "max_rss_mb": self.max_rss_mb,
             "tree_rss_peak_mb": self.tree_rss_peak_mb,
+            "tree_pss_peak_mb": self.tree_pss_peak_mb,
             "procs_peak": self.procs_peak,
             "orphans": self.orphans,
             "output_bytes": self.output_bytes,
@@ -200,6 +202,10 @@ def _sample(sid: int, result: RunResult) -> None:
     tree_mb = sum(m.rss for m in members) / 2**20
     peak_mb = max((m.peak_rss for m in members), default=0) / 2**20
     result.tree_rss_peak_mb = max(result.tree_rss_peak_mb or 0.0, tree_mb)
+    shares = [m.pss for m in members]
+    if shares and all(share is not None for share in shares):
+        tree_pss_mb = sum(share or 0 for share in shares) / 2**20
+        result.tree_pss_peak_mb = max(result.tree_pss_peak_mb or 0.0, tree_pss_mb)
     result.max_rss_mb = max(result.max_rss_mb or 0.0, peak_mb)
     result.procs_peak = max(result.procs_peak or 0, len(members))
 

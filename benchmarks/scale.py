@@ -17,12 +17,14 @@ from ._report import Column
 METRICS = (
     "startup_s", "launch_to_import_s", "import_register_s", "first_run_s", "runs", "missed",
     "late_p50_ms", "late_p99_ms", "late_max_ms", "cpu_s", "max_rss_mb", "tree_rss_peak_mb",
+    "tree_pss_peak_mb",
     "procs_peak", "orphans",
 )  # fmt: skip
 COLUMNS = (
     Column("system", "system"),
     Column("tasks", "tasks", "{:,.0f}"),
     Column("start-up s", "startup_s", "{:.2f}"),
+    Column("1st run s", "first_run_s", "{:.2f}"),
     Column("import+reg s", "import_register_s", "{:.2f}"),
     Column("runs", "runs", "{:.0f}"),
     Column("missed", "missed", "{:.0f}"),
@@ -32,19 +34,24 @@ COLUMNS = (
     Column("CPU s", "cpu_s", "{:.1f}"),
     Column("RSS MB", "max_rss_mb", "{:.0f}"),
     Column("tree MB", "tree_rss_peak_mb", "{:.0f}"),
+    Column("tree PSS MB", "tree_pss_peak_mb", "{:.0f}"),
     Column("procs", "procs_peak", "{:.0f}"),
     Column("status", "status"),
 )
 LEGEND = (
     "tasks: registered idle tasks (Every(idle period), first run after one period) plus one "
     "probe and a Once() marker registered last; start-up s: process launch to the marker's "
-    "run; import+reg s: library import and registration in the main process; p50..max: the "
+    "run; 1st run s: serve() to the probe's first run; import+reg s: library import and "
+    "registration in the main process; p50..max: the "
     "probe's start lateness over the measured seconds after the marker; CPU s: whole tree, "
-    "start-up included; RSS MB: largest process; tree MB: whole tree, sampled"
+    "start-up included; RSS MB: largest process; tree MB: whole tree's resident memory, "
+    "sampled (pages shared by forked processes count once per process); tree PSS MB: the "
+    "same, each shared page counted once"
 )
 PANELS = (
     ("startup_s", "start-up: launch to first run (s)"),
     ("tree_rss_peak_mb", "memory: process tree peak RSS (MB)"),
+    ("tree_pss_peak_mb", "memory: process tree peak PSS (MB)"),
     ("late_p99_ms", "idle probe lateness p99 (ms)"),
 )
 

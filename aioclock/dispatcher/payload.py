@@ -2,10 +2,21 @@
 
 from __future__ import annotations
 
+import gc
+import pickle
+from collections.abc import Callable, Collection, Hashable, Iterable, Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from aioclock._child import CpuPlan
 from aioclock._logs import ChildLogging
+from aioclock._policy import Rules
+from aioclock.dispatcher.engine import ScheduledTask
+from aioclock.triggers import BaseTrigger
+
+if TYPE_CHECKING:
+    from aioclock._policy import Policy
+    from aioclock._task import Task
 
 #: The dispatcher's process name, in log records and process listings.
 DISPATCHER_NAME = "aioclock-dispatcher"
@@ -22,6 +33,72 @@ class DispatcherPayload:
     links: list[tuple[int, int, int]]  # (worker index, fire write fd, done read fd)
     sync_tasks: frozenset[str]
     cpus: CpuPlan  # it runs on `cpus.scheduling`, with the workers' event loops
-    schedule: bytes  # pickled list[ScheduledTask], unpickled once sys.path is in place
+    schedule: bytes  # `pack_schedule`, unpacked once sys.path is in place
     # Pickled `Resume`: where a dispatcher that died left the schedule; None at the start.
     resume: bytes | None = None
+
+
+#: The module of the trigger classes whose equal instances are sent once (see `pack_schedule`).
+_OWN_TRIGGERS = BaseTrigger.__module__
+
+
+def pack_tasks(
+    tasks: Mapping[str, Task],
+    paused: Collection[str] = frozenset(),
+    defaults: Policy | None = None,
+) -> bytes:
+    """`pack_schedule(schedule_of(tasks, paused, defaults))`, without building the
+    `ScheduledTask`s."""
+    rows = ((n, t.trigger, t.policy.over(defaults).rules(), n in paused) for n, t in tasks.items())
+    return _pack((n, trigger, rules.limit, paused, rules) for n, trigger, rules, paused in rows)
+
+
+def pack_schedule(schedule: Iterable[ScheduledTask]) -> bytes:
+    """The schedule as the dispatcher receives it, one row per task.
+
+    Trigger objects are immutable declarations, and the engine keeps each task's schedule state
+    apart from them: equal triggers of aioclock's own classes are sent as one object, which the
+    tasks then share (100,000 `Every(hours=1)` cost one trigger to pickle and to rebuild, not
+    100,000; unpickling a pydantic model costs ~10 us). A trigger of another class (it may keep
+    state, in `should_trigger` say) or with a field that cannot be hashed is sent as it is.
+    """
+    return _pack((s.task_id, s.trigger, s.max_instances, s.paused, s.rules) for s in schedule)
+
+
+def _pack(rows: Iterable[tuple[str, BaseTrigger[Any], int, bool, Rules]]) -> bytes:
+    shared: dict[Hashable, BaseTrigger[Any]] = {}
+    shared_rules: dict[Rules, Rules] = {}
+    packed = []
+    collecting = gc.isenabled()
+    gc.disable()  # a collection would walk the whole app for each batch of rows made here
+    try:
+        for task_id, trigger, max_instances, paused, rules in rows:
+            key = _sharing_key(trigger)
+            if key is not None:
+                trigger = shared.setdefault(key, trigger)
+            rules = shared_rules.setdefault(rules, rules)  # frozen: equal policies sent once
+            packed.append((task_id, trigger, max_instances, paused, rules))
+        return pickle.dumps(packed, protocol=pickle.HIGHEST_PROTOCOL)
+    finally:
+        if collecting:
+            gc.enable()
+
+
+def unpack_schedule(
+    data: bytes, load: Callable[[bytes], Any] = pickle.loads
+) -> list[ScheduledTask]:
+    """The schedule `pack_schedule` made; `load` unpickles (the dispatcher's may import the
+    main script, where a trigger class can be defined)."""
+    return [ScheduledTask(*row) for row in load(data)]
+
+
+def _sharing_key(trigger: BaseTrigger[Any]) -> Hashable | None:
+    cls = type(trigger)
+    if cls.__module__ != _OWN_TRIGGERS:
+        return None
+    key = (cls, frozenset(trigger.model_fields_set), tuple(trigger.__dict__.items()))
+    try:
+        hash(key)
+    except TypeError:  # a list of triggers (OrTrigger), say
+        return None
+    return key

@@ -10,6 +10,7 @@ at once.
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import multiprocessing
 import os
@@ -53,7 +54,7 @@ from aioclock.dispatcher.core import (
     WorkerClosed,
 )
 from aioclock.dispatcher.engine import ScheduledTask
-from aioclock.dispatcher.payload import DISPATCHER_NAME, DispatcherPayload
+from aioclock.dispatcher.payload import DISPATCHER_NAME, DispatcherPayload, unpack_schedule
 
 logger = logging.getLogger(__name__)
 
@@ -70,6 +71,9 @@ CHECKPOINT_LATEST = 0.5
 
 def run_from_payload(payload: DispatcherPayload) -> None:
     """Entry point of the dispatcher process: set up, load the schedule, run until finished."""
+    # Loading builds a few objects per task: collections while it does would walk them again
+    # and again (1.3 s instead of 0.45 s for the core of 100,000 tasks). One collection, below.
+    gc.disable()
     multiprocessing.current_process().name = DISPATCHER_NAME  # for log records
     prepare_child(payload.logs)
     keep_to_cpus(payload.cpus.scheduling)
@@ -87,12 +91,12 @@ def run_from_payload(payload: DispatcherPayload) -> None:
         resume=resume,
     )
     settle_garbage_collector()
+    gc.enable()
     dispatcher.run()
 
 
 def _load_schedule(payload: DispatcherPayload) -> list[ScheduledTask]:
-    schedule: list[ScheduledTask] = _unpickle(payload.schedule, payload.main_path)
-    return schedule
+    return unpack_schedule(payload.schedule, lambda data: _unpickle(data, payload.main_path))
 
 
 _imported_main: list[str] = []  # the main script, once this process has imported it

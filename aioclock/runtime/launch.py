@@ -71,7 +71,10 @@ class DispatcherProcess:
             self._popen.kill()
 
     def close(self) -> None:
-        os.close(self.sentinel)
+        """Close the sentinel, once (its number may belong to another descriptor afterwards)."""
+        if self.sentinel >= 0:
+            os.close(self.sentinel)
+            self.sentinel = -1
 
 
 @contextlib.contextmanager

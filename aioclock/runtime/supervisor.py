@@ -22,7 +22,7 @@ import sys
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from typing import TYPE_CHECKING, Any, Union
@@ -55,22 +55,24 @@ from aioclock._protocol import (
 )
 from aioclock._task import Task
 from aioclock.dispatcher.core import CANCEL_ANSWER_WAIT, Resume
-from aioclock.dispatcher.engine import ScheduledTask, schedule_of, spec_of
-from aioclock.dispatcher.payload import DispatcherPayload
+from aioclock.dispatcher.engine import ScheduledTask, spec_of
+from aioclock.dispatcher.payload import DispatcherPayload, pack_schedule, pack_tasks
 from aioclock.exceptions import AppStoppedError, WorkerProcessError
 from aioclock.runtime import ControlVerbs, Requests, raise_for_refusal, result_of_run_now
 from aioclock.runtime.channel import ControlChannel
 from aioclock.runtime.launch import DispatcherProcess, main_script_path, stop_signals_held
 from aioclock.runtime.signals import StopSignals
+from aioclock.runtime.template import ForkedWorker, WorkerTemplate
 from aioclock.triggers import BaseTrigger
-from aioclock.workers.process import WorkerSettings, worker_main
+from aioclock.workers.process import PreparedTasks, WorkerSettings, worker_main
 
 if TYPE_CHECKING:
     from aioclock.app import AioClock
 
 logger = logging.getLogger("aioclock")
 
-Child = Union[BaseProcess, DispatcherProcess]
+Worker = Union[BaseProcess, ForkedWorker]
+Child = Union[BaseProcess, ForkedWorker, DispatcherProcess]
 
 #: The dispatcher is pinged this often, and killed if it has not answered for LIVENESS_TIMEOUT.
 PING_INTERVAL = 1.0
@@ -127,8 +129,7 @@ def refuse_legacy_triggers(tasks: Iterable[Task]) -> None:
 
 def worker_payload(app: AioClock) -> bytes:
     """The app as every worker receives it, pickled once; refuses what a worker cannot import."""
-    for task in app._tasks:
-        task.check_reachable(app.start_method)
+    check_reachable(app)
     try:
         return _for_workers(app)
     except Exception as error:
@@ -136,6 +137,12 @@ def worker_payload(app: AioClock) -> bytes:
             "the app cannot be sent to worker processes: its lifespan and dependency overrides "
             f"must be importable module-level objects ({type(error).__name__}: {error})"
         ) from error
+
+
+def check_reachable(app: AioClock) -> None:
+    """Refuse, before any process starts, a task that a worker could not find by name."""
+    for task in app._tasks:
+        task.check_reachable(app.start_method)
 
 
 def _for_workers(obj: object) -> bytes:
@@ -160,13 +167,22 @@ class Supervisor(ControlVerbs):
         self._app = app
         self._tasks = app._task_table()
         refuse_legacy_triggers(self._tasks.values())
-        self._app_payload = worker_payload(app)
+        self._template: WorkerTemplate | None = None
+        if app.start_method == "forkserver":
+            check_reachable(app)  # as for the other start methods: the same tasks are refused
+            self._app_payload = b""  # a worker forked from the template has the app already
+        else:
+            self._app_payload = worker_payload(app)
         # Any: typeshed's BaseContext has no `Process`, though every concrete context has one.
         self._context: Any = multiprocessing.get_context(app.start_method)
         has_sync_tasks = any(not task.is_async for task in self._tasks.values())
-        self._logs = LogListener()  # every child's records reach this process's handlers
         stall_timeout = app.loop_stall_timeout
+        # Shared memory, made before the template forks: its workers inherit it.
         self._beats = None if stall_timeout is None else LoopBeats(self._context, app.workers)
+        if app.start_method == "forkserver":
+            # Forked before this process starts a thread of ours (the log listener's, below).
+            self._template = WorkerTemplate(app, _prepared(app, self._tasks), self._beats)
+        self._logs = LogListener()  # every child's records reach this process's handlers
         self._settings = WorkerSettings(
             logs=self._logs.child_logging(),
             sync_task_priority=app.sync_task_priority,
@@ -175,7 +191,7 @@ class Supervisor(ControlVerbs):
             loop_stall_timeout=stall_timeout,
         )
         self._dispatcher: DispatcherProcess | None = None
-        self._workers: dict[int, BaseProcess] = {}
+        self._workers: dict[int, Worker] = {}
         self._lifelines: dict[int, int] = {}
         # The dispatcher's ends of each worker's pipes (fire write, done read), kept here too:
         # a dispatcher that replaces one that died gets them.
@@ -235,18 +251,34 @@ class Supervisor(ControlVerbs):
             raise self._fatal
 
     async def _start(self, loop: asyncio.AbstractEventLoop) -> None:
-        # May fail: before any process starts.
-        schedule = pickle.dumps(schedule_of(self._tasks, self._app._paused, self._app.policy))
+        # May fail (a trigger that does not pickle): before the dispatcher and the workers start
+        # (a template forked already is let go on the way out, by `_reap`).
+        schedule = pack_tasks(self._tasks, self._app._paused, self._app.policy)
+        if self._template is not None:
+            self._template.attach(loop)
         child_end = self._new_control(loop)  # questions asked from now on wait there
+        # The dispatcher starts first: its fresh interpreter takes the longest to be ready. Each
+        # worker's pipes are made now; a worker gets its ends of them when it starts. The
+        # dispatcher's ends are kept here too, for a dispatcher that replaces one that died.
+        pipes = [_WorkerPipes.new() for _ in range(self._app.workers)]
+        for index, worker_pipes in enumerate(pipes):
+            self._links[index] = (worker_pipes.fire_write, worker_pipes.done_read)
+        try:
+            dispatcher = self._start_dispatcher(loop, child_end, schedule, resume=None)
+        except BaseException:
+            for worker_pipes in pipes:
+                worker_pipes.close_worker_ends()
+            raise
         started = await asyncio.gather(
-            *(self._spawn_worker(loop, index) for index in range(self._app.workers)),
+            *(
+                self._spawn_worker(loop, index, p.fire_read, p.done_write)
+                for index, p in enumerate(pipes)
+            ),
             return_exceptions=True,
         )
         failures = [error for error in started if isinstance(error, BaseException)]
         if failures:
-            child_end.close()
             raise failures[0]
-        dispatcher = self._start_dispatcher(loop, child_end, schedule, resume=None)
         self._watch_loops(loop)
         logger.info(
             "started dispatcher (pid %s) and %d workers (pids %s)",
@@ -290,47 +322,66 @@ class Supervisor(ControlVerbs):
         self._watch_exit(loop, dispatcher, self._on_dispatcher_exit)
         return dispatcher
 
-    async def _spawn_worker(self, loop: asyncio.AbstractEventLoop, index: int) -> tuple[int, int]:
-        """Start worker `index`; return the ends the dispatcher needs: (fire write, done read).
-
-        The start runs in a thread: it writes the pickled app to the new process, which reads
-        it only once its interpreter is up, and a large app does not fit in a pipe's buffer.
-        """
-        fire_read, fire_write = os.pipe()
-        done_read, done_write = os.pipe()
+    async def _spawn_worker(
+        self, loop: asyncio.AbstractEventLoop, index: int, fire_read: int, done_write: int
+    ) -> None:
+        """Start worker `index` with its ends of its pipes to the dispatcher (closed here: the
+        worker holds its own copies, or never will)."""
         lifeline_read, lifeline_write = os.pipe()
-        stack_read, stack_write = os.pipe()
+        stack_read, stack_write = os.pipe()  # where it writes its stacks when asked
+        if self._beats is not None:
+            self._beats.reset(index)
+        ends = (fire_read, done_write, lifeline_read, stack_write)
+        try:
+            if self._template is not None:
+                process: Worker = await self._fork_from_template(index, ends)
+            else:
+                process = await self._start_process(index, ends)
+        except BaseException:
+            os.close(lifeline_write)
+            os.close(stack_read)
+            raise
+        self._workers[index] = process
+        os.set_blocking(lifeline_write, False)
+        self._lifelines[index] = lifeline_write
+        os.set_blocking(stack_read, False)
+        self._stack_pipes[index] = stack_read
+        self._watch_exit(loop, process, lambda p, i=index: self._on_worker_exit(i, p))
+
+    async def _fork_from_template(self, index: int, ends: tuple[int, ...]) -> ForkedWorker:
+        """A worker forked from the template, which has the app already: milliseconds. `ends`:
+        its fire read, done write, lifeline read and stack write descriptors."""
+        assert self._template is not None
+        sink = self._settings.logs.sink
+        sink_fd = sink.fileno() if isinstance(sink, socket.socket) else sink
+        try:
+            return await self._template.start_worker(index, self._settings, list(ends), sink_fd)
+        finally:
+            for fd in ends:
+                os.close(fd)
+
+    async def _start_process(self, index: int, ends: tuple[int, ...]) -> BaseProcess:
+        """A multiprocessing worker ("spawn", "fork"), started in a thread: it writes the pickled
+        app to the new process, which reads it only once its interpreter is up, and a large app
+        does not fit in a pipe's buffer."""
+        fire_read, done_write, lifeline_read, stack_write = ends
         carried = (
             Connection(fire_read, writable=False),
             Connection(done_write, readable=False),
             Connection(lifeline_read, writable=False),
             Connection(stack_write, readable=False),
         )
-        if self._beats is not None:
-            self._beats.reset(index)
-        process = self._context.Process(
+        process: BaseProcess = self._context.Process(
             target=worker_main,
             name=f"aioclock-worker-{index}",
             args=(index, self._app_payload, *carried, self._settings),
         )
         try:
             await asyncio.to_thread(_start_holding_stop_signals, process)
-        except BaseException:
-            for fd in (fire_write, done_read, lifeline_write, stack_read):
-                os.close(fd)
-            raise
         finally:
             for connection in carried:
                 connection.close()
-        self._workers[index] = process
-        os.set_blocking(lifeline_write, False)
-        self._lifelines[index] = lifeline_write
-        os.set_blocking(stack_read, False)
-        self._stack_pipes[index] = stack_read
-        self._forget_links(index)
-        self._links[index] = (fire_write, done_read)
-        self._watch_exit(loop, process, lambda p, i=index: self._on_worker_exit(i, p))
-        return fire_write, done_read
+        return process
 
     # -- process exits ------------------------------------------------------------------------
 
@@ -380,7 +431,7 @@ class Supervisor(ControlVerbs):
         self._loop_watch = loop.call_later(beat_interval(timeout), self._watch_loops, loop)
 
     def _on_loop_stalled(
-        self, loop: asyncio.AbstractEventLoop, index: int, process: BaseProcess, silent: float
+        self, loop: asyncio.AbstractEventLoop, index: int, process: Worker, silent: float
     ) -> None:
         """Ask the worker for its stacks (answered from C, even while its loop holds the GIL),
         then kill it: its exit is handled as a crash, with this reason."""
@@ -391,7 +442,7 @@ class Supervisor(ControlVerbs):
             pass
         loop.call_later(STACK_WAIT, self._end_stalled, index, process, silent)
 
-    def _end_stalled(self, index: int, process: BaseProcess, silent: float) -> None:
+    def _end_stalled(self, index: int, process: Worker, silent: float) -> None:
         if self._workers.get(index) is not process or not process.is_alive():
             return
         assert self._beats is not None
@@ -427,10 +478,11 @@ class Supervisor(ControlVerbs):
 
     # -- process exits, continued ---------------------------------------------------------------
 
-    def _on_worker_exit(self, index: int, process: BaseProcess) -> None:
+    def _on_worker_exit(self, index: int, process: Worker) -> None:
         if self._workers.get(index) is not process:
             return
         code = process.exitcode
+        _release(process)  # its sentinel: a replacement must not leak a descriptor
         reason = self._ending.pop(index, None)
         stack_pipe = self._stack_pipes.pop(index, None)
         if stack_pipe is not None:
@@ -466,13 +518,18 @@ class Supervisor(ControlVerbs):
         replacing.add_done_callback(self._replacements.discard)
 
     async def _replace_worker(self, index: int) -> None:
+        pipes = _WorkerPipes.new()
         try:
-            fire_write, done_read = await self._spawn_worker(asyncio.get_running_loop(), index)
+            loop = asyncio.get_running_loop()
+            await self._spawn_worker(loop, index, pipes.fire_read, pipes.done_write)
         except Exception as error:  # in a loop callback, it would only be logged: fail loudly
+            pipes.close_dispatcher_ends()
             self._fail(WorkerProcessError(f"could not replace worker {index}: {error!r}"))
             return
         if self._control is not None:
-            self._control.send(WorkerJoined(index), [fire_write, done_read])
+            self._control.send(WorkerJoined(index), [pipes.fire_write, pipes.done_read])
+        self._forget_links(index)
+        self._links[index] = (pipes.fire_write, pipes.done_read)
 
     def _forget_links(self, index: int) -> None:
         for fd in self._links.pop(index, ()):
@@ -546,7 +603,7 @@ class Supervisor(ControlVerbs):
             child_end.close()
             return
         try:
-            schedule = pickle.dumps(self._current_schedule())
+            schedule = pack_schedule(self._current_schedule())
             resume = pickle.dumps(Resume(self._progress, self._last_seq))
             dispatcher = self._start_dispatcher(loop, child_end, schedule, resume)
         except Exception as error:
@@ -558,7 +615,8 @@ class Supervisor(ControlVerbs):
     def _current_schedule(self) -> list[ScheduledTask]:
         """The tasks as they are now: added, removed and rescheduled while serving (pause
         states come with the checkpoints)."""
-        specs = schedule_of(self._tasks, self._app._paused, self._app.policy)
+        paused = self._app._paused
+        specs = [spec_of(t, n in paused, self._app.policy) for n, t in self._tasks.items()]
         triggers = self._triggers
         return [
             replace(spec, trigger=triggers[spec.task_id]) if spec.task_id in triggers else spec
@@ -747,11 +805,56 @@ class Supervisor(ControlVerbs):
             self._forget_links(index)
         if self._dispatcher is not None:
             self._dispatcher.close()
+        for process in self._workers.values():
+            if isinstance(process, ForkedWorker):
+                process.close()
+        if self._template is not None:
+            await self._template.close()
         if self._control is not None:
             loop.remove_reader(self._control.fileno())
             self._control.close()
             self._control = None
         self._requests.fail_all()
+
+
+@dataclass(frozen=True)
+class _WorkerPipes:
+    """The two pipes between the dispatcher and one worker: fires one way, `Done` the other."""
+
+    fire_read: int
+    fire_write: int
+    done_read: int
+    done_write: int
+
+    @classmethod
+    def new(cls) -> _WorkerPipes:
+        fire_read, fire_write = os.pipe()
+        done_read, done_write = os.pipe()
+        return cls(fire_read, fire_write, done_read, done_write)
+
+    def close_dispatcher_ends(self) -> None:
+        os.close(self.fire_write)
+        os.close(self.done_read)
+
+    def close_worker_ends(self) -> None:
+        os.close(self.fire_read)
+        os.close(self.done_write)
+
+
+def _prepared(app: AioClock, tasks: dict[str, Task]) -> PreparedTasks | None:
+    """What each forked worker's runner starts from; None (each worker tries again, and fails
+    as it would have) if building it fails."""
+    try:
+        return PreparedTasks.of(app, tasks)
+    except Exception:
+        return None
+
+
+def _release(process: Worker) -> None:
+    """Close the sentinel of an exited forked worker (multiprocessing closes its own once the
+    process object is dropped)."""
+    if isinstance(process, ForkedWorker):
+        process.close()
 
 
 def _start_holding_stop_signals(process: BaseProcess) -> None:

@@ -14,11 +14,12 @@ import os
 import pickle
 import time
 from collections import deque
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AsyncExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from multiprocessing.connection import Connection
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import msgspec
 
@@ -49,7 +50,7 @@ from aioclock._protocol import (
     read_frames,
 )
 from aioclock._task import Task
-from aioclock.workers.runner import REPLACED, TaskRunner, enter_lifespan
+from aioclock.workers.runner import REPLACED, TaskRunner, build_injectors, enter_lifespan
 
 if TYPE_CHECKING:
     from aioclock.app import AioClock
@@ -89,7 +90,7 @@ def worker_main(
     stacks: Connection,
     settings: WorkerSettings,
 ) -> None:
-    """Entry point of a worker process (module level, so every start method finds it)."""
+    """Entry point of a worker process started by multiprocessing ("spawn", "fork")."""
     prepare_child(settings.logs)
     answer_stack_signal(take_fd(stacks))  # the supervisor asks when this loop stalls
     keep_to_cpus(settings.cpus.scheduling)  # the event loop; sync threads move to their CPUs
@@ -97,7 +98,50 @@ def worker_main(
     # The tasks come without their triggers (the dispatcher keeps those).
     app: AioClock = pickle.loads(app_payload)
     route_records_to_main_process()  # those modules may have installed handlers again
-    worker = Worker(index, app, take_fd(fire), take_fd(done), take_fd(lifeline), settings)
+    _run(Worker(index, app, take_fd(fire), take_fd(done), take_fd(lifeline), settings))
+
+
+def serve_worker(
+    index: int,
+    app: AioClock,
+    fire_fd: int,
+    done_fd: int,
+    lifeline_fd: int,
+    stacks_fd: int,
+    settings: WorkerSettings,
+    prepared: PreparedTasks | None = None,
+) -> NoReturn:
+    """Entry point of a worker forked from the template of the main process ("forkserver"):
+    the app and its tasks are in memory already, so nothing is imported or unpickled, and
+    `prepared` (built once for all) saves building the task table in every worker."""
+    prepare_child(settings.logs)
+    answer_stack_signal(stacks_fd)  # the supervisor asks when this loop stalls
+    keep_to_cpus(settings.cpus.scheduling)
+    _run(Worker(index, app, fire_fd, done_fd, lifeline_fd, settings, prepared))
+
+
+@dataclass(frozen=True)
+class PreparedTasks:
+    """A worker's task table and what runs each task, built once, in the main process, for
+    every worker forked from its template (the worker keeps both as they are, shared with the
+    template until a task is added)."""
+
+    tasks: dict[str, Task]
+    injected: dict[str, Callable[..., Any]]
+
+    @classmethod
+    def of(cls, app: AioClock, table: Mapping[str, Task]) -> PreparedTasks:
+        """For `app`'s tasks `table`."""
+        # A limiter bounds threads of one process: a worker runs without it, as when spawned.
+        tasks = {
+            name: task if task.limiter is None else replace(task, limiter=None)
+            for name, task in table.items()
+        }
+        return cls(tasks, build_injectors(tasks, app.dependencies))
+
+
+def _run(worker: Worker) -> NoReturn:
+    index = worker.index
     try:
         asyncio.run(worker.serve())
     except BaseException:  # os._exit below would drop it unseen: say why this worker ends
@@ -118,8 +162,10 @@ class Worker:
         done_fd: int,
         lifeline_fd: int,
         settings: WorkerSettings,
+        prepared: PreparedTasks | None = None,
     ) -> None:
         self.index = index
+        self._prepared = prepared
         self.exit_code = 0
         self._app = app
         self._fire_fd = fire_fd
@@ -147,12 +193,14 @@ class Worker:
             initializer=prepare_sync_thread,
             initargs=(self._settings.sync_task_priority, self._settings.cpus.sync),
         )
+        prepared = self._prepared
         self._runner = TaskRunner(
-            self._app._task_table(),
+            prepared.tasks if prepared is not None else self._app._task_table(),
             self._app.dependencies,
             self._send_done,
             executor=executor,
             on_sync_timeout=self._replace_after_sync_timeout,
+            injected=prepared.injected if prepared is not None else None,
         )
         async with AsyncExitStack() as stack:
             await enter_lifespan(self._app, stack)

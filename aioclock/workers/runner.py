@@ -54,19 +54,22 @@ class TaskRunner:
         executor: ThreadPoolExecutor | None = None,
         on_sync_timeout: Callable[[Task], None] | None = None,
         now: Callable[[], float] = time.time,
+        injected: dict[str, Callable[..., Any]] | None = None,
     ) -> None:
-        self._tasks = dict(tasks)
+        """`injected`: the injectors of `tasks`, built already (see `build_injectors`) for this
+        runner alone, which then keeps both mappings as they are: copying them would touch every
+        task, and so copy the memory that a forked worker shares with its parent."""
+        self._tasks = dict(tasks) if injected is None or not isinstance(tasks, dict) else tasks
         self._provider = provider
         self._on_done = on_done
         self._executor = executor
         self._on_sync_timeout = on_sync_timeout
         self._now = now
-        self._injected: dict[str, Callable[..., Any]] = {}
         self._running: dict[int, asyncio.Task[None]] = {}
         self._sync_runs: set[int] = set()  # runs of sync tasks (a thread runs them)
         self._replies: dict[int, tuple[bool, Any]] = {}  # seq -> (ok, value or exception)
-        for task in tasks.values():  # build the injectors now, not on the first (timed) run
-            self._injector(task)
+        # Built now, not on the first (timed) run.
+        self._injected = injected if injected is not None else build_injectors(tasks, provider)
 
     def add(self, task: Task) -> None:
         """Run fires of `task` from now on (a task added while the app serves); it replaces a
@@ -153,13 +156,7 @@ class TaskRunner:
     def _injector(self, task: Task) -> Callable[..., Any]:
         call = self._injected.get(task.name)
         if call is None:
-            # A function without parameters has nothing to inject: fast-depends would build a
-            # pydantic model for it (milliseconds each, minutes for 100,000 tasks) for nothing.
-            if _takes_arguments(task.func):
-                call = inject(task.func, dependency_provider=self._provider)
-            else:
-                call = task.func
-            self._injected[task.name] = call
+            call = self._injected[task.name] = _injector(task, self._provider)
         return call
 
     async def _call(self, task: Task) -> Any:
@@ -223,6 +220,19 @@ def _summary(failure: BaseException) -> str:
     if len(text) > MAX_ERROR_CHARS:
         text = f"{text[:MAX_ERROR_CHARS]}... ({len(text)} characters)"
     return text
+
+
+def build_injectors(tasks: Mapping[str, Task], provider: Provider) -> dict[str, Callable[..., Any]]:
+    """What runs each task: its function, wrapped by fast-depends where it takes arguments."""
+    return {name: _injector(task, provider) for name, task in tasks.items()}
+
+
+def _injector(task: Task, provider: Provider) -> Callable[..., Any]:
+    # A function without parameters has nothing to inject: fast-depends would build a pydantic
+    # model for it (milliseconds each, minutes for 100,000 tasks) for nothing.
+    if _takes_arguments(task.func):
+        return inject(task.func, dependency_provider=provider)
+    return task.func
 
 
 def _takes_arguments(func: Callable[..., Any]) -> bool:

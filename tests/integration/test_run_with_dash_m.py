@@ -20,7 +20,7 @@ import os
 from aioclock import AioClock, Once
 from tests.integration.worker_tasks import record
 
-app = AioClock(workers=1)
+app = AioClock(workers=1, start_method={start_method!r})
 
 
 @app.task(trigger=Once())
@@ -31,16 +31,21 @@ async def hello():
 if __name__ == "__main__":
     asyncio.run(app.serve())
     (task,) = app._tasks
-    print(json.dumps({"name": task.name, "id": str(task.id), "pid": os.getpid()}))
+    print(json.dumps({{"name": task.name, "id": str(task.id), "pid": os.getpid()}}))
 """
 
 
+@pytest.mark.parametrize(
+    ("start_method", "module_in_worker"),
+    [("spawn", "__mp_main__"), ("forkserver", "__main__")],
+    ids=["spawn imports it again", "forked workers have it"],
+)
 def test_a_worker_runs_the_task_of_a_module_started_with_dash_m_under_its_real_name(
-    events, tmp_path
+    events, tmp_path, start_method, module_in_worker
 ):
     (tmp_path / "dashpkg").mkdir()
     (tmp_path / "dashpkg" / "__init__.py").write_text("")
-    (tmp_path / "dashpkg" / "app.py").write_text(APP)
+    (tmp_path / "dashpkg" / "app.py").write_text(APP.format(start_method=start_method))
     path = os.pathsep.join([str(tmp_path), str(REPOSITORY_ROOT)])
     result = subprocess.run(
         [sys.executable, "-m", "dashpkg.app"],
@@ -52,6 +57,6 @@ def test_a_worker_runs_the_task_of_a_module_started_with_dash_m_under_its_real_n
     assert result.returncode == 0, result.stderr.decode()[-2000:]
     main = json.loads(result.stdout.decode().splitlines()[-1])
     (ran,) = events.named("hello")
-    assert ran["pid"] != main["pid"]  # in the worker, where spawn imported it as __mp_main__
-    assert ran["module"] == "__mp_main__"
+    assert ran["pid"] != main["pid"]  # in the worker
+    assert ran["module"] == module_in_worker
     assert main["name"] == "dashpkg.app:hello"

@@ -1,0 +1,331 @@
+"""`start_method="forkserver"`: workers forked from a template of the main process.
+
+When `serve()` starts, before the supervisor starts any thread, the main process forks once: the
+copy (the *template*) already holds the imported app and its registered tasks, does nothing else,
+and forks a worker each time the supervisor asks. A worker so made starts in milliseconds: it
+imports nothing, registers nothing and unpickles nothing (a spawned worker imports the main
+script again, which registers every task again). A replacement after a crash starts the same way;
+the tasks added while serving reach it as `LearnTask` frames when it joins, as they reach any
+worker.
+
+The template is single-threaded, so forking it is safe whatever threads the main process starts
+later. It talks to the supervisor over one `SOCK_SEQPACKET` socket: the supervisor sends
+`(number, index, settings)` with the worker's descriptors attached; the template answers
+`("started", number, pid)` (or `("failed", number, why)`), and `("exited", pid, exit code)`
+once it has reaped a worker (the workers are its children). It exits when that socket closes
+and it has no child left; it dies with the main process (PDEATHSIG), and so do its workers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import logging
+import multiprocessing
+import os
+import pickle
+import select
+import signal
+import socket
+import sys
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any, NoReturn
+
+from aioclock._child import CHILD_IGNORES, die_with_parent
+from aioclock._heartbeat import LoopBeats
+from aioclock.runtime.launch import stop_signals_held
+from aioclock.workers.process import PreparedTasks, WorkerSettings, serve_worker
+
+if TYPE_CHECKING:
+    from aioclock.app import AioClock
+
+logger = logging.getLogger(__name__)
+
+#: The most descriptors one request carries: fire, done, lifeline, stacks, sentinel, log sink.
+_FDS_PER_REQUEST = 6
+_MESSAGE_SIZE = 65536
+#: Once its socket is closed, how long the template gets to exit (it has no worker left), and
+#: how often that is checked without blocking the event loop.
+EXIT_PATIENCE = 2.0
+REAP_POLL = 0.005
+
+
+class WorkerTemplate:
+    """The main process's handle on the template: ask it for workers, learn their exits."""
+
+    def __init__(
+        self, app: AioClock, prepared: PreparedTasks | None = None, beats: LoopBeats | None = None
+    ) -> None:
+        """Fork the template of `app`; `prepared`: what every worker's runner starts from (built
+        here, in the main process, so that no process touches, hence copies, every task);
+        `beats`: the shared memory where the workers' loops beat (inherited, as the app is)."""
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        _flush_std_streams()  # what is buffered now would be written again by every fork
+        with stop_signals_held():  # INT and TERM stay blocked in the template until it ignores them
+            pid = os.fork()
+        if pid == 0:  # the template
+            ours.close()
+            _serve_as_template(app, prepared, theirs, beats)
+        theirs.close()
+        self.pid = pid
+        self._socket = ours
+        self._numbers = 0
+        self._started: dict[int, asyncio.Future[int]] = {}
+        self._exit_codes: dict[int, int] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        #: Set once the template has exited: it exits only after its last worker has.
+        self.closed = False
+
+    def attach(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._socket.setblocking(False)
+        loop.add_reader(self._socket.fileno(), self._read)
+
+    async def start_worker(
+        self, index: int, settings: WorkerSettings, fds: list[int], sink: int
+    ) -> ForkedWorker:
+        """Fork worker `index` from the template, with `fds` (fire read, done write, lifeline
+        read, stack write) and `sink` (the log socket) as its descriptors."""
+        loop = self._loop
+        assert loop is not None, "attach() first"
+        self._numbers += 1
+        number = self._numbers
+        sentinel_read, sentinel_write = os.pipe()
+        answer: asyncio.Future[int] = loop.create_future()
+        self._started[number] = answer
+        # Without what travels otherwise: the sink as a descriptor, the beats by inheritance.
+        bare = replace(settings, logs=replace(settings.logs, sink=-1), beats=None)
+        try:
+            message = pickle.dumps((number, index, bare))
+            socket.send_fds(self._socket, [message], [*fds, sentinel_write, sink])
+            pid = await answer
+        except BaseException:
+            os.close(sentinel_read)
+            raise
+        finally:
+            os.close(sentinel_write)
+            self._started.pop(number, None)
+        return ForkedWorker(f"aioclock-worker-{index}", pid, sentinel_read, self)
+
+    def exit_code(self, pid: int) -> int | None:
+        if not self.closed:
+            self._read()
+        return self._exit_codes.get(pid)
+
+    def _read(self) -> None:
+        while True:
+            try:
+                data = self._socket.recv(_MESSAGE_SIZE)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                data = b""
+            if not data:  # the template is gone: no worker can start any more
+                self._fail_waiting(OSError("the worker template process has exited"))
+                return
+            message = pickle.loads(data)
+            if message[0] == "started":
+                waiting = self._started.get(message[1])
+                if waiting is not None and not waiting.done():
+                    waiting.set_result(message[2])
+            elif message[0] == "failed":
+                waiting = self._started.get(message[1])
+                if waiting is not None and not waiting.done():
+                    waiting.set_exception(OSError(f"the worker could not be forked: {message[2]}"))
+            elif message[0] == "exited":
+                self._exit_codes[message[1]] = message[2]
+
+    def _fail_waiting(self, error: BaseException) -> None:
+        if self._loop is not None:
+            with contextlib.suppress(ValueError, OSError):
+                self._loop.remove_reader(self._socket.fileno())
+        for waiting in self._started.values():
+            if not waiting.done():
+                waiting.set_exception(error)
+
+    async def close(self) -> None:
+        """Let the template go: it exits once its last worker has (call after the reaping)."""
+        if self._loop is not None:
+            with contextlib.suppress(ValueError, OSError):
+                self._loop.remove_reader(self._socket.fileno())
+        self._socket.close()
+        self._fail_waiting(OSError("the worker template is closed"))
+        waited = 0.0
+        while not self._reaped():  # a killed process is reaped a moment later
+            if waited >= EXIT_PATIENCE:
+                logger.warning("the worker template (pid %s) did not exit; killing it", self.pid)
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(self.pid, signal.SIGKILL)
+                waited = -EXIT_PATIENCE  # it is SIGKILLed again only if that did not end it
+            await asyncio.sleep(REAP_POLL)
+            waited += REAP_POLL
+        self.closed = True
+
+    def _reaped(self) -> bool:
+        try:
+            pid, _ = os.waitpid(self.pid, os.WNOHANG)
+        except ChildProcessError:
+            return True
+        return pid != 0
+
+
+class ForkedWorker:
+    """A worker forked by the template, with the parts of `multiprocessing.Process` we use."""
+
+    def __init__(self, name: str, pid: int, sentinel: int, template: WorkerTemplate) -> None:
+        self.name = name
+        self.pid = pid
+        #: Readable (EOF) once the worker has exited: only it holds the write end.
+        self.sentinel = sentinel
+        self._template = template
+        self._closed = False
+
+    @property
+    def exitcode(self) -> int | None:
+        return self._template.exit_code(self.pid)
+
+    def is_alive(self) -> bool:
+        return not self._template.closed and self.exitcode is None
+
+    def kill(self) -> None:
+        if self.is_alive():  # not yet reaped by the template, so the pid is still its own
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signal.SIGKILL)
+
+    def close(self) -> None:
+        """Close the sentinel, once (its number may belong to another descriptor afterwards)."""
+        if self._closed:
+            return
+        self._closed = True
+        with contextlib.suppress(OSError):
+            os.close(self.sentinel)
+
+
+# -- the template process -----------------------------------------------------------------------
+
+
+def _serve_as_template(
+    app: AioClock, prepared: PreparedTasks | None, channel: socket.socket, beats: LoopBeats | None
+) -> NoReturn:
+    code = 0
+    try:
+        _prepare_template()
+        _template_loop(app, prepared, channel, beats)
+    except BaseException:  # noqa: BLE001  # nothing may unwind into the main process's frames
+        with contextlib.suppress(Exception):
+            logger.exception("the worker template failed")
+        code = 1
+    finally:
+        os._exit(code)
+
+
+def _prepare_template() -> None:
+    """No signal of the main process's event loop reaches it; INT and TERM are the supervisor's."""
+    die_with_parent()
+    with contextlib.suppress(ValueError):
+        signal.set_wakeup_fd(-1)  # still the main process's event loop, which we share
+    for signum in CHILD_IGNORES:
+        signal.signal(signum, signal.SIG_IGN)
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, set(CHILD_IGNORES))
+    # What the main process built (modules, the app, its tasks) is shared with every worker
+    # until written to: keep the collector from walking, hence touching, all of it.
+    gc.freeze()
+
+
+def _template_loop(
+    app: AioClock, prepared: PreparedTasks | None, channel: socket.socket, beats: LoopBeats | None
+) -> None:
+    wake_read, wake_write = os.pipe()
+    os.set_blocking(wake_write, False)
+    signal.set_wakeup_fd(wake_write)
+    signal.signal(signal.SIGCHLD, lambda *_: None)  # a handler, so that the wake-up fd is written
+    children: set[int] = set()
+    open_channel = True
+    while open_channel or children:
+        readers = [wake_read, channel.fileno()] if open_channel else [wake_read]
+        try:
+            readable, _, _ = select.select(readers, [], [])
+        except InterruptedError:
+            readable = []
+        if wake_read in readable:
+            with contextlib.suppress(BlockingIOError):
+                os.read(wake_read, 4096)
+        _reap(children, channel if open_channel else None)
+        if open_channel and channel.fileno() in readable:
+            try:
+                data, fds, _, _ = socket.recv_fds(channel, _MESSAGE_SIZE, _FDS_PER_REQUEST)
+            except OSError:
+                data, fds = b"", []
+            if not data:
+                open_channel = False
+                continue
+            number = pickle.loads(data)[0]
+            template_fds = [channel.fileno(), wake_read, wake_write]
+            try:
+                pid = _fork_worker(app, prepared, data, fds, template_fds, beats)
+            except OSError as error:  # no process could be made (EAGAIN, ENOMEM)
+                for fd in fds:
+                    os.close(fd)
+                _tell(channel, ("failed", number, f"{type(error).__name__}: {error}"))
+                continue
+            children.add(pid)
+            _tell(channel, ("started", number, pid))
+
+
+def _reap(children: set[int], channel: socket.socket | None) -> None:
+    for pid in list(children):
+        try:
+            done, status = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            done, status = pid, 0
+        if done:
+            children.discard(pid)
+            if channel is not None:
+                _tell(channel, ("exited", pid, os.waitstatus_to_exitcode(status)))
+
+
+def _tell(channel: socket.socket, message: tuple[Any, ...]) -> None:
+    with contextlib.suppress(OSError):
+        channel.send(pickle.dumps(message))
+
+
+def _fork_worker(
+    app: AioClock,
+    prepared: PreparedTasks | None,
+    data: bytes,
+    fds: list[int],
+    template_fds: list[int],
+    beats: LoopBeats | None,
+) -> int:
+    _, index, settings = pickle.loads(data)
+    fire, done, lifeline, stacks, _sentinel, sink = fds
+    pid = os.fork()
+    if pid != 0:
+        for fd in fds:  # the worker holds them now; the sentinel must close when it exits
+            os.close(fd)
+        return pid
+    code = 1
+    try:
+        for fd in template_fds:
+            os.close(fd)
+        signal.set_wakeup_fd(-1)
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        name = f"aioclock-worker-{index}"
+        multiprocessing.current_process().name = name  # for log records
+        settings = replace(settings, logs=replace(settings.logs, sink=sink), beats=beats)
+        # The worker keeps `sentinel` open: the kernel closes it when the worker exits.
+        serve_worker(index, app, fire, done, lifeline, stacks, settings, prepared)
+    except BaseException:  # noqa: BLE001
+        with contextlib.suppress(Exception):
+            sys.stderr.write(f"aioclock: worker {index} could not start\n")
+    finally:
+        os._exit(code)
+
+
+def _flush_std_streams() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            if stream is not None:
+                stream.flush()
