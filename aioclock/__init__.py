@@ -7,6 +7,7 @@ dispatcher process and runs tasks in N worker processes. The public names are th
 from fast_depends import Depends as Depends
 
 from aioclock.app import AioClock as AioClock
+from aioclock.events import Event as Event
 from aioclock.group import Group as Group
 from aioclock.triggers import At as At
 from aioclock.triggers import Cron as Cron
@@ -22,6 +23,7 @@ __all__ = [
     "At",
     "Cron",
     "Depends",
+    "Event",
     "Every",
     "Forever",
     "Group",

@@ -19,7 +19,7 @@ import enum
 import heapq
 import logging
 from collections import deque
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
@@ -183,6 +183,8 @@ class DeadlineEngine:
         self._startup_runs: set[int] = set()  # the start-up runs the schedule waits for
         self._seq = 0
         self.phase = Phase.STARTUP
+        #: Told of every skipped occurrence: (task, count, now, first skipped due, why).
+        self.on_missed: Callable[[str, int, float, float | None, str], None] | None = None
 
     def _classify(self, state: _TaskState) -> None:
         """Put a task where its trigger says: start-up, shut-down, legacy-driven or scheduled."""
@@ -342,16 +344,23 @@ class DeadlineEngine:
         """The engine fell behind (a stall, a suspended machine): rather than firing a burst of
         runs that are all late, skip the occurrences already past and count them as missed."""
         skipped = 0
+        first = due
         while due is not None and due < now:
             skipped += 1
             due = schedule.advance(now)
-        self._count_missed(state, skipped, now, "they were already past due when re-armed")
+        why = "they were already past due when re-armed"
+        self._count_missed(state, skipped, now, why, first)
         return due
 
-    def _count_missed(self, state: _TaskState, count: int, now: float, reason: str) -> None:
-        """Count skipped occurrences; log the first at once, then a summary at most every
-        MISSED_LOG_INTERVAL seconds per task (an overloaded app must not flood its log)."""
+    def _count_missed(
+        self, state: _TaskState, count: int, now: float, reason: str, due: float | None = None
+    ) -> None:
+        """Count skipped occurrences (the first due at `due`); log the first at once, then a
+        summary at most every MISSED_LOG_INTERVAL seconds per task (an overloaded app must not
+        flood its log)."""
         state.missed += count
+        if self.on_missed is not None:
+            self.on_missed(state.spec.task_id, count, now, due, reason)
         state.missed_unlogged += count
         last = state.missed_logged_at
         if last is not None and now - last < MISSED_LOG_INTERVAL:
@@ -369,7 +378,7 @@ class DeadlineEngine:
     def _fire_unless_busy(self, state: _TaskState, due: float, now: float) -> Fire | None:
         """Fire the occurrence, or skip and count it while `max_instances` runs are going."""
         if state.running >= state.spec.max_instances:
-            self._count_missed(state, 1, now, "its previous run was still in progress")
+            self._count_missed(state, 1, now, "its previous run was still in progress", due)
             return None
         return self._fire(state.spec.task_id, due)
 

@@ -30,6 +30,8 @@ from aioclock._logs import LogListener
 from aioclock._protocol import (
     AddTask,
     ControlReply,
+    Events,
+    EventsWanted,
     Finished,
     Frame,
     FrameReader,
@@ -53,6 +55,7 @@ from aioclock._task import Task
 from aioclock.dispatcher.core import CANCEL_ANSWER_WAIT
 from aioclock.dispatcher.engine import ScheduledTask, schedule_of
 from aioclock.dispatcher.payload import DispatcherPayload
+from aioclock.events import Event, EventHub, Listeners
 from aioclock.exceptions import AppStoppedError, WorkerProcessError
 from aioclock.runtime import ControlVerbs, Requests, raise_for_refusal, result_of_run_now
 from aioclock.runtime.channel import ControlChannel
@@ -138,7 +141,7 @@ def _for_dispatcher(obj: object, what: str) -> bytes:
 
 
 class Supervisor(ControlVerbs):
-    def __init__(self, app: AioClock) -> None:
+    def __init__(self, app: AioClock, events: EventHub | None = None) -> None:
         refuse_to_serve_while_importing_main()  # a script without `if __name__ == "__main__":`
         self._app = app
         self._tasks = app._task_table()
@@ -172,6 +175,7 @@ class Supervisor(ControlVerbs):
         self._last_pong = time.monotonic()
         self._pinger: asyncio.TimerHandle | None = None
         self._signals = StopSignals(self.request_stop, self.abort, app.handle_signals)
+        self._events = events or EventHub(Listeners())
 
     # -- serving ------------------------------------------------------------------------------
 
@@ -201,6 +205,8 @@ class Supervisor(ControlVerbs):
         parent_end, child_end = socket.socketpair()
         self._control = ControlChannel(parent_end, loop)
         loop.add_reader(parent_end.fileno(), self._read_control)
+        if self._events.wanted:  # read before anything else the dispatcher reads
+            self._control.send(EventsWanted())
         links: list[tuple[int, int]] = []
         try:
             started = await asyncio.gather(
@@ -322,11 +328,11 @@ class Supervisor(ControlVerbs):
         self._ready.discard(index)
         os.close(self._lifelines.pop(index))
         self._send(WorkerGone(index, code))
-        replacing = asyncio.get_running_loop().create_task(self._replace_worker(index))
+        replacing = asyncio.get_running_loop().create_task(self._replace_worker(index, code))
         self._replacements.add(replacing)
         replacing.add_done_callback(self._replacements.discard)
 
-    async def _replace_worker(self, index: int) -> None:
+    async def _replace_worker(self, index: int, exitcode: int | None) -> None:
         try:
             fire_write, done_read = await self._spawn_worker(asyncio.get_running_loop(), index)
         except Exception as error:  # in a loop callback, it would only be logged: fail loudly
@@ -336,6 +342,9 @@ class Supervisor(ControlVerbs):
             self._control.send(WorkerJoined(index), [fire_write, done_read])
         os.close(fire_write)
         os.close(done_read)
+        now = time.time()
+        why = f"worker {index} died with exit code {exitcode}"
+        self._events.publish(Event("worker_replaced", None, None, now, now, None, why, index))
 
     def _on_dispatcher_exit(self, process: Child) -> None:
         if self._dispatcher_done or self._reaping or self._aborted or self._fatal is not None:
@@ -388,6 +397,8 @@ class Supervisor(ControlVerbs):
             self._last_pong = time.monotonic()
             loop = asyncio.get_running_loop()
             self._pinger = loop.call_later(PING_INTERVAL, self._check_liveness, loop)
+        elif isinstance(frame, Events):
+            self._events.publish_items(frame.items)
         elif isinstance(frame, (Stats, RunNowDone, ControlReply)):
             self._requests.answer(frame)
 
@@ -437,6 +448,10 @@ class Supervisor(ControlVerbs):
             raise AppStoppedError(f"task {task.name!r} was not changed")
         reply: ControlReply = await self._requests.ask(request)
         raise_for_refusal(task, reply)
+
+    def want_events(self) -> None:
+        if self._control is not None:
+            self._control.send(EventsWanted())
 
     def request_stop(self) -> None:
         """Stop firing; running tasks may finish, then shut-down tasks run and the app ends."""
