@@ -86,6 +86,8 @@ class AppMetrics:
 
     def __init__(self, app: AioClock) -> None:
         self._app = weakref.ref(app)
+        #: (host, port) of the HTTP server of `metrics_address` while it serves, else None.
+        self.address: tuple[str, int] | None = None
         self.registry = CollectorRegistry()
         per_task = {"labelnames": ["task"], "registry": self.registry}
         self.runs = Counter("aioclock_runs", "Runs ended", **per_task)  # type: ignore[arg-type]
@@ -232,6 +234,7 @@ class MetricsServer:
         return host, port
 
     async def close(self) -> None:
+        self._metrics.address = None
         self._server.close()
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self._server.wait_closed(), 1.0)
@@ -279,6 +282,6 @@ async def serve_metrics(app: AioClock, address: str) -> MetricsServer:
     except OSError as error:
         raise OSError(error.errno, f"metrics_address {address!r}: {error.strerror}") from error
     holder.append(MetricsServer(metrics, server))
-    shown_host, shown_port = holder[0].address
-    logger.info("serving metrics at http://%s:%d/metrics", shown_host, shown_port)
+    metrics.address = holder[0].address
+    logger.info("serving metrics at http://%s:%d/metrics", *metrics.address)
     return holder[0]
