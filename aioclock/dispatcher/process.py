@@ -187,7 +187,8 @@ class Dispatcher:
             self._deliver(core.tick(time.time()))
         if self._supervisor_gone:
             return
-        self._send_events()
+        if self._events:
+            self._send_events()
         if self._control_backlog:  # the last events, and `Finished`, before the exit
             with contextlib.suppress(OSError):
                 self._control.setblocking(True)

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import pickle
+import socket
 import threading
 
 import pytest
@@ -16,7 +18,9 @@ from aioclock._protocol import (
     Events,
     EventsWanted,
     Finished,
+    FrameReader,
     PauseTask,
+    Pong,
     Ready,
     RemoveTask,
     ResumeTask,
@@ -24,6 +28,7 @@ from aioclock._protocol import (
     WorkerGone,
     decode_body,
     encode,
+    read_frames,
 )
 from aioclock.dispatcher.core import ControlCore, NewTask, Reschedule, ToControl, ToWorker
 from aioclock.dispatcher.engine import ScheduledTask
@@ -321,3 +326,69 @@ def test_a_removed_listener_is_called_no_more():
     assert not app._listeners
     with pytest.raises(ValueError, match="is not a registered listener"):
         app.remove_listener(listener)
+
+
+# -- the dispatcher's side: events after the fires, never blocking ------------------------------
+
+
+@pytest.fixture
+def dispatcher():
+    """A dispatcher with one ready worker (the read end of its fire pipe) and the supervisor's
+    end of the control socket, which nobody reads until the test does."""
+    from aioclock.dispatcher.process import Dispatcher
+
+    fire_read, fire_write = os.pipe()
+    done_read, done_write = os.pipe()
+    os.set_blocking(fire_read, False)
+    control, supervisor_end = socket.socketpair()
+    built = Dispatcher([TICK], frozenset(), control, [(0, fire_write, done_read)])
+    built.core.router.workers[0].ready = True
+    built.core.want_events()
+    yield built, fire_read, supervisor_end
+    control.close()
+    supervisor_end.close()
+    for fd in (fire_read, fire_write, done_read, done_write):
+        os.close(fd)
+
+
+def read_all(sock: socket.socket, dispatcher) -> list:
+    """Everything the dispatcher wrote to the supervisor, flushing its backlog as room frees."""
+    reader = FrameReader()
+    frames = []
+    sock.setblocking(False)
+    while True:
+        try:
+            chunk = sock.recv(1 << 20)
+        except BlockingIOError:
+            if not dispatcher._control_backlog:
+                return frames
+            dispatcher._flush_control()
+            continue
+        frames += reader.feed(chunk)
+
+
+def test_the_dispatcher_writes_the_fires_first_and_the_events_at_its_next_sleep(dispatcher):
+    built, fire_read, supervisor_end = dispatcher
+    built._handle(Ready(0, 1), 100.0)
+    assert read_all(supervisor_end, built) == [Ready(0, 1)]
+    built._deliver(built.core.tick(101.0))
+    (fire,) = read_frames(fire_read, FrameReader())
+    assert (fire.task, fire.due) == ("m:tick", 101.0)
+    assert built._events and read_all(supervisor_end, built) == []  # not yet: batched
+    built._send_events()
+    (frame,) = read_all(supervisor_end, built)
+    assert [Event.from_item(item).kind for item in frame.items] == ["run_started"]
+
+
+def test_events_the_supervisor_does_not_read_wait_without_blocking_the_dispatcher(dispatcher):
+    built, _, supervisor_end = dispatcher
+    many = [
+        ("run_missed", f"m:task_{i}", 1.0, 1.0, 1.0, None, "x" * 40, None, 1) for i in range(50_000)
+    ]
+    built._deliver([ToControl(Events(many))])
+    built._send_events()  # megabytes: more than the socket takes
+    assert built._control_backlog  # the rest waits; nothing blocked
+    built._tell_supervisor(Pong(7))  # a reply queues behind the events, in order
+    frames = read_all(supervisor_end, built)
+    assert frames[-1] == Pong(7)
+    assert [item for frame in frames[:-1] for item in frame.items] == many
