@@ -35,6 +35,7 @@ from aioclock._protocol import (
     EventItem,
     Events,
     EventsWanted,
+    Finished,
     Frame,
     FrameReader,
     Listening,
@@ -360,7 +361,7 @@ class Dispatcher:
         os.close(pipes.outbox.fd)
 
     def _tell_supervisor(self, frame: Frame) -> None:
-        if self._events:  # in the order they happened
+        if self._events and isinstance(frame, Finished):  # the last events come before it
             self._send_events()
         if self._control_backlog:
             self._control_backlog += encode(frame)
