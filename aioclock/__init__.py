@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 
     from aioclock._policy import Policy as Policy
     from aioclock.app import AioClock as AioClock
+    from aioclock.events import Event as Event
     from aioclock.group import Group as Group
     from aioclock.triggers import At as At
     from aioclock.triggers import Cron as Cron
@@ -34,6 +35,7 @@ _HOMES = {
     "At": "aioclock.triggers",
     "Cron": "aioclock.triggers",
     "Depends": "fast_depends",
+    "Event": "aioclock.events",
     "Every": "aioclock.triggers",
     "Forever": "aioclock.triggers",
     "Group": "aioclock.group",
@@ -49,6 +51,7 @@ __all__ = [
     "At",
     "Cron",
     "Depends",
+    "Event",
     "Every",
     "Forever",
     "Group",

@@ -269,6 +269,33 @@ class Finished(msgspec.Struct, frozen=True, tag=True, array_like=True):
     up): the exits of the workers that follow are expected."""
 
 
+# -- events for the main process's listeners and metrics ------------------------------------
+
+#: One event as the core sends it: (kind, task, due, start, end, outcome, error, worker,
+#: count), scalars only (see `aioclock.events.Event` for what each means).
+EventItem = tuple[
+    str,
+    Union[str, None],
+    Union[float, None],
+    Union[float, None],
+    Union[float, None],
+    Union[str, None],
+    Union[str, None],
+    Union[int, None],
+    int,
+]
+
+
+class Events(msgspec.Struct, frozen=True, tag=True, array_like=True):
+    """Events of runs and tasks, in the order they happened (sent only when asked for)."""
+
+    items: list[EventItem]
+
+
+class EventsWanted(msgspec.Struct, frozen=True, tag=True, array_like=True):
+    """To the dispatcher: from now on, send `Events` (someone listens, or metrics are on)."""
+
+
 Frame = Union[
     Fire,
     Done,
@@ -297,6 +324,8 @@ Frame = Union[
     Checkpoint,
     Rejoin,
     InFlight,
+    Events,
+    EventsWanted,
 ]
 
 _encoder = msgspec.msgpack.Encoder()

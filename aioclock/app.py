@@ -15,6 +15,7 @@ from fast_depends import Provider
 from aioclock._policy import CatchUp, Overlap, Policy
 from aioclock._task import Task, qualified_name
 from aioclock.dispatcher.engine import control_refusal, reschedule_refusal, trigger_refusal
+from aioclock.events import Event, EventHub, EventKind, Listener, Listeners, check_kinds
 from aioclock.exceptions import TaskIdNotFound, TaskStateError
 from aioclock.group import Group, _check_policy, _check_timeout, task_policy
 from aioclock.settings import Settings, StartMethod, SyncTaskPriority
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
     from aioclock.runtime import Runtime
 
 F = TypeVar("F", bound=Callable[..., Any])
+L = TypeVar("L", bound=Listener)
 Lifespan = Callable[
     ["AioClock"], Union[AbstractAsyncContextManager[Any], AbstractContextManager[Any]]
 ]
@@ -108,6 +110,9 @@ class AioClock:
     replaced; the stack that held its loop is logged and its runs are reported as crashed.
     None: never. Seen from the supervisor, through shared memory and a signal that
     `faulthandler` answers, so a loop that holds the GIL is caught too.
+    `metrics_address` ("HOST:PORT", port 0 for any free one): serve Prometheus metrics there
+    while the app serves (needs `pip install 'aioclock[prometheus]'`; see
+    `aioclock.ext.prometheus`). `app.on(...)` registers listeners of the app's events.
     """
 
     def __init__(
@@ -123,6 +128,7 @@ class AioClock:
         scheduling_cpus: int | None = None,
         loop_stall_timeout: float | None = 10.0,
         policy: Policy | None = None,
+        metrics_address: str | None = None,
     ) -> None:
         settings = Settings(  # validates each, naming the setting and the value
             workers=workers,
@@ -131,6 +137,7 @@ class AioClock:
             sync_task_priority=sync_task_priority,
             scheduling_cpus=scheduling_cpus,
             loop_stall_timeout=loop_stall_timeout,
+            metrics_address=metrics_address,
         )
         self.lifespan = lifespan
         self.workers = settings.workers
@@ -140,7 +147,10 @@ class AioClock:
         self.sync_task_priority = settings.sync_task_priority
         self.scheduling_cpus = settings.scheduling_cpus
         self.loop_stall_timeout = settings.loop_stall_timeout
+        self.metrics_address = settings.metrics_address
         self.policy = _check_policy(policy)
+        self._listeners = Listeners()
+        self._sinks: list[Callable[[Event], None]] = []  # the metrics: called on the loop
         self._app_group = Group(limiter=limiter, policy=self.policy)
         self._groups: list[Group] = []
         self._overrides: list[tuple[Callable[..., Any], Callable[..., Any]]] = []
@@ -427,6 +437,60 @@ class AioClock:
             policy=resolved,
         )
 
+    # -- events -------------------------------------------------------------------------------
+
+    def on(self, *kinds: EventKind) -> Callable[[L], L]:
+        """Register the decorated function to be called with each `Event` of these kinds (every
+        kind when none is given): runs started, succeeded, failed, timed out, cancelled or
+        missed, tasks paused, resumed, added, removed or rescheduled, workers replaced.
+
+        Listeners run in this (the main) process, in both runtimes alike, never on the path of
+        a fire: an async listener as a task on the event loop, a sync one on one thread shared
+        by every sync listener, one event after the other. One that raises is logged; one that
+        blocks is logged and holds back only the sync listeners' later events. Events are
+        produced only while someone listens. Registered while the app serves, a listener gets
+        the events from then on. An unknown kind raises ValueError.
+
+        Example:
+            ```python
+            from aioclock import AioClock, Event, Every
+
+            app = AioClock()
+
+            @app.task(trigger=Every(seconds=10))
+            async def sync_orders(): ...
+
+            @app.on("run_failed", "run_timed_out")
+            async def alert(event: Event) -> None:
+                print(f"{event.task} {event.outcome} after {event.duration:.1f} s: {event.error}")
+
+            @app.on("run_succeeded")
+            def record(event: Event) -> None:  # sync: runs on the listener thread
+                print(f"{event.task} started {event.lateness * 1000:.2f} ms late")
+            ```
+        """
+        checked = check_kinds(kinds)
+
+        def register(listener: L) -> L:
+            self._listeners.add(listener, checked or ())
+            self._events_wanted()
+            return listener
+
+        return register
+
+    def remove_listener(self, listener: Listener) -> None:
+        """Stop calling `listener` (every registration of it); ValueError if it has none."""
+        self._listeners.remove(listener)
+
+    def _add_event_sink(self, sink: Callable[[Event], None]) -> None:
+        """Call `sink` with every event, on the event loop (the Prometheus exporter)."""
+        self._sinks.append(sink)
+        self._events_wanted()
+
+    def _events_wanted(self) -> None:
+        if self._runtime is not None:
+            self._runtime.want_events()
+
     # -- dependencies -------------------------------------------------------------------------
 
     @property
@@ -463,19 +527,30 @@ class AioClock:
         """
         if self._runtime is not None:
             raise RuntimeError("this AioClock app is already serving")
-        if self.workers == 0:
-            from aioclock.runtime.local import LocalRuntime
+        metrics_server = None
+        if self.metrics_address is not None:
+            from aioclock.ext.prometheus import serve_metrics
 
-            runtime: Runtime = LocalRuntime(self)
-        else:
-            from aioclock.runtime.supervisor import Supervisor
-
-            runtime = Supervisor(self)
-        self._runtime = runtime
+            metrics_server = await serve_metrics(self, self.metrics_address)
+        events = EventHub(self._listeners, self._sinks)
         try:
-            await runtime.serve()
+            if self.workers == 0:
+                from aioclock.runtime.local import LocalRuntime
+
+                runtime: Runtime = LocalRuntime(self, events=events)
+            else:
+                from aioclock.runtime.supervisor import Supervisor
+
+                runtime = Supervisor(self, events=events)
+            self._runtime = runtime
+            try:
+                await runtime.serve()
+            finally:
+                self._runtime = None
+                await events.close()
         finally:
-            self._runtime = None
+            if metrics_server is not None:
+                await metrics_server.close()
 
     @property
     def _limiter(self) -> anyio.CapacityLimiter | None:
@@ -488,6 +563,8 @@ class AioClock:
         state = self.__dict__.copy()
         state["_provider"] = None
         state["_runtime"] = None
+        state["_listeners"] = Listeners()  # they run in the main process only
+        state["_sinks"] = []
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:

@@ -14,7 +14,7 @@ ValueError: workers must be an integer >= 0, got -1
 >>> base.layered(environ={"AIOCLOCK_WORKERS": "2", "AIOCLOCK_SHUTDOWN_TIMEOUT": "3"},
 ...              given={"workers": 1})
 Settings(workers=1, start_method='forkserver', shutdown_timeout=3.0, sync_task_priority='idle', \
-scheduling_cpus=None, loop_stall_timeout=10.0)
+scheduling_cpus=None, loop_stall_timeout=10.0, metrics_address=None)
 """
 
 from __future__ import annotations
@@ -79,6 +79,33 @@ def _scheduling_cpus(value: Any) -> int | None:
     return None if value is None else check_int("scheduling_cpus", value, 0)
 
 
+def split_address(address: str) -> tuple[str, int]:
+    """("host", port) of "HOST:PORT" ("[::1]:9100" for IPv6; an empty host: every interface).
+
+    >>> split_address("127.0.0.1:9100")
+    ('127.0.0.1', 9100)
+    >>> split_address("9100")
+    Traceback (most recent call last):
+    ValueError: metrics_address must be 'HOST:PORT' with a port from 0 to 65535, got '9100'
+    """
+    host, colon, port = address.rpartition(":")
+    problem = f"metrics_address must be 'HOST:PORT' with a port from 0 to 65535, got {address!r}"
+    if not colon or not port.isdigit() or int(port) > 65535:
+        raise ValueError(problem)
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    return host, int(port)
+
+
+def _metrics_address(value: Any) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise ValueError(f"metrics_address must be a 'HOST:PORT' string, got {value!r}")
+    split_address(value.strip())
+    return value.strip()
+
+
 @dataclass(frozen=True)
 class Settings:
     """How an app runs (see `AioClock` for what each setting does); validated when built."""
@@ -89,6 +116,7 @@ class Settings:
     sync_task_priority: SyncTaskPriority = "idle"
     scheduling_cpus: int | None = None
     loop_stall_timeout: float | None = 10.0
+    metrics_address: str | None = None
 
     def __post_init__(self) -> None:
         for option in OPTIONS:
@@ -159,6 +187,10 @@ def _word(text: str) -> Any:
     return text.strip()
 
 
+def _address(text: str) -> Any:
+    return None if text.strip().lower() == "none" else text.strip()
+
+
 @dataclass(frozen=True)
 class Option:
     """One setting as the command line and the environment give it: text to a valid value."""
@@ -227,5 +259,12 @@ OPTIONS: tuple[Option, ...] = (
         "S",
         "a worker whose event loop has not turned for S seconds is replaced, and the stack "
         "that held it logged; 'none': never",
+    ),
+    Option(
+        "metrics_address",
+        _metrics_address,
+        _address,
+        "HOST:PORT",
+        "serve Prometheus metrics over HTTP there (needs aioclock[prometheus]); 'none': off",
     ),
 )

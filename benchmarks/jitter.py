@@ -1,7 +1,11 @@
 """Scheduling jitter: how late light probe tasks start, idle and beside CPU-bound jobs.
 
-python -m benchmarks.jitter                 # all systems, idle and load, 20 s each
+python -m benchmarks.jitter                 # all systems, idle, load and control, 20 s each
 python -m benchmarks.jitter --systems this --no-install --duration 5
+
+The "control" case is the load case plus, for this project only, control traffic: a pause/resume
+pair of another task every 10 ms, a sync and an async event listener, and the Prometheus
+exporter; its p99 sits beside the load case's, measured in the same run.
 """
 
 from __future__ import annotations
@@ -10,7 +14,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from . import _calibrate, _cli, _measure, _plots, _report
+from . import _calibrate, _cli, _measure, _plots, _report, _systems
 from ._machine import machine_info
 from ._report import Column
 
@@ -59,8 +63,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cpu-jobs", type=int, default=3, help="CPU-bound jobs under load (3)")
     p.add_argument("--cpu-ms", type=float, default=300.0, help="length of one CPU job (300 ms)")
     p.add_argument("--cpu-period", type=float, default=0.4, help="CPU job period in s (0.4)")
-    p.add_argument("--cases", type=_cli.csv(str), default=["idle", "load"], help="idle,load")
+    p.add_argument(
+        "--cases", type=_cli.csv(str), default=["idle", "load", "control"],
+        help="idle,load,control (control: load + pause/resume every 10 ms, listeners, metrics)",
+    )  # fmt: skip
     return p
+
+
+def _has_control(system: _systems.System) -> bool:
+    """Only this project's working tree has events, metrics and runtime control."""
+    return system.key.startswith("this-w") and system.revision is None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -71,6 +83,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{args.probes} probes every {args.period * 1000:g} ms; load case adds {args.cpu_jobs} "
         f"CPU-bound jobs of {args.cpu_ms:g} ms ({loops} loops, now "
         f"{_calibrate.measured_ms(loops):.0f} ms) every {args.cpu_period * 1000:g} ms",
+        "control case (this project only): load + a pause/resume pair of another task every "
+        "10 ms, a sync and an async event listener, the Prometheus exporter on",
         f"workers={args.workers} (scheduling_cpus={args.scheduling_cpus}), "
         f"{args.duration:g} s per run from its first task run, first "
         f"{args.warmup:g} s discarded, {args.hogs} outside busy processes, "
@@ -83,15 +97,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         for case in args.cases:
             config = {
                 "bench": "jitter",
+                "control": case == "control",
                 "duration": args.duration,
                 "warmup": args.warmup,
                 "probes": args.probes,
                 "period": args.period,
-                "cpu_jobs": args.cpu_jobs if case == "load" else 0,
+                "cpu_jobs": args.cpu_jobs if case in ("load", "control") else 0,
                 "cpu_loops": loops,
                 "cpu_period": args.cpu_period,
             }
             for system in systems:
+                if case == "control" and not _has_control(system):
+                    continue
                 tags = {"case": case, "repeat": rep}
                 runs.append(_cli.run_one(system, config, args, _measure.jitter, tags))
     samples: dict[str, dict[str, list[float]]] = {}

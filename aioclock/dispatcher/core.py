@@ -39,6 +39,8 @@ from aioclock._protocol import (
     Checkpoint,
     ControlReply,
     Done,
+    EventItem,
+    Events,
     Finished,
     Fire,
     Frame,
@@ -190,6 +192,23 @@ class Resume:
     last_seq: int
 
 
+#: The event that reports a run's end, by its outcome (see `aioclock.events.Event`).
+_END_KINDS = {
+    "ok": "run_succeeded",
+    "failed": "run_failed",
+    "crashed": "run_failed",
+    "timeout": "run_timed_out",
+    "cancelled": "run_cancelled",
+}
+_CONTROL_KINDS = {
+    PauseTask: "task_paused",
+    ResumeTask: "task_resumed",
+    RemoveTask: "task_removed",
+    Reschedule: "task_rescheduled",
+    NewTask: "task_added",
+}
+
+
 class ControlCore:
     """The deadline engine, the routing of fires to workers, and every policy around them.
 
@@ -241,6 +260,29 @@ class ControlCore:
         # Sync runs replaced (overlap "replace"): seq -> their worker, which takes no fire
         # while it exits to end the thread (it takes them again if the run ended first).
         self._retiring: dict[int, int] = {}
+        # Events noted since the last `handle` or `tick`, sent at its end as one `Events`;
+        # None while nobody listens (`want_events`): then none is noted at all.
+        self._events: list[EventItem] | None = None
+
+    def want_events(self) -> None:
+        """From now on, answer each step with the events it caused (an `Events` frame after
+        the other sends): runs started and ended, occurrences missed, control verbs applied."""
+        if self._events is None:
+            self._events = []
+            self.engine.on_missed = self._note_missed
+
+    def _note_missed(
+        self, task_id: str, count: int, now: float, due: float | None, why: str
+    ) -> None:
+        if self._events is not None:
+            self._events.append(("run_missed", task_id, due, now, now, None, why, None, count))
+
+    def _with_events(self, sends: list[Send]) -> list[Send]:
+        events = self._events
+        if events:
+            self._events = []
+            sends.append(ToControl(Events(events)))
+        return sends
 
     # -- what the driver asks -----------------------------------------------------------------
 
@@ -287,6 +329,8 @@ class ControlCore:
             sends += self._cancel_overdue(now)
         if self._answer_by:
             sends += self._give_up_silent_runs(now)
+        if self._events:
+            self._with_events(sends)
         if self.engine.phase is Phase.FINISHED:
             sends += self._finish_if_done()
         return sends
@@ -329,6 +373,8 @@ class ControlCore:
         else:
             logger.warning("the control core ignored %s", type(event).__name__)
             sends = []
+        if self._events:
+            self._with_events(sends)
         if self.engine.phase is Phase.FINISHED:
             sends += self._finish_if_done()
         return sends
@@ -341,6 +387,13 @@ class ControlCore:
         sends: list[Send] = []
         if self._retiring:
             sends += self._unless_retired(done, now)
+        events = self._events
+        if events is not None:
+            flight = self.engine.flight(done.seq)
+            due = None if flight is None else flight[1]
+            kind = _END_KINDS.get(done.outcome, "run_failed")
+            end = (kind, done.task, due, done.started, done.finished, done.outcome, done.error)
+            events.append((*end, None, 1))
         request = self._run_now.pop(done.seq, None)
         if request is not None:
             reply = RunNowDone(request, done.seq, done.outcome, done.error, done.result)
@@ -417,16 +470,20 @@ class ControlCore:
         engine = self.engine
         sends: list[Send] = []
         fires: list[Fire] = []
+        if self._events is not None:
+            self._events.append(
+                (_CONTROL_KINDS[type(event)], task_id, None, now, now, None, None, None, 1)
+            )
         if isinstance(event, PauseTask):
-            engine.pause(task_id)
-            self._drop_waiting(task_id)
+            engine.pause(task_id, now)
+            self._drop_waiting(task_id, now, "the task was paused before it could start")
             saved = self._checkpoint_now()
             return saved + self._answer_once_started(task_id, ControlReply(event.request))
         elif isinstance(event, ResumeTask):
             fires = engine.resume(task_id, now)
         elif isinstance(event, RemoveTask):
             self._learned.pop(task_id, None)
-            self._drop_waiting(task_id)
+            self._drop_waiting(task_id, now, "the task was removed before it could start")
             fires = engine.remove(task_id, now)
         elif isinstance(event, Reschedule):
             fires = engine.reschedule(task_id, event.trigger, now)
@@ -504,14 +561,15 @@ class ControlCore:
         del self._barriers[token]
         return [ToControl(reply)]
 
-    def _drop_waiting(self, task_id: str) -> None:
-        """Fires of `task_id` that wait for a worker never start (a run-now still does)."""
+    def _drop_waiting(self, task_id: str, now: float, why: str) -> None:
+        """Fires of `task_id` that wait for a worker never start (a run-now still does): they
+        are missed, for `why`."""
         dropped = [f for f in self._waiting if f.task == task_id and not f.reply]
         if not dropped:
             return
         self._waiting = deque(f for f in self._waiting if f.task != task_id or f.reply)
         for fire in dropped:
-            self.engine.forget(fire.seq)
+            self.engine.forget(fire.seq, now, why)
 
     # -- overlap "replace" --------------------------------------------------------------------
 
@@ -581,7 +639,15 @@ class ControlCore:
         for fire in fires:
             (sync_fires if fire.task in self._sync_tasks else light_fires).append(fire)
         sync = self._assign(sync_fires, True, now)
-        return self._assign(light_fires, False, now) + sync
+        sends = self._assign(light_fires, False, now) + sync
+        events = self._events
+        if events is not None:
+            for send in sends:
+                placed = send.frame
+                if isinstance(send, ToWorker) and isinstance(placed, Fire):
+                    started = ("run_started", placed.task, placed.due, now, None, None, None)
+                    events.append((*started, send.worker, 1))
+        return sends
 
     def _assign(self, fires: list[Fire], is_sync: bool, now: float) -> list[Send]:
         """Choose a worker per fire; a fire that finds no ready worker waits for one.

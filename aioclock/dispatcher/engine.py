@@ -24,7 +24,7 @@ import enum
 import heapq
 import logging
 from collections import deque
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -240,6 +240,8 @@ class DeadlineEngine:
         self._counted_there: dict[str, tuple[int, frozenset[int]]] = {}
         self._dues_run_there: dict[str, set[float]] = {}
         self._recounted: set[int] = set()
+        #: Told of every skipped occurrence: (task, count, now, first skipped due, why).
+        self.on_missed: Callable[[str, int, float, float | None, str], None] | None = None
 
     def _classify(self, state: _TaskState) -> None:
         """Put a task where its trigger says: start-up, shut-down, legacy-driven or scheduled."""
@@ -439,22 +441,31 @@ class DeadlineEngine:
         occurrence to run (due, planned) and the first one still to come."""
         latest = state.rules.catch_up == "latest"
         skipped = 0
+        first: float | None = due if latest else None  # the first occurrence skipped
         while following is not None:
             following_planned = self._planned_time(state, following)
             if following_planned >= now:
                 break
             skipped += 1
+            if first is None:
+                first = following
             if latest:
                 due, planned = following, following_planned
             following = self._next(state, now)
         state.dues += skipped
-        self._count_missed(state, skipped, now, "they were already past due when re-armed")
+        why = "they were already past due when re-armed"
+        self._count_missed(state, skipped, now, why, first)
         return due, planned, following
 
-    def _count_missed(self, state: _TaskState, count: int, now: float, reason: str) -> None:
-        """Count skipped occurrences; log the first at once, then a summary at most every
-        MISSED_LOG_INTERVAL seconds per task (an overloaded app must not flood its log)."""
+    def _count_missed(
+        self, state: _TaskState, count: int, now: float, reason: str, due: float | None = None
+    ) -> None:
+        """Count skipped occurrences (the first due at `due`); log the first at once, then a
+        summary at most every MISSED_LOG_INTERVAL seconds per task (an overloaded app must not
+        flood its log)."""
         state.missed += count
+        if self.on_missed is not None:
+            self.on_missed(state.spec.task_id, count, now, due, reason)
         state.missed_unlogged += count
         self._changed.add(state.spec.task_id)
         last = state.missed_logged_at
@@ -478,17 +489,18 @@ class DeadlineEngine:
         rules = state.rules
         grace = rules.misfire_grace
         if grace is not None and now - planned > grace:
-            self._count_missed(state, 1, now, "it could not start within its misfire_grace")
+            self._count_missed(state, 1, now, "it could not start within its misfire_grace", due)
             return None
         if state.running >= rules.limit:
             overlap = rules.overlap
             if overlap == "queue_one":
                 if state.queued is not None:
-                    self._count_missed(state, 1, now, "a newer occurrence took its place in queue")
+                    why = "a newer occurrence took its place in queue"
+                    self._count_missed(state, 1, now, why, state.queued[0])
                 state.queued = (due, planned)
                 return None
             if overlap != "replace":
-                self._count_missed(state, 1, now, "its previous run was still in progress")
+                self._count_missed(state, 1, now, "its previous run was still in progress", due)
                 return None
             self._replace_runs(state.spec.task_id)
         return self._fire(state.spec.task_id, due, planned=planned)
@@ -565,7 +577,7 @@ class DeadlineEngine:
         assert queued is not None
         state.queued = None
         if self.phase is not Phase.RUNNING or state.paused or state.ended:
-            self._count_missed(state, 1, now, "it was queued when the task stopped")
+            self._count_missed(state, 1, now, "it was queued when the task stopped", queued[0])
             return []
         fire = self._fire_if_may(state, queued[0], queued[1], now)
         return [] if fire is None else [fire]
@@ -637,15 +649,14 @@ class DeadlineEngine:
     def trigger_of(self, task_id: str) -> BaseTrigger[Any]:
         return self._states[task_id].spec.trigger
 
-    def forget(self, seq: int) -> None:
+    def forget(self, seq: int, now: float, why: str) -> None:
         """Run `seq` was fired but will never be sent (its task was paused or removed, or it
         waited past its misfire_grace): its occurrence is missed."""
         flight = self._in_flight.pop(seq, None)
         if flight is not None:
             state = self._states[flight[0]]
             state.running -= 1
-            state.missed += 1
-            self._changed.add(state.spec.task_id)
+            self._count_missed(state, 1, now, why, flight[1])
             self._planned.pop(seq, None)
             self._replacing.discard(seq)
 
@@ -664,14 +675,11 @@ class DeadlineEngine:
             if now - self._planned.get(fire.seq, fire.due) <= grace:
                 kept.append(fire)
                 continue
-            self.forget(fire.seq)
-            state = self._states[fire.task]
-            state.missed -= 1  # counted, and logged, below
-            self._count_missed(state, 1, now, "it waited for a worker longer than misfire_grace")
+            self.forget(fire.seq, now, "it waited for a worker longer than misfire_grace")
             dropped = True
         return kept, (self._advance_phase(now) if dropped else [])
 
-    def pause(self, task_id: str) -> None:
+    def pause(self, task_id: str, now: float | None = None) -> None:
         """No further occurrence until `resume`; runs in flight go on. The occurrences that fall
         while it is paused are not counted as missed."""
         state = self._states[task_id]
@@ -679,7 +687,7 @@ class DeadlineEngine:
             return
         self._changed.add(task_id)
         state.paused = True
-        self._drop_queued(state)
+        self._drop_queued(state, now)
         self._paused.add(task_id)
         self._disarm(state)
 
@@ -706,7 +714,7 @@ class DeadlineEngine:
         state.removed = True
         state.ended = True
         state.paused = False
-        self._drop_queued(state)
+        self._drop_queued(state, now)
         self._paused.discard(task_id)
         self._disarm(state)
         self._external.discard(task_id)
@@ -720,7 +728,7 @@ class DeadlineEngine:
         paused, an ended one may fire again)."""
         state = self._states[task_id]
         self._disarm(state)
-        self._drop_queued(state)
+        self._drop_queued(state, now)
         state.spec = replace(state.spec, trigger=trigger)
         state.schedule = trigger._new_schedule()
         state.waits = trigger.waits_for_completion
@@ -745,12 +753,17 @@ class DeadlineEngine:
         self._arm_if_running(state, now)
         return self._advance_phase(now)
 
-    def _drop_queued(self, state: _TaskState) -> None:
+    def _drop_queued(self, state: _TaskState, now: float | None) -> None:
         """Overlap "queue_one": the occurrence waiting for its turn will not run (missed)."""
-        if state.queued is not None:
-            state.queued = None
+        queued = state.queued
+        if queued is None:
+            return
+        state.queued = None
+        if now is None:  # (no time given: counted, not reported)
             state.missed += 1
             self._changed.add(state.spec.task_id)
+        else:
+            self._count_missed(state, 1, now, "the task stopped while it was queued", queued[0])
 
     def _arm_if_running(self, state: _TaskState, now: float) -> None:
         """Arm a scheduled task unless the schedule has not started (it is armed then) or it
@@ -889,7 +902,7 @@ class DeadlineEngine:
             # Fell due after the checkpoint, for the one that died: it ran, or was skipped.
             state.dues += 1
             if due not in ran:
-                self._count_missed(state, 1, now, "the dispatcher that died skipped them")
+                self._count_missed(state, 1, now, "the dispatcher that died skipped it", due)
             due = self._next(state, now)
         self._push(state, due)
 

@@ -33,6 +33,10 @@ from aioclock._child import (
 from aioclock._protocol import (
     AddTask,
     ControlReply,
+    EventItem,
+    Events,
+    EventsWanted,
+    Finished,
     Frame,
     FrameReader,
     Listening,
@@ -55,6 +59,7 @@ from aioclock.dispatcher.core import (
 )
 from aioclock.dispatcher.engine import ScheduledTask
 from aioclock.dispatcher.payload import DISPATCHER_NAME, DispatcherPayload, unpack_schedule
+from aioclock.exceptions import FrameTooLargeError
 
 logger = logging.getLogger(__name__)
 
@@ -67,6 +72,10 @@ SPIN_BEFORE_DEADLINE = 0.0002
 CHECKPOINT_INTERVAL = 0.05
 CHECKPOINT_GAP = 0.005
 CHECKPOINT_LATEST = 0.5
+
+#: Events waiting for the supervisor to read them past this many bytes are dropped (and
+#: logged): a main process that does not read must not make the dispatcher wait.
+MAX_EVENT_BACKLOG = 8 << 20
 
 
 def run_from_payload(payload: DispatcherPayload) -> None:
@@ -115,6 +124,27 @@ def _unpickle(data: bytes, main_path: str | None) -> Any:
     return pickle.loads(data)
 
 
+#: Events per `Events` frame (a batch that does not fit a frame is halved until it does).
+EVENTS_PER_FRAME = 1024
+
+
+def _encoded_events(items: list[EventItem]) -> bytes:
+    """`items` as `Events` frames ready for the socket, each under the frame size limit."""
+    step = EVENTS_PER_FRAME
+    return b"".join(_fitted(items[start : start + step]) for start in range(0, len(items), step))
+
+
+def _fitted(items: list[EventItem]) -> bytes:
+    try:
+        return encode(Events(items))
+    except FrameTooLargeError:
+        if len(items) == 1:
+            logger.error("dropped a %s event of %s: too big for a frame", items[0][0], items[0][1])
+            return b""
+        half = len(items) // 2
+        return _fitted(items[:half]) + _fitted(items[half:])
+
+
 @dataclass
 class _Pipes:
     """The two pipes of one worker, as the dispatcher holds them."""
@@ -153,6 +183,11 @@ class Dispatcher:
         self._pipes: dict[int, _Pipes] = {}  # worker index -> its pipes
         self._by_done_fd: dict[int, int] = {}  # done fd -> worker index
         self._supervisor_gone = False
+        # Events are batched per wake-up and written after the fires, without blocking: what
+        # the socket does not take waits in `_control_backlog` (replies queue behind it).
+        self._events: list[EventItem] = []
+        self._control_backlog = bytearray()
+        self._events_dropped = 0
         for index, fire_fd, done_fd in worker_links:
             self._add_worker(index, fire_fd, done_fd)
 
@@ -176,6 +211,12 @@ class Dispatcher:
                 self._checkpoint_when_idle(time.time())
         if self._supervisor_gone:
             return
+        if self._events:
+            self._send_events()
+        if self._control_backlog:  # the last events, and `Finished`, before the exit
+            with contextlib.suppress(OSError):
+                self._control.setblocking(True)
+                self._control.sendall(self._control_backlog)
         for pipes in self._pipes.values():  # the Stop frames the core sent last
             with contextlib.suppress(OSError):
                 os.set_blocking(pipes.outbox.fd, True)
@@ -183,9 +224,13 @@ class Dispatcher:
         logger.info("dispatcher finished")
 
     def _sleep(self, control_fd: int) -> None:
+        if self._events:
+            self._send_events()
         deadline = self.core.next_wakeup()
         readers = [control_fd, *self._by_done_fd]
         writers = [pipes.outbox.fd for pipes in self._pipes.values() if pipes.outbox.backlog]
+        if self._control_backlog:
+            writers.append(control_fd)
         timeout = None
         now = time.time()
         if deadline is not None:
@@ -234,6 +279,9 @@ class Dispatcher:
             logger.exception("dispatcher failed to handle input on fd %d", fd)
 
     def _flush(self, fd: int) -> None:
+        if fd == self._control.fileno():
+            self._flush_control()
+            return
         for index, pipes in list(self._pipes.items()):
             if pipes.outbox.fd == fd:
                 self._flush_outbox(index, pipes.outbox)
@@ -257,7 +305,10 @@ class Dispatcher:
         sync: dict[int, Outbox] = {}
         for send in sends:
             if isinstance(send, ToControl):
-                self._tell_supervisor(send.frame)
+                if isinstance(send.frame, Events):  # sent before the next sleep, in one batch
+                    self._events += send.frame.items
+                else:
+                    self._tell_supervisor(send.frame)
                 continue
             pipes = self._pipes.get(send.worker)
             if pipes is None:
@@ -321,6 +372,9 @@ class Dispatcher:
         for frame in self._control_reader.feed(chunk):
             if isinstance(frame, WorkerGone):
                 self._close_worker(frame.worker)
+            elif isinstance(frame, EventsWanted):
+                self.core.want_events()
+                continue
             elif isinstance(frame, WorkerJoined):
                 fire_fd, done_fd = self._passed_fds.popleft(), self._passed_fds.popleft()
                 self._add_worker(frame.worker, fire_fd, done_fd)
@@ -355,7 +409,40 @@ class Dispatcher:
         os.close(pipes.outbox.fd)
 
     def _tell_supervisor(self, frame: Frame) -> None:
+        if self._events and isinstance(frame, Finished):  # the last events come before it
+            self._send_events()
+        if self._control_backlog:
+            self._control_backlog += encode(frame)
+            self._flush_control()
+            return
         try:
             self._control.sendall(encode(frame))
         except OSError:
             self._supervisor_gone = True
+
+    def _send_events(self) -> None:
+        """Write the events noted since the last sleep as one frame, as far as the socket takes
+        it now; the rest waits for the socket to be writable."""
+        events, self._events = self._events, []
+        if len(self._control_backlog) > MAX_EVENT_BACKLOG:
+            self._events_dropped += len(events)
+            logger.error(
+                "dropped %d events (%d in all): the main process does not read them",
+                len(events),
+                self._events_dropped,
+            )
+            return
+        self._control_backlog += _encoded_events(events)
+        self._flush_control()
+
+    def _flush_control(self) -> None:
+        backlog = self._control_backlog
+        try:
+            sent = self._control.send(backlog, socket.MSG_DONTWAIT)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self._supervisor_gone = True
+            backlog.clear()
+            return
+        del backlog[:sent]

@@ -45,6 +45,9 @@ class Runtime(Protocol):
     def request_stop(self) -> None:
         """Stop firing and shut down gracefully."""
 
+    def want_events(self) -> None:
+        """Someone listens from now on: have the control core send its events."""
+
     # Runtime control: each returns once the control core has applied the change, or raises
     # why it refused (see `raise_for_refusal`).
 

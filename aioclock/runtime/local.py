@@ -22,6 +22,7 @@ from aioclock._protocol import (
     Cancel,
     ControlReply,
     Done,
+    Events,
     Fire,
     Ready,
     RunNow,
@@ -45,6 +46,7 @@ from aioclock.dispatcher.core import (
     ToControl,
 )
 from aioclock.dispatcher.engine import schedule_of, spec_of
+from aioclock.events import EventHub, Listeners
 from aioclock.runtime import ControlVerbs, Requests, raise_for_refusal, result_of_run_now
 from aioclock.runtime.legacy import drive_legacy_trigger
 from aioclock.runtime.signals import StopSignals
@@ -67,7 +69,9 @@ class LocalRuntime(ControlVerbs):
     virtual time of a `FakeTimeLoop` in tests.
     """
 
-    def __init__(self, app: AioClock, clock: Clock | None = None) -> None:
+    def __init__(
+        self, app: AioClock, clock: Clock | None = None, events: EventHub | None = None
+    ) -> None:
         self._app = app
         self._clock = clock or default_clock()
         self._tasks = app._task_table()
@@ -83,6 +87,9 @@ class LocalRuntime(ControlVerbs):
         self._drivers: dict[str, asyncio.Task[None]] = {}  # legacy triggers' loops, by task
         self._looping = False  # only the loop answers the inbox
         self._signals = StopSignals(self.request_stop, self.abort, app.handle_signals)
+        self._events = events or EventHub(Listeners())
+        if self._events.wanted:
+            self._core.want_events()
 
     # -- what the API asks of a runtime -------------------------------------------------------
 
@@ -129,6 +136,9 @@ class LocalRuntime(ControlVerbs):
     async def _ask_core(self, task: Task, request: Callable[[int], Control]) -> None:
         reply: ControlReply = await self._requests.ask(request)
         raise_for_refusal(task, reply)
+
+    def want_events(self) -> None:
+        self._core.want_events()
 
     def request_stop(self) -> None:
         """Stop firing; running tasks get `shutdown_timeout` seconds, then shut-down tasks run."""
@@ -197,7 +207,9 @@ class LocalRuntime(ControlVerbs):
         for send in sends:
             if isinstance(send, ToControl):
                 frame = send.frame
-                if isinstance(frame, (Stats, RunNowDone, ControlReply)):
+                if isinstance(frame, Events):  # to the listeners, after this step's fires
+                    self._events.publish_items(frame.items)
+                elif isinstance(frame, (Stats, RunNowDone, ControlReply)):
                     self._requests.answer(frame)
             elif isinstance(send.frame, Fire):
                 self._runner.start(send.frame)

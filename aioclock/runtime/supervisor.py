@@ -34,6 +34,8 @@ from aioclock._protocol import (
     AddTask,
     Checkpoint,
     ControlReply,
+    Events,
+    EventsWanted,
     Finished,
     Frame,
     FrameReader,
@@ -57,6 +59,7 @@ from aioclock._task import Task
 from aioclock.dispatcher.core import CANCEL_ANSWER_WAIT, Resume
 from aioclock.dispatcher.engine import ScheduledTask, spec_of
 from aioclock.dispatcher.payload import DispatcherPayload, pack_schedule, pack_tasks
+from aioclock.events import Event, EventHub, Listeners
 from aioclock.exceptions import AppStoppedError, WorkerProcessError
 from aioclock.runtime import ControlVerbs, Requests, raise_for_refusal, result_of_run_now
 from aioclock.runtime.channel import ControlChannel
@@ -162,7 +165,7 @@ def _for_dispatcher(obj: object, what: str) -> bytes:
 
 
 class Supervisor(ControlVerbs):
-    def __init__(self, app: AioClock) -> None:
+    def __init__(self, app: AioClock, events: EventHub | None = None) -> None:
         refuse_to_serve_while_importing_main()  # a script without `if __name__ == "__main__":`
         self._app = app
         self._tasks = app._task_table()
@@ -227,6 +230,7 @@ class Supervisor(ControlVerbs):
         self._last_pong = time.monotonic()
         self._pinger: asyncio.TimerHandle | None = None
         self._signals = StopSignals(self.request_stop, self.abort, app.handle_signals)
+        self._events = events or EventHub(Listeners())
 
     # -- serving ------------------------------------------------------------------------------
 
@@ -292,6 +296,8 @@ class Supervisor(ControlVerbs):
         parent_end, child_end = socket.socketpair()
         self._control = ControlChannel(parent_end, loop)
         loop.add_reader(parent_end.fileno(), self._read_control)
+        if self._events.wanted:  # read before anything else the dispatcher reads
+            self._control.send(EventsWanted())
         return child_end
 
     def _start_dispatcher(
@@ -513,11 +519,13 @@ class Supervisor(ControlVerbs):
         self._forget_links(index)
         self._send(WorkerGone(index, code, reason))
         self.workers_replaced += 1
-        replacing = asyncio.get_running_loop().create_task(self._replace_worker(index))
+        replacing = asyncio.get_running_loop().create_task(
+            self._replace_worker(index, code, reason)
+        )
         self._replacements.add(replacing)
         replacing.add_done_callback(self._replacements.discard)
 
-    async def _replace_worker(self, index: int) -> None:
+    async def _replace_worker(self, index: int, exitcode: int | None, reason: str | None) -> None:
         pipes = _WorkerPipes.new()
         try:
             loop = asyncio.get_running_loop()
@@ -530,6 +538,9 @@ class Supervisor(ControlVerbs):
             self._control.send(WorkerJoined(index), [pipes.fire_write, pipes.done_read])
         self._forget_links(index)
         self._links[index] = (pipes.fire_write, pipes.done_read)
+        now = time.time()
+        why = reason or f"worker {index} died with exit code {exitcode}"
+        self._events.publish(Event("worker_replaced", None, None, now, now, None, why, index))
 
     def _forget_links(self, index: int) -> None:
         for fd in self._links.pop(index, ()):
@@ -669,6 +680,8 @@ class Supervisor(ControlVerbs):
             self._last_pong = time.monotonic()
             loop = asyncio.get_running_loop()
             self._pinger = loop.call_later(PING_INTERVAL, self._check_liveness, loop)
+        elif isinstance(frame, Events):
+            self._events.publish_items(frame.items)
         elif isinstance(frame, (Stats, RunNowDone, ControlReply)):
             self._requests.answer(frame)
 
@@ -721,6 +734,10 @@ class Supervisor(ControlVerbs):
             raise AppStoppedError(f"task {task.name!r} was not changed")
         reply: ControlReply = await self._requests.ask(request)
         raise_for_refusal(task, reply)
+
+    def want_events(self) -> None:
+        if self._control is not None:
+            self._control.send(EventsWanted())
 
     def request_stop(self) -> None:
         """Stop firing; running tasks may finish, then shut-down tasks run and the app ends."""

@@ -60,6 +60,32 @@ async def _marker() -> None:
     _common.mark_started()
 
 
+_control = {"pairs": 0, "events": 0}
+
+
+def _count_event(event: Any) -> None:
+    _control["events"] += 1
+
+
+async def _count_event_async(event: Any) -> None:
+    _control["events"] += 1
+
+
+async def _control_traffic() -> None:
+    """A pause/resume pair of another task every 10 ms, for as long as the app serves."""
+    target = globals()["controlled"]
+    while app._runtime is None:  # noqa: ASYNC110  # serve() has not begun yet
+        await asyncio.sleep(0.01)
+    while True:
+        try:
+            await app.pause(target)
+            await app.resume(target)
+        except Exception:  # the app is stopping
+            return
+        _control["pairs"] += 1
+        await asyncio.sleep(0.01)
+
+
 def _register() -> None:
     bench = CONFIG["bench"]
     if bench in ("jitter", "scale"):
@@ -68,6 +94,11 @@ def _register() -> None:
     if bench == "jitter":
         for j in range(CONFIG["cpu_jobs"]):
             _task(f"cpu_job_{j}", Every(seconds=CONFIG["cpu_period"]), _cpu_job(j))
+        if CONFIG.get("control"):  # control traffic, listeners and the metrics exporter
+            _task("controlled", Every(seconds=0.1), _copy(_idle))
+            app.on()(_count_event)
+            app.on()(_count_event_async)
+            app.metrics_address = "127.0.0.1:0"
     elif bench == "throughput":
         for i in range(CONFIG["tasks"]):
             forever = CONFIG["trigger"] == "forever"
@@ -98,8 +129,12 @@ async def _serve_for() -> tuple[float, float]:
     t_serve = time.time()
     serving = asyncio.ensure_future(app.serve())
     measuring = asyncio.ensure_future(_common.measure())
+    if CONFIG.get("control"):
+        controlling = asyncio.ensure_future(_control_traffic())
     await asyncio.wait({serving, measuring}, return_when=asyncio.FIRST_COMPLETED)
     t_stop = time.time()
+    if CONFIG.get("control"):
+        controlling.cancel()
     if serving.done():
         measuring.cancel()
         serving.result()
@@ -134,4 +169,6 @@ if __name__ == "__main__":
         t_serve=t_serve,
         t_stop=t_stop,
         t_end=time.time(),
+        control_pairs=_control["pairs"],
+        events_seen=_control["events"],
     )

@@ -25,7 +25,7 @@ HEAD = subprocess.run(
 SHORT = ["--systems", "this", "--no-install", "--warmup", "0.3", "--timeout", "30"]
 COMMANDS = {
     "jitter": [
-        "--workers", "1", "--duration", "1.5", "--probes", "2", "--cases", "load",
+        "--workers", "1", "--duration", "1.5", "--probes", "2", "--cases", "load,control",
         "--cpu-jobs", "1", "--cpu-ms", "20", "--cpu-period", "0.2",
         "--systems", "this,this-w1@HEAD",
     ],
@@ -130,6 +130,16 @@ def test_a_revision_runs_its_own_package_with_this_scenario(
     assert run["revision"].startswith(HEAD)
     exported = ROOT / "benchmarks" / "results" / "revisions" / run["revision"] / "aioclock"
     assert Path(run["meta"]["module_file"]).parent == exported
+
+
+def test_the_control_case_runs_this_working_tree_only_with_control_traffic(
+    outputs: dict[str, tuple[str, Path]],
+) -> None:
+    document = json.loads((outputs["jitter"][1] / "jitter.json").read_text(encoding="utf-8"))
+    control = [run for run in document["runs"] if run["case"] == "control"]
+    assert sorted(run["system"] for run in control) == ["this-w0", "this-w1"]
+    for run in control:
+        assert run["meta"]["control_pairs"] > 0 and run["meta"]["events_seen"] > 0
 
 
 def test_a_revision_git_cannot_resolve_fails_before_anything_runs() -> None:

@@ -122,6 +122,7 @@ def test_each_option_maps_onto_one_keyword_of_aioclock():
         "--sync-task-priority",
         "--scheduling-cpus",
         "--loop-stall-timeout",
+        "--metrics-address",
     ]
     assert OPTIONS[0].env_var == "AIOCLOCK_WORKERS"
 
@@ -228,7 +229,8 @@ def test_options_are_parsed_and_validated_like_the_settings():
         ("run m:app --start-method thread", "argument --start-method: start_method must be"),
         ("run m:app --log-level loud", "argument --log-level: log_level must be one of critical,"),
         ("run m:app --log-level loud", "error, warning, info, debug, got 'loud'"),
-        ("run m:app --metrics-address x:1", "unrecognized arguments: --metrics-address"),
+        ("run m:app --metrics-address 9100", "argument --metrics-address: metrics_address must"),
+        ("run m:app --metrics-port 9100", "unrecognized arguments: --metrics-port"),
         ("tasks m:app --next 0", "argument --next: next must be an integer >= 1, got '0'"),
         ("run", "the following arguments are required: MODULE:APP"),
         ("", "the following arguments are required: COMMAND"),
