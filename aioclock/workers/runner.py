@@ -127,8 +127,11 @@ class TaskRunner:
             outcome, error = "cancelled", "cancelled while running (shutdown)"
             logger.warning("task %s was cancelled while running", fire.task)
             raise
-        except Exception as failure:
-            outcome, error = "failed", _summary(failure)
+        except (Exception, SystemExit, KeyboardInterrupt) as failure:
+            # sys.exit() in a task ends its run, not the process that runs it: in a worker it
+            # would only be replaced, and both runtimes must count it the same way.
+            outcome = "failed"
+            error = _summary(failure)
             logger.exception("task %s failed", fire.task)
             if fire.reply:
                 self._replies[fire.seq] = (False, failure)
@@ -205,10 +208,23 @@ class TaskRunner:
 
 
 def _summary(failure: BaseException) -> str:
-    text = f"{type(failure).__name__}: {failure}"
+    """One line for a `Done`: never raises, at most `MAX_ERROR_CHARS` characters (and a count),
+    valid UTF-8 (a lone surrogate is written as its escape), so that the frame always encodes."""
+    text = f"{type(failure).__name__}: {_text_of(failure)}"
     if len(text) > MAX_ERROR_CHARS:
         text = f"{text[:MAX_ERROR_CHARS]}... ({len(text)} characters)"
-    return text
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _text_of(failure: BaseException) -> str:
+    try:
+        return str(failure)
+    except Exception as problem:  # its __str__ raised
+        try:
+            why = str(problem)
+        except Exception:
+            why = "?"
+        return f"<str() raised {type(problem).__name__}: {why}>"
 
 
 def _takes_arguments(func: Callable[..., Any]) -> bool:

@@ -1,0 +1,65 @@
+"""Faults a task or a clock can cause: every run still ends, every stop still ends.
+
+Each scenario runs against both runtimes where it can happen in both.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from aioclock import AioClock, Every, OnShutDown
+from aioclock.api import get_metadata_of_all_tasks
+
+from . import fault_tasks as faults
+from . import worker_tasks as tasks
+from .test_scenarios import signal_app
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
+HANG_GUARD = 30
+
+RUNTIMES = [pytest.param(0, id="in-process"), pytest.param(1, id="workers")]
+
+
+async def stats_of(app, func):
+    metadata = await get_metadata_of_all_tasks(app)
+    return next(m for m in metadata if m.task_name == func.__name__)
+
+
+async def until_ended(app, serving, func, runs=1):
+    """Wait until `runs` runs of `func` have ended (failed or not); return its stats."""
+    for _ in range(HANG_GUARD * 50):
+        assert not serving.done(), serving
+        stats = await stats_of(app, func)
+        if stats.runs >= runs:
+            return stats
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"{func.__name__} did not end {runs} run(s): {stats}")
+
+
+@pytest.mark.parametrize("workers", RUNTIMES)
+@pytest.mark.parametrize(
+    ("func", "error"),
+    [
+        (faults.unprintable_error, "UnprintableError: <str() raised RuntimeError"),
+        (faults.surrogate_error, "ValueError: \\ud800"),
+        (faults.huge_error, "ValueError: mmm"),
+        (faults.exits_3, "SystemExit: 3"),
+    ],
+)
+async def test_a_run_that_fails_oddly_is_counted_failed_and_the_stop_ends(
+    events, workers, func, error
+):
+    app = AioClock(workers=workers, shutdown_timeout=0.5, handle_signals=False)
+    app.task(trigger=Every(hours=1, first_run_strategy="immediate"))(func)
+    app.task(trigger=OnShutDown())(tasks.shutdown)
+    serving = asyncio.create_task(app.serve())
+    try:
+        stats = await until_ended(app, serving, func)
+        assert (stats.runs, stats.failures) == (1, 1)
+        assert stats.last_error.startswith(error)
+    finally:
+        signal_app(app)
+        await asyncio.wait_for(serving, HANG_GUARD)
+    assert [event["name"] for event in events.read()] == ["shutdown"]
