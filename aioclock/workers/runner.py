@@ -8,6 +8,7 @@ The in-process runtime and every worker process use this same class.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import logging
 import sys
@@ -59,6 +60,7 @@ class TaskRunner:
         self._injected: dict[str, Callable[..., Any]] = {}
         self._running: dict[int, asyncio.Task[None]] = {}
         self._replies: dict[int, tuple[bool, Any]] = {}  # seq -> (ok, value or exception)
+        self._closing: set[asyncio.Task[None]] = set()  # cancelled: closed if they do not end
         for task in tasks.values():  # build the injectors now, not on the first (timed) run
             self._injector(task)
 
@@ -76,11 +78,31 @@ class TaskRunner:
         """Cancel run `seq` if it is still going (it then reports `cancelled`)."""
         run = self._running.get(seq)
         if run is not None:
-            run.cancel()
+            self._cancel(run)
+
+    def _cancel(self, run: asyncio.Task[None]) -> None:
+        """Cancel `run`; should it not end within CANCEL_ANSWER_WAIT, close it (see `_close`)."""
+        run.cancel()
+        if run not in self._closing:
+            self._closing.add(run)
+            run.add_done_callback(self._closing.discard)
+            asyncio.get_running_loop().call_later(CANCEL_ANSWER_WAIT, self._close_if_running, run)
+
+    def _close_if_running(self, run: asyncio.Task[None]) -> None:
+        if run.done():
+            return
+        logger.error(
+            "%s ignored its cancellation for %g s; closing it (a task must let CancelledError "
+            "through)",
+            run.get_name(),
+            CANCEL_ANSWER_WAIT,
+        )
+        _close(run)
 
     def start(self, fire: Fire) -> None:
         """Begin the run at once; its `Done` goes to `on_done` when it ends."""
-        run = asyncio.get_running_loop().create_task(self._run(fire))
+        name = f"aioclock run {fire.seq} of {fire.task}"
+        run = asyncio.get_running_loop().create_task(self._run(fire), name=name)
         self._running[fire.seq] = run
         run.add_done_callback(lambda _: self._report_if_never_started(fire))
 
@@ -193,18 +215,22 @@ class TaskRunner:
             return
         _, still_running = await asyncio.wait(pending, timeout=grace)
         for run in still_running:
-            run.cancel()
+            self._cancel(run)
         if still_running:
             logger.warning(
                 "cancelled %d run(s) still going after %.1f s", len(still_running), grace
             )
-            _, stubborn = await asyncio.wait(still_running, timeout=CANCEL_ANSWER_WAIT)
-            for run in stubborn:  # it swallowed its cancellation: the stop does not wait for it
-                logger.error(
-                    "a run ignored its cancellation for %g s; abandoning it: %r",
-                    CANCEL_ANSWER_WAIT,
-                    run,
-                )
+            # One that swallows its cancellation is closed after CANCEL_ANSWER_WAIT: it ends.
+            await asyncio.wait(still_running, timeout=CANCEL_ANSWER_WAIT + 1.0)
+
+
+def _close(run: asyncio.Task[None]) -> None:
+    """End a run that swallows every cancellation: close its coroutine (GeneratorExit where it
+    waits), so that neither this stop nor `asyncio.run()`'s own clean-up waits for it forever."""
+    with contextlib.suppress(RuntimeError):  # it swallowed GeneratorExit too: it ends all the same
+        run.get_coro().close()
+    run.cancel()  # its next step finds the coroutine closed, and the task ends
+    run.add_done_callback(lambda ended: ended.cancelled() or ended.exception())
 
 
 def _summary(failure: BaseException) -> str:

@@ -9,7 +9,7 @@ import asyncio
 
 import pytest
 
-from aioclock import AioClock, Every, OnShutDown
+from aioclock import AioClock, Every, Once, OnShutDown
 from aioclock.api import get_metadata_of_all_tasks
 
 from . import fault_tasks as faults
@@ -63,3 +63,28 @@ async def test_a_run_that_fails_oddly_is_counted_failed_and_the_stop_ends(
         signal_app(app)
         await asyncio.wait_for(serving, HANG_GUARD)
     assert [event["name"] for event in events.read()] == ["shutdown"]
+
+
+@pytest.mark.parametrize("signals", [1, 2], ids=["stop", "second signal"])
+@pytest.mark.parametrize("workers", RUNTIMES)
+async def test_a_run_that_swallows_its_cancellation_does_not_hold_the_stop(
+    events, workers, signals, caplog
+):
+    app = AioClock(workers=workers, shutdown_timeout=0.2, handle_signals=False)
+    app.task(trigger=Once())(faults.swallows_cancellation)
+    app.task(trigger=OnShutDown())(tasks.shutdown)
+    serving = asyncio.create_task(app.serve())
+    try:
+        await events.wait_for(lambda e: "swallows_cancellation:start" in [x["name"] for x in e])
+    finally:
+        for _ in range(signals):
+            signal_app(app)
+        await asyncio.wait_for(serving, HANG_GUARD)
+    names = [event["name"] for event in events.read()]
+    assert ("shutdown" in names) == (signals == 1)
+    if workers == 0 or signals == 1:  # (a second signal kills the worker processes)
+        assert "swallows_cancellation:swallowed" in names
+        assert "swallows_cancellation ignored its cancellation for 5 s; closing it" in caplog.text
+    assert "did not exit" not in caplog.text  # no worker had to be killed
+    leftover = [t for t in asyncio.all_tasks() if t.get_name().startswith("aioclock run")]
+    assert leftover == []  # asyncio.run() would wait for it forever
