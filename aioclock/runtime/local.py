@@ -50,6 +50,7 @@ from aioclock.runtime.legacy import drive_legacy_trigger
 from aioclock.runtime.signals import StopSignals
 from aioclock.triggers import BaseTrigger
 from aioclock.workers.runner import TaskRunner, enter_lifespan
+from aioclock.workers.threads import DaemonThreadPool
 
 if TYPE_CHECKING:
     from aioclock.app import AioClock
@@ -74,7 +75,11 @@ class LocalRuntime(ControlVerbs):
         self._core = ControlCore(
             schedule_of(self._tasks, app._paused), workers=[LOCAL_WORKER], publish_due_times=True
         )
-        self._runner = TaskRunner(self._tasks, app._provider, self._on_done, now=self._clock.now)
+        # Daemon threads: a sync task that never returns must not keep the process alive.
+        self._threads = DaemonThreadPool()
+        self._runner = TaskRunner(
+            self._tasks, app._provider, self._on_done, executor=self._threads, now=self._clock.now
+        )
         self._waker = Waker()
         self._inbox: deque[Event] = deque()
         self._requests = Requests(self._submit)
@@ -173,6 +178,7 @@ class LocalRuntime(ControlVerbs):
                 await asyncio.gather(*drivers, return_exceptions=True)
                 await self._runner.cancel_all(grace=0)
                 self._requests.fail_all()
+                self._threads.shutdown(wait=False)
 
     async def _loop(self) -> None:
         core = self._core

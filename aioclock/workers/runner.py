@@ -14,7 +14,7 @@ import logging
 import sys
 import time
 from collections.abc import Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor
 from contextlib import AbstractAsyncContextManager, AbstractContextManager, AsyncExitStack
 from typing import Any
 
@@ -47,7 +47,7 @@ class TaskRunner:
         provider: Provider,
         on_done: Callable[[Done], None],
         *,
-        executor: ThreadPoolExecutor | None = None,
+        executor: Executor | None = None,
         on_sync_timeout: Callable[[Task], None] | None = None,
         now: Callable[[], float] = time.time,
     ) -> None:

@@ -6,6 +6,12 @@ Each scenario runs against both runtimes where it can happen in both.
 from __future__ import annotations
 
 import asyncio
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
 
 import pytest
 
@@ -18,6 +24,7 @@ from .test_scenarios import signal_app
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 HANG_GUARD = 30
+REPOSITORY_ROOT = str(Path(__file__).resolve().parents[2])
 
 RUNTIMES = [pytest.param(0, id="in-process"), pytest.param(1, id="workers")]
 
@@ -88,3 +95,43 @@ async def test_a_run_that_swallows_its_cancellation_does_not_hold_the_stop(
     assert "did not exit" not in caplog.text  # no worker had to be killed
     leftover = [t for t in asyncio.all_tasks() if t.get_name().startswith("aioclock run")]
     assert leftover == []  # asyncio.run() would wait for it forever
+
+
+ENDLESS_SYNC_APP = textwrap.dedent(
+    """
+    import asyncio, sys
+    sys.path.insert(0, {root!r})
+    from aioclock import AioClock, Once, OnShutDown
+    from tests.integration import fault_tasks as faults, worker_tasks as tasks
+
+    app = AioClock(workers=0, shutdown_timeout=0.2)
+    app.task(trigger=Once())(faults.endless_sync)
+    app.task(trigger=OnShutDown())(tasks.shutdown)
+
+    if __name__ == "__main__":
+        asyncio.run(app.serve())
+        print("SERVE RETURNED", flush=True)
+    """
+)
+
+
+def test_a_sync_task_in_an_endless_loop_does_not_keep_the_process_from_exiting(events, tmp_path):
+    """In-process, a thread cannot be stopped: serve() gives its run up at the stop, and the
+    process exits all the same (the thread is a daemon; asyncio.run() does not join it)."""
+    script = tmp_path / "app.py"
+    script.write_text(ENDLESS_SYNC_APP.format(root=REPOSITORY_ROOT))
+    process = subprocess.Popen(
+        [sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    try:
+        deadline = time.monotonic() + HANG_GUARD
+        while not events.named("endless_sync:start") and time.monotonic() < deadline:
+            time.sleep(0.02)
+        process.send_signal(signal.SIGTERM)
+        output, _ = process.communicate(timeout=HANG_GUARD)
+    finally:
+        process.kill()
+        process.wait()
+    assert process.returncode == 0, output[-3000:]
+    assert "SERVE RETURNED" in output
+    assert [event["name"] for event in events.read()] == ["endless_sync:start", "shutdown"]
