@@ -19,7 +19,7 @@ import socket
 import sys
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +29,7 @@ from aioclock._child import (
     prepare_child,
     settle_garbage_collector,
 )
+from aioclock._clock import WallClock
 from aioclock._protocol import (
     AddTask,
     ControlReply,
@@ -43,6 +44,7 @@ from aioclock._protocol import (
     read_frames,
 )
 from aioclock.dispatcher.core import (
+    ClockSet,
     ControlCore,
     Event,
     NewTask,
@@ -121,8 +123,10 @@ class Dispatcher:
         shares_cpu_with_workers: bool = False,
         *,
         main_path: str | None = None,
+        wall: Callable[[], float] = time.time,
     ) -> None:
         self._main_path = main_path
+        self._now = wall  # deadlines are wall-clock times; waits are measured monotonic
         self.core = ControlCore(
             schedule, workers=[index for index, _, _ in worker_links], sync_tasks=sync_tasks
         )
@@ -133,6 +137,7 @@ class Dispatcher:
         self._pipes: dict[int, _Pipes] = {}  # worker index -> its pipes
         self._by_done_fd: dict[int, int] = {}  # done fd -> worker index
         self._supervisor_gone = False
+        self._wall = WallClock(wall)
         for index, fire_fd, done_fd in worker_links:
             self._add_worker(index, fire_fd, done_fd)
 
@@ -150,7 +155,11 @@ class Dispatcher:
         self._tell_supervisor(Listening(os.getpid()))
         while not core.finished and not self._supervisor_gone:
             self._sleep(control_fd)
-            self._deliver(core.tick(time.time()))
+            now = self._now()
+            clock_set = self._wall.jumped()
+            if clock_set:  # the supervisor's pings wake this loop: an hour's wait is a second
+                self._handle(ClockSet(clock_set), now)
+            self._deliver(core.tick(now))
         if self._supervisor_gone:
             return
         for pipes in self._pipes.values():  # the Stop frames the core sent last
@@ -165,15 +174,18 @@ class Dispatcher:
         writers = [pipes.outbox.fd for pipes in self._pipes.values() if pipes.outbox.backlog]
         timeout = None
         if deadline is not None:
-            timeout = max(0.0, deadline - time.time() - SPIN_BEFORE_DEADLINE)
+            timeout = max(0.0, deadline - self._now() - SPIN_BEFORE_DEADLINE)
         readable, writable, _ = select.select(readers, writers, [], timeout)
         for fd in writable:
             self._flush(fd)
         for fd in readable:
             self._read(fd, control_fd)
         if not readable and not writable and deadline is not None:
-            # The wait ran out: spin the last ~0.2 ms for an on-time wake-up.
-            while time.time() < deadline:
+            # The wait ran out: spin the last ~0.2 ms for an on-time wake-up, on the monotonic
+            # clock (the wall clock set back during the spin made it an hour's).
+            left = min(deadline - self._now(), SPIN_BEFORE_DEADLINE)
+            end = time.monotonic() + left
+            while time.monotonic() < end:
                 pass
 
     def _read(self, fd: int, control_fd: int) -> None:
@@ -239,7 +251,7 @@ class Dispatcher:
         pipes = self._pipes.get(index)
         if pipes is not None and pipes.done_fd in self._by_done_fd:
             del self._by_done_fd[pipes.done_fd]
-        self._deliver(self.core.handle(time.time(), WorkerClosed(index)))
+        self._deliver(self.core.handle(self._now(), WorkerClosed(index)))
 
     # -- frames from the workers --------------------------------------------------------------
 
@@ -252,7 +264,7 @@ class Dispatcher:
             logger.info("worker %d closed its pipe", index)
             self._worker_closed(index)
             return
-        now = time.time()
+        now = self._now()
         for frame in frames:
             self._handle(frame, now)  # type: ignore[arg-type]  # the core ignores the unknown
 
@@ -279,9 +291,9 @@ class Dispatcher:
             elif isinstance(frame, (RescheduleTask, AddTask)):
                 event = self._unpickled(frame)
                 if event is not None:
-                    self._handle(event, time.time())
+                    self._handle(event, self._now())
                 continue
-            self._handle(frame, time.time())  # type: ignore[arg-type]
+            self._handle(frame, self._now())  # type: ignore[arg-type]
 
     def _unpickled(self, frame: RescheduleTask | AddTask) -> Event | None:
         """The core's event for a control frame that carries a pickled trigger; None (and a

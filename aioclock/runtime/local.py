@@ -34,6 +34,7 @@ from aioclock._protocol import (
 from aioclock._task import Task
 from aioclock.dispatcher.core import (
     Abort,
+    ClockSet,
     Control,
     ControlCore,
     Event,
@@ -186,7 +187,9 @@ class LocalRuntime(ControlVerbs):
         self._looping = True
         try:
             while not core.finished:
+                self._follow_clock_set()  # else a clock set back an hour makes an hour's wait
                 await self._clock.wait(core.next_wakeup(), self._waker)
+                self._follow_clock_set()
                 now = self._clock.now()
                 sends: list[Send] = []
                 while inbox:
@@ -196,6 +199,11 @@ class LocalRuntime(ControlVerbs):
         finally:
             self._looping = False
             self._requests.fail_all()
+
+    def _follow_clock_set(self) -> None:
+        seconds = self._clock.jumped()
+        if seconds:
+            self._deliver(self._core.handle(self._clock.now(), ClockSet(seconds)))
 
     def _deliver(self, sends: list[Send]) -> None:
         for send in sends:

@@ -135,3 +135,39 @@ def test_a_sync_task_in_an_endless_loop_does_not_keep_the_process_from_exiting(e
     assert process.returncode == 0, output[-3000:]
     assert "SERVE RETURNED" in output
     assert [event["name"] for event in events.read()] == ["endless_sync:start", "shutdown"]
+
+
+async def test_a_fixed_rate_task_neither_stalls_nor_bursts_when_the_wall_clock_is_set():
+    """In-process on the real loop, with the wall clock set back an hour, then forward again."""
+    from aioclock._clock import RealClock
+    from aioclock.runtime.local import LocalRuntime
+
+    offset = [0.0]
+    runs: list[float] = []  # monotonic times
+    app = AioClock(handle_signals=False)
+
+    @app.task(trigger=Every(seconds=0.05))
+    async def tick() -> None:
+        runs.append(time.monotonic())
+
+    runtime = LocalRuntime(app, clock=RealClock(wall=lambda: time.time() + offset[0]))
+    serving = asyncio.create_task(runtime.serve())
+    try:
+        for jump in (-3600.0, 3600.0):
+            await until(lambda: len(runs) >= 3)
+            offset[0] += jump
+            runs[:] = []
+            await until(lambda: len(runs) >= 6)  # an hour's stall would time out here
+        (stats,) = await runtime.stats()
+        assert stats.missed == 0  # the forward jump skipped no hour of runs
+    finally:
+        runtime.request_stop()
+        await asyncio.wait_for(serving, HANG_GUARD)
+
+
+async def until(condition) -> None:
+    for _ in range(HANG_GUARD * 100):
+        if condition():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("condition not met")

@@ -13,7 +13,7 @@ import time
 import pytest
 
 from aioclock import Every
-from aioclock._protocol import Fire, FrameReader, Ready, read_frames
+from aioclock._protocol import Done, Fire, FrameReader, Ready, encode, read_frames
 from aioclock.dispatcher import process as dispatcher_process
 from aioclock.dispatcher.engine import ScheduledTask
 from aioclock.dispatcher.process import Dispatcher
@@ -122,3 +122,46 @@ def test_a_pipe_that_drains_wakes_the_loop_without_spinning_to_the_deadline(buil
     started = time.monotonic()
     dispatcher._sleep(dispatcher._control.fileno())
     assert time.monotonic() - started < 1.5  # back to the loop once writable, not at 3 s
+
+
+@pytest.mark.timeout(30)
+def test_the_dispatcher_keeps_a_fixed_rate_when_the_wall_clock_is_set_back_or_forward():
+    """With the wall clock set back an hour the schedule stalled (and a spin on the wall clock
+    stopped the pings: the supervisor killed the dispatcher); set forward, it skipped an hour."""
+    offset = [0.0]
+    fire_read, fire_write = os.pipe()
+    done_read, done_write = os.pipe()
+    control, supervisor_end = socket.socketpair()
+    schedule = [ScheduledTask("m:t", Every(seconds=0.05))]
+    dispatcher = Dispatcher(
+        schedule, frozenset(), control, [(0, fire_write, done_read)],
+        wall=lambda: time.time() + offset[0],
+    )  # fmt: skip
+    loop = threading.Thread(target=dispatcher.run)
+    loop.start()
+    reader = FrameReader()
+
+    def runs(count: int) -> None:
+        """Wait for `count` fires, each answered at once as a worker would."""
+        while count > 0:
+            for fire in reader.feed(os.read(fire_read, 65536)):
+                if isinstance(fire, Fire):
+                    os.write(done_write, encode(Done(fire.task, fire.seq, 0.0, 0.0, "ok")))
+                    count -= 1
+
+    try:
+        os.write(done_write, encode(Ready(0, 1)))
+        for jump in (-3600.0, 3600.0):
+            runs(3)
+            offset[0] += jump
+            set_at = time.monotonic()
+            runs(3)  # an hour's stall blocks here (the test's timeout fails it)
+            assert time.monotonic() - set_at < 5  # hang guard
+        (stats,) = dispatcher.core.engine.stats()
+        assert stats.missed == 0
+    finally:
+        supervisor_end.close()  # the dispatcher reads end of file and returns
+        loop.join(10)
+        for fd in (fire_read, fire_write, done_read, done_write):
+            os.close(fd)
+        control.close()
