@@ -336,12 +336,20 @@ class FrameReader:
     as one `Stats`.
     """
 
-    __slots__ = ("_buffer", "_skip", "_stats")
+    __slots__ = ("_buffer", "_skip", "_stats", "dropped")
 
     def __init__(self) -> None:
         self._buffer = bytearray()
         self._skip = 0  # bytes of an oversized frame still to come and to discard
         self._stats: Stats | None = None  # the pages of a Stats answer read so far
+        #: Frames skipped so far (too big, or not decoding): a writer of this code sends none,
+        #: so a reader may take one as a sign that something else writes on its stream.
+        self.dropped = 0
+
+    @property
+    def pending(self) -> bool:
+        """Part of a frame has been read, and the rest has not come yet."""
+        return bool(self._buffer) or self._skip > 0
 
     def feed(self, chunk: bytes) -> list[Frame]:
         """Add bytes read from the pipe; return the complete frames they finish, in order."""
@@ -358,6 +366,7 @@ class FrameReader:
             start = offset + _LENGTH.size
             end = start + length
             if length > MAX_FRAME_BYTES:
+                self.dropped += 1
                 logger.warning(
                     "skipped a frame of %d bytes: over the limit of %d", length, MAX_FRAME_BYTES
                 )
@@ -370,6 +379,8 @@ class FrameReader:
             if end > len(buffer):
                 break
             frame = decode_body(buffer[start:end])  # one copy: msgspec reads it
+            if frame is None:
+                self.dropped += 1
             if isinstance(frame, Stats):
                 frame = self._join(frame)
             if frame is not None:

@@ -38,6 +38,7 @@ from aioclock._protocol import (
     Listening,
     Outbox,
     RescheduleTask,
+    Stop,
     WorkerGone,
     WorkerJoined,
     encode,
@@ -61,6 +62,10 @@ logger = logging.getLogger(__name__)
 
 #: Wake this long before a deadline and spin the rest: select() itself wakes ~50-100 us late.
 SPIN_BEFORE_DEADLINE = 0.0002
+
+#: A worker writes each frame whole: part of one still unfinished after this long (seconds)
+#: means something else wrote on its pipe.
+PARTIAL_FRAME_WAIT = 5.0
 
 
 def run_from_payload(payload: DispatcherPayload) -> None:
@@ -111,6 +116,7 @@ class _Pipes:
     outbox: Outbox
     done_fd: int
     reader: FrameReader
+    partial_since: float | None = None  # monotonic time the reader began to wait for a frame
 
 
 class Dispatcher:
@@ -259,14 +265,43 @@ class Dispatcher:
         index = self._by_done_fd.get(fd)
         if index is None:  # closed by a control frame handled earlier in this same wake-up
             return
-        frames = read_frames(fd, self._pipes[index].reader)
+        pipes = self._pipes[index]
+        reader = pipes.reader
+        dropped = reader.dropped
+        frames = read_frames(fd, reader)
         if frames is None:
-            logger.info("worker %d closed its pipe", index)
-            self._worker_closed(index)
+            # It exited (the supervisor replaces it), or one of its tasks closed the pipe.
+            self._retire(index, "closed its pipe", logging.INFO)
             return
         now = self._now()
         for frame in frames:
             self._handle(frame, now)  # type: ignore[arg-type]  # the core ignores the unknown
+        if reader.dropped != dropped:
+            self._retire(index, "wrote what is not a frame on its pipe")
+        elif not reader.pending:
+            pipes.partial_since = None
+        elif pipes.partial_since is None:
+            pipes.partial_since = time.monotonic()
+
+    def _retire(self, index: int, why: str, level: int = logging.ERROR) -> None:
+        """Worker `index`'s pipe to us broke (a task closed it, or wrote on it): its runs can
+        never report. Stop it (it exits, and the supervisor replaces it: its runs are reported
+        lost) and read nothing more from it."""
+        pipes = self._pipes.get(index)
+        if pipes is None or pipes.done_fd not in self._by_done_fd:
+            return
+        logger.log(level, "worker %d %s: stopping it, to be replaced", index, why)
+        with contextlib.suppress(OSError):  # gone already: the supervisor knows
+            pipes.outbox.send(Stop())
+        self._worker_closed(index)
+
+    def _retire_silent_pipes(self) -> None:
+        """Retire the workers that left part of a frame unfinished for PARTIAL_FRAME_WAIT."""
+        now = time.monotonic()
+        for index, pipes in list(self._pipes.items()):
+            since = pipes.partial_since
+            if since is not None and now - since > PARTIAL_FRAME_WAIT:
+                self._retire(index, f"left a frame unfinished for {PARTIAL_FRAME_WAIT:g} s")
 
     # -- frames from the supervisor -----------------------------------------------------------
 
@@ -278,6 +313,7 @@ class Dispatcher:
         except OSError:
             chunk, fds = b"", []
         self._passed_fds.extend(fds)
+        self._retire_silent_pipes()  # the supervisor's pings come every second
         if not chunk:
             logger.warning("supervisor is gone: the dispatcher exits")
             self._supervisor_gone = True

@@ -1,7 +1,6 @@
 """Module-level tasks that misbehave, for the fault tests: worker processes import them by name."""
 
 import asyncio
-import gc
 import os
 import sys
 import time
@@ -48,8 +47,11 @@ def endless_sync() -> None:
 
 def _result_fd() -> int:
     """The pipe this worker reports its runs on (found as a task with no business there would)."""
-    worker = next(o for o in gc.get_objects() if type(o).__name__ == "Worker")
-    return worker._done_fd
+    for task in asyncio.all_tasks():
+        worker = task.get_coro().cr_frame.f_locals.get("self")
+        if type(worker).__name__ == "Worker":
+            return worker._done_fd
+    raise LookupError("not in a worker process")
 
 
 async def closes_result_pipe() -> None:

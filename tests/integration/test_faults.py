@@ -171,3 +171,29 @@ async def until(condition) -> None:
             return
         await asyncio.sleep(0.01)
     raise AssertionError("condition not met")
+
+
+@pytest.mark.parametrize(
+    "func",
+    [faults.closes_result_pipe, faults.writes_garbage, faults.writes_partial_frame],
+    ids=["closed", "garbage", "partial frame"],
+)
+async def test_a_worker_whose_result_pipe_breaks_is_replaced_and_its_run_reported_lost(
+    events, func, caplog
+):
+    """The run's Done cannot arrive: the worker is stopped and replaced, the run counted as
+    failed (crashed), and the schedule goes on in the new worker."""
+    app = AioClock(workers=1, shutdown_timeout=0.5, handle_signals=False)
+    app.task(trigger=Once())(func)
+    app.task(trigger=Every(seconds=0.1))(tasks.probe)
+    serving = asyncio.create_task(app.serve())
+    try:
+        await events.wait_for(lambda e: func.__name__ in [x["name"] for x in e])
+        stats = await until_ended(app, serving, func)
+        assert (stats.runs, stats.failures) == (1, 1)
+        assert "worker 0 died" in stats.last_error
+        pids = {e["pid"] for e in events.named("probe")}
+        await events.wait_for(lambda e: {x["pid"] for x in events.named("probe")} - pids)
+    finally:
+        signal_app(app)
+        await asyncio.wait_for(serving, HANG_GUARD)

@@ -164,3 +164,16 @@ def test_outbox_queues_what_a_full_pipe_does_not_take():
     finally:
         os.close(read_fd)
         os.close(write_fd)
+
+
+def test_a_reader_counts_what_it_dropped_and_says_when_a_frame_is_unfinished():
+    """What a driver needs to notice that something else writes on a pipe."""
+    reader = FrameReader()
+    whole = encode(FRAMES[0])
+    assert reader.feed(whole[:3]) == [] and reader.pending
+    assert reader.feed(whole[3:]) == [FRAMES[0]] and not reader.pending
+    garbage = b"\xc1\xff"
+    reader.feed(struct.pack("!I", len(garbage)) + garbage)
+    assert reader.dropped == 1
+    reader.feed(oversized_frame()[:100])
+    assert (reader.dropped, reader.pending) == (2, True)
