@@ -63,6 +63,10 @@ logger = logging.getLogger(__name__)
 #: Wake this long before a deadline and spin the rest: select() itself wakes ~50-100 us late.
 SPIN_BEFORE_DEADLINE = 0.0002
 
+#: The longest single wait in select(): a deadline further away (a custom trigger's) is waited
+#: for in steps, since select() cannot wait past ~292 years (OverflowError).
+MAX_SELECT_WAIT = 3600.0
+
 #: A worker writes each frame whole: part of one still unfinished after this long (seconds)
 #: means something else wrote on its pipe.
 PARTIAL_FRAME_WAIT = 5.0
@@ -180,7 +184,7 @@ class Dispatcher:
         writers = [pipes.outbox.fd for pipes in self._pipes.values() if pipes.outbox.backlog]
         timeout = None
         if deadline is not None:
-            timeout = max(0.0, deadline - self._now() - SPIN_BEFORE_DEADLINE)
+            timeout = min(max(0.0, deadline - self._now() - SPIN_BEFORE_DEADLINE), MAX_SELECT_WAIT)
         readable, writable, _ = select.select(readers, writers, [], timeout)
         for fd in writable:
             self._flush(fd)

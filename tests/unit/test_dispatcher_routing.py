@@ -13,7 +13,7 @@ import time
 import pytest
 
 from aioclock import Every
-from aioclock._protocol import Done, Fire, FrameReader, Ready, encode, read_frames
+from aioclock._protocol import Done, Fire, FrameReader, Ping, Ready, encode, read_frames
 from aioclock.dispatcher import process as dispatcher_process
 from aioclock.dispatcher.engine import ScheduledTask
 from aioclock.dispatcher.process import Dispatcher
@@ -165,3 +165,27 @@ def test_the_dispatcher_keeps_a_fixed_rate_when_the_wall_clock_is_set_back_or_fo
         for fd in (fire_read, fire_write, done_read, done_write):
             os.close(fd)
         control.close()
+
+
+class FarAway(Every):
+    """A custom trigger whose next due is 1e12 s away (past what select() can wait)."""
+
+    def next_due(self, now: float, previous: float | None) -> float | None:
+        return now + 1e12
+
+
+def test_a_deadline_too_far_for_select_is_waited_for_in_steps():
+    control, supervisor_end = socket.socketpair()
+    schedule = [ScheduledTask("m:t", FarAway(hours=1))]
+    dispatcher = Dispatcher(schedule, frozenset(), control, [])
+    try:
+        dispatcher._handle(Ready(0, 1), time.time())
+        dispatcher.core._started = True  # no worker: start the schedule all the same
+        dispatcher.core.engine.start(time.time())
+        assert dispatcher.core.next_wakeup() > time.time() + 1e11
+        threading.Timer(0.1, lambda: supervisor_end.send(encode(Ping(1)))).start()
+        dispatcher._sleep(control.fileno())  # raised OverflowError: the dispatcher died
+        assert supervisor_end.recv(100)  # it answered the ping
+    finally:
+        control.close()
+        supervisor_end.close()
