@@ -476,12 +476,21 @@ def pack_reply(task: str, reply: Reply | None) -> Union[bytes, None]:
     return pickle.dumps((False, TaskRunError(task, "failed", message)))
 
 
-def unpack_reply(data: Union[bytes, None]) -> Reply | None:
+def unpack_reply(
+    data: Union[bytes, None], task: str = "?", failure: Union[str, None] = None
+) -> Reply | None:
+    """What `pack_reply` packed; a value or exception that does not unpickle here becomes a
+    `TaskRunError` that says so (never a silent None). `failure`: the run's error summary."""
     if data is None:
         return None
     try:
         reply: Reply = pickle.loads(data)
     except Exception as error:
-        logger.warning("a run-now result could not be read back: %r", error)
-        return None
+        logger.warning("a run-now result of %s could not be read back: %r", task, error)
+        problem = f"could not be read back: {type(error).__name__}: {error}"
+        if failure is None:
+            message = f"its result {problem}"
+        else:
+            message = f"it failed with {failure}, and its exception {problem}"
+        return (False, TaskRunError(task, "failed", message))
     return reply

@@ -67,3 +67,27 @@ async def writes_partial_frame() -> None:
 async def writes_garbage() -> None:
     record("writes_garbage")
     os.write(_result_fd(), b"hello, dispatcher")
+
+
+def _refuse_to_load() -> None:
+    raise RuntimeError("cannot be loaded here")
+
+
+class Unloadable:
+    """Pickles, but does not unpickle."""
+
+    def __reduce__(self):
+        return (_refuse_to_load, ())
+
+
+async def unloadable_result() -> Unloadable:
+    return Unloadable()
+
+
+class NeedsTwoArguments(Exception):
+    def __init__(self, first: str, second: str) -> None:
+        super().__init__(f"{first} {second}")
+
+
+async def raises_unloadable_error() -> None:
+    raise NeedsTwoArguments("bad", "input")

@@ -20,7 +20,7 @@ from aioclock.api import get_metadata_of_all_tasks
 
 from . import fault_tasks as faults
 from . import worker_tasks as tasks
-from .test_scenarios import signal_app
+from .test_scenarios import signal_app, started
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 HANG_GUARD = 30
@@ -197,3 +197,26 @@ async def test_a_worker_whose_result_pipe_breaks_is_replaced_and_its_run_reporte
     finally:
         signal_app(app)
         await asyncio.wait_for(serving, HANG_GUARD)
+
+
+@pytest.mark.parametrize(
+    ("func", "message"),
+    [
+        (faults.unloadable_result, "its result could not be read back: RuntimeError"),
+        (faults.raises_unloadable_error, "NeedsTwoArguments: bad input"),
+    ],
+)
+async def test_a_run_now_answer_that_does_not_unpickle_is_an_error_not_none(events, func, message):
+    from aioclock.api import run_specific_task
+    from aioclock.exceptions import TaskRunError
+
+    app = AioClock(workers=1, handle_signals=False)
+    app.task(trigger=Every(hours=1))(func)
+    serving = asyncio.create_task(app.serve())
+    try:
+        await started(app, serving)
+        with pytest.raises(TaskRunError, match=message):
+            await run_specific_task(app._tasks[0].id, app)
+    finally:
+        serving.cancel()
+        await asyncio.gather(serving, return_exceptions=True)
