@@ -61,6 +61,7 @@ class TaskRunner:
         self._running: dict[int, asyncio.Task[None]] = {}
         self._replies: dict[int, tuple[bool, Any]] = {}  # seq -> (ok, value or exception)
         self._closing: set[asyncio.Task[None]] = set()  # cancelled: closed if they do not end
+        self._closed_past_timeout: dict[int, asyncio.Task[Any]] = {}  # seq -> its run
         for task in tasks.values():  # build the injectors now, not on the first (timed) run
             self._injector(task)
 
@@ -134,12 +135,22 @@ class TaskRunner:
         task = self._tasks.get(fire.task)
         outcome: Outcome = "ok"
         error: str | None = None
+        watch: asyncio.TimerHandle | None = None
         try:
             if task is None:
                 raise LookupError(f"no task with id {fire.task!r} is registered in this process")
+            if task.timeout is not None and task.is_async:
+                watch = self._watch_timeout(fire.seq, task)
             value = await self._call(task)
             if fire.reply:
                 self._replies[fire.seq] = (True, value)
+        except GeneratorExit:  # closed (`_close`): it swallowed its cancellation
+            if self._closed_past_timeout.pop(fire.seq, None) is not None:
+                assert task is not None
+                outcome, error = "timeout", f"{_timeout_error(task)} and ignored its cancellation"
+            else:
+                outcome, error = "cancelled", "ignored its cancellation (shutdown)"
+            raise
         except _DeadlineExpired:
             assert task is not None
             timeout_error = _timeout_error(task)
@@ -158,8 +169,33 @@ class TaskRunner:
             if fire.reply:
                 self._replies[fire.seq] = (False, failure)
         finally:
+            if watch is not None:
+                watch.cancel()
             self._running.pop(fire.seq, None)
             self._on_done(Done(fire.task, fire.seq, started, self._now(), outcome, error))
+
+    def _watch_timeout(self, seq: int, task: Task) -> asyncio.TimerHandle:
+        """Its timeout cancels the run; should the task swallow that cancellation, close the
+        run CANCEL_ANSWER_WAIT later, so that it ends (as a timeout) all the same."""
+        assert task.timeout is not None
+        run = asyncio.current_task()
+        assert run is not None
+
+        def close_if_running() -> None:
+            if run.done():
+                return
+            logger.error(
+                "%s exceeded its timeout of %g s and ignored its cancellation for %g s; "
+                "closing it (a task must let CancelledError through)",
+                run.get_name(),
+                task.timeout,
+                CANCEL_ANSWER_WAIT,
+            )
+            self._closed_past_timeout[seq] = run
+            _close(run)
+
+        wait = task.timeout + CANCEL_ANSWER_WAIT
+        return asyncio.get_running_loop().call_later(wait, close_if_running)
 
     def _injector(self, task: Task) -> Callable[..., Any]:
         call = self._injected.get(task.name)

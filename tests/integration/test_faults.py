@@ -220,3 +220,22 @@ async def test_a_run_now_answer_that_does_not_unpickle_is_an_error_not_none(even
     finally:
         serving.cancel()
         await asyncio.gather(serving, return_exceptions=True)
+
+
+@pytest.mark.parametrize("workers", RUNTIMES)
+async def test_a_run_that_swallows_its_timeouts_cancellation_still_ends_as_a_timeout(
+    events, workers, caplog
+):
+    app = AioClock(workers=workers, shutdown_timeout=0.2, handle_signals=False)
+    app.task(trigger=Every(hours=1, first_run_strategy="immediate"), timeout=0.2)(
+        faults.swallows_cancellation
+    )
+    serving = asyncio.create_task(app.serve())
+    try:
+        stats = await until_ended(app, serving, faults.swallows_cancellation)
+        assert (stats.runs, stats.timeouts) == (1, 1)
+        assert "ignored its cancellation" in stats.last_error
+    finally:
+        signal_app(app)
+        await asyncio.wait_for(serving, HANG_GUARD)
+    assert "swallows_cancellation:swallowed" in [event["name"] for event in events.read()]
