@@ -336,9 +336,14 @@ class FrameReader:
     as one `Stats`.
     """
 
-    __slots__ = ("_buffer", "_skip", "_stats", "dropped")
+    __slots__ = ("_buffer", "_skip", "_stats", "dropped", "_resync", "_searching")
 
-    def __init__(self) -> None:
+    def __init__(self, *, resync: bool = False) -> None:
+        #: On a stream whose writer never sends a bad frame, a bad one means something else
+        #: wrote there: with `resync`, the reader looks for the next frame byte by byte
+        #: instead of trusting the bad frame's length.
+        self._resync = resync
+        self._searching = False
         self._buffer = bytearray()
         self._skip = 0  # bytes of an oversized frame still to come and to discard
         self._stats: Stats | None = None  # the pages of a Stats answer read so far
@@ -365,6 +370,10 @@ class FrameReader:
             (length,) = _LENGTH.unpack_from(buffer, offset)
             start = offset + _LENGTH.size
             end = start + length
+            if self._resync and length > MAX_FRAME_BYTES:
+                self._search()
+                offset += 1
+                continue
             if length > MAX_FRAME_BYTES:
                 self.dropped += 1
                 logger.warning(
@@ -378,7 +387,16 @@ class FrameReader:
                 continue
             if end > len(buffer):
                 break
-            frame = decode_body(buffer[start:end])  # one copy: msgspec reads it
+            if self._resync:
+                try:
+                    frame: Frame | None = _decoder.decode(buffer[start:end])
+                except msgspec.DecodeError:
+                    self._search()
+                    offset += 1
+                    continue
+                self._searching = False
+            else:
+                frame = decode_body(buffer[start:end])  # one copy: msgspec reads it
             if frame is None:
                 self.dropped += 1
             if isinstance(frame, Stats):
@@ -388,6 +406,34 @@ class FrameReader:
             offset = end
         del buffer[:offset]
         return frames
+
+    def _search(self) -> None:
+        if not self._searching:
+            self._searching = True
+            self.dropped += 1
+            logger.warning("dropped bytes that are not a frame: looking for the next frame")
+
+    def resync(self) -> list[Frame]:
+        """Drop the unfinished frame at the head of the stream (its length lied: something
+        else wrote there) and read on from the first whole frame found after its first byte."""
+        buffer = self._buffer
+        if not buffer:
+            return []
+        self.dropped += 1
+        logger.warning("dropped an unfinished frame: reading on from the next whole frame")
+        for offset in range(1, len(buffer) - _LENGTH.size + 1):
+            (length,) = _LENGTH.unpack_from(buffer, offset)
+            end = offset + _LENGTH.size + length
+            if length > MAX_FRAME_BYTES or end > len(buffer):
+                continue
+            try:
+                _decoder.decode(buffer[offset + _LENGTH.size : end])
+            except msgspec.DecodeError:
+                continue
+            del buffer[:offset]
+            return self.feed(b"")
+        buffer.clear()
+        return []
 
     def _join(self, page: Stats) -> Stats | None:
         """The whole answer once its last page is read; None before."""

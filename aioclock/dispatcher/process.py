@@ -63,6 +63,11 @@ logger = logging.getLogger(__name__)
 #: Wake this long before a deadline and spin the rest: select() itself wakes ~50-100 us late.
 SPIN_BEFORE_DEADLINE = 0.0002
 
+#: Part of a frame from the supervisor still unfinished after this long (seconds) was not
+#: written by it: the stream reads on from the next whole frame, before the pings that wait
+#: behind it go unanswered for the supervisor's LIVENESS_TIMEOUT (5 s).
+CONTROL_PARTIAL_WAIT = 2.0
+
 #: The longest single wait in select(): a deadline further away (a custom trigger's) is waited
 #: for in steps, since select() cannot wait past ~292 years (OverflowError).
 MAX_SELECT_WAIT = 3600.0
@@ -142,7 +147,8 @@ class Dispatcher:
         )
         self._yield_after_light_fires = shares_cpu_with_workers
         self._control = control
-        self._control_reader = FrameReader()
+        self._control_reader = FrameReader(resync=True)  # the one stream it cannot replace
+        self._control_partial_since: float | None = None
         self._passed_fds: deque[int] = deque()
         self._pipes: dict[int, _Pipes] = {}  # worker index -> its pipes
         self._by_done_fd: dict[int, int] = {}  # done fd -> worker index
@@ -322,7 +328,7 @@ class Dispatcher:
             logger.warning("supervisor is gone: the dispatcher exits")
             self._supervisor_gone = True
             return
-        for frame in self._control_reader.feed(chunk):
+        for frame in self._control_frames(chunk):
             if isinstance(frame, WorkerGone):
                 self._close_worker(frame.worker)
             elif isinstance(frame, WorkerJoined):
@@ -334,6 +340,21 @@ class Dispatcher:
                     self._handle(event, self._now())
                 continue
             self._handle(frame, self._now())  # type: ignore[arg-type]
+
+    def _control_frames(self, chunk: bytes) -> list[Frame]:
+        reader = self._control_reader
+        frames = reader.feed(chunk)
+        if not reader.pending:
+            self._control_partial_since = None
+        elif self._control_partial_since is None:
+            self._control_partial_since = time.monotonic()
+        elif time.monotonic() - self._control_partial_since > CONTROL_PARTIAL_WAIT:
+            logger.error(
+                "a frame from the supervisor stayed unfinished for %g s", CONTROL_PARTIAL_WAIT
+            )
+            frames += reader.resync()
+            self._control_partial_since = time.monotonic() if reader.pending else None
+        return frames
 
     def _unpickled(self, frame: RescheduleTask | AddTask) -> Event | None:
         """The core's event for a control frame that carries a pickled trigger; None (and a

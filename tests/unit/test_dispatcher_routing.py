@@ -13,7 +13,16 @@ import time
 import pytest
 
 from aioclock import Every
-from aioclock._protocol import Done, Fire, FrameReader, Ping, Ready, encode, read_frames
+from aioclock._protocol import (
+    Done,
+    Fire,
+    FrameReader,
+    Ping,
+    Pong,
+    Ready,
+    encode,
+    read_frames,
+)
 from aioclock.dispatcher import process as dispatcher_process
 from aioclock.dispatcher.engine import ScheduledTask
 from aioclock.dispatcher.process import Dispatcher
@@ -189,3 +198,38 @@ def test_a_deadline_too_far_for_select_is_waited_for_in_steps():
     finally:
         control.close()
         supervisor_end.close()
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize(
+    "junk",
+    [b"\x00\x00\x01\x00ab", b"\x00\x00\x00\x10ab", b"hello, dispatcher"],
+    ids=["partial frame", "short partial frame", "garbage"],
+)
+def test_a_partial_frame_on_the_control_socket_does_not_swallow_the_pings(monkeypatch, junk):
+    """The supervisor kills a dispatcher that stops answering its pings: a frame that never
+    finishes is dropped, and the pings read after it are answered."""
+    monkeypatch.setattr(dispatcher_process, "CONTROL_PARTIAL_WAIT", 0.3)
+    control, supervisor_end = socket.socketpair()
+    dispatcher = Dispatcher([], frozenset(), control, [])
+    loop = threading.Thread(target=dispatcher.run)
+    loop.start()
+    reader = FrameReader()
+    try:
+        assert reader.feed(supervisor_end.recv(1000))  # Listening
+        supervisor_end.sendall(junk)
+        pongs: list[Pong] = []
+        token = 0
+        while not pongs:  # the test's timeout fails it if no ping is ever answered
+            token += 1
+            supervisor_end.sendall(encode(Ping(token)))
+            supervisor_end.settimeout(0.2)
+            try:
+                pongs += [f for f in reader.feed(supervisor_end.recv(1000)) if isinstance(f, Pong)]
+            except TimeoutError:
+                pass
+        assert dispatcher._control_reader.dropped >= 1
+    finally:
+        supervisor_end.close()
+        loop.join(10)
+        control.close()
