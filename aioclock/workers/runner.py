@@ -61,7 +61,7 @@ class TaskRunner:
         self._running: dict[int, asyncio.Task[None]] = {}
         self._replies: dict[int, tuple[bool, Any]] = {}  # seq -> (ok, value or exception)
         self._closing: set[asyncio.Task[None]] = set()  # cancelled: closed if they do not end
-        self._closed_past_timeout: dict[int, asyncio.Task[Any]] = {}  # seq -> its run
+        self._closed_past_timeout: set[int] = set()  # runs closed for ignoring their timeout
         for task in tasks.values():  # build the injectors now, not on the first (timed) run
             self._injector(task)
 
@@ -145,7 +145,8 @@ class TaskRunner:
             if fire.reply:
                 self._replies[fire.seq] = (True, value)
         except GeneratorExit:  # closed (`_close`): it swallowed its cancellation
-            if self._closed_past_timeout.pop(fire.seq, None) is not None:
+            if fire.seq in self._closed_past_timeout:
+                self._closed_past_timeout.discard(fire.seq)
                 assert task is not None
                 outcome, error = "timeout", f"{_timeout_error(task)} and ignored its cancellation"
             else:
@@ -160,7 +161,7 @@ class TaskRunner:
             outcome, error = "cancelled", "cancelled while running (shutdown)"
             logger.warning("task %s was cancelled while running", fire.task)
             raise
-        except (Exception, SystemExit, KeyboardInterrupt) as failure:
+        except (Exception, SystemExit) as failure:
             # sys.exit() in a task ends its run, not the process that runs it: in a worker it
             # would only be replaced, and both runtimes must count it the same way.
             outcome = "failed"
@@ -191,7 +192,7 @@ class TaskRunner:
                 task.timeout,
                 CANCEL_ANSWER_WAIT,
             )
-            self._closed_past_timeout[seq] = run
+            self._closed_past_timeout.add(seq)
             _close(run)
 
         wait = task.timeout + CANCEL_ANSWER_WAIT
@@ -263,7 +264,7 @@ class TaskRunner:
 def _close(run: asyncio.Task[None]) -> None:
     """End a run that swallows every cancellation: close its coroutine (GeneratorExit where it
     waits), so that neither this stop nor `asyncio.run()`'s own clean-up waits for it forever."""
-    with contextlib.suppress(RuntimeError):  # it swallowed GeneratorExit too: it ends all the same
+    with contextlib.suppress(RuntimeError):  # it swallowed GeneratorExit too: nothing else to do
         run.get_coro().close()
     run.cancel()  # its next step finds the coroutine closed, and the task ends
     run.add_done_callback(lambda ended: ended.cancelled() or ended.exception())
