@@ -74,6 +74,11 @@ class Waker:
         return self._future
 
 
+#: A difference between the wall clock and the monotonic clock that grows by this much (seconds)
+#: between two readings is the wall clock being set, not drift.
+CLOCK_SET_THRESHOLD = 1.0
+
+
 class Clock(Protocol):
     """What a runtime asks of time: the time now, and a wait for a deadline or a wake-up."""
 
@@ -83,15 +88,56 @@ class Clock(Protocol):
     async def wait(self, deadline: float | None, waker: Waker) -> None:
         """Return at `deadline` (None: never) or as soon as `waker` is woken."""
 
+    def jumped(self) -> float:
+        """Seconds the wall clock was set by since the last call (0.0: it was not)."""
+
+
+class WallClock:
+    """The wall clock read beside the monotonic one, to tell when it is set (a jump).
+
+    Deadlines are wall-clock times (calendars need them), but every wait is measured on the
+    monotonic clock; `jumped()` says how far the wall clock was set since it was last asked, so
+    that a driver can move its fixed-rate schedules with it.
+
+    Example:
+        >>> wall, monotonic = [1000.0], [5.0]
+        >>> clock = WallClock(wall=lambda: wall[0], monotonic=lambda: monotonic[0])
+        >>> wall[0] -= 3600.0
+        >>> clock.jumped(), clock.jumped()
+        (-3600.0, 0.0)
+    """
+
+    def __init__(
+        self,
+        wall: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.now = wall
+        self.monotonic = monotonic
+        self._offset = wall() - monotonic()
+
+    def jumped(self) -> float:
+        offset = self.now() - self.monotonic()
+        change = offset - self._offset
+        self._offset = offset  # drift (NTP slewing) is followed, never reported
+        return change if abs(change) >= CLOCK_SET_THRESHOLD else 0.0
+
 
 class RealClock:
-    """Wall-clock time (`time.time()`), waited on precisely."""
+    """Wall-clock time (`wall`, `time.time()` by default), waited on precisely on the monotonic
+    clock: setting the wall clock neither freezes nor hurries a wait by more than its tail."""
 
-    def __init__(self) -> None:
+    def __init__(
+        self,
+        wall: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
         reduce_timer_slack()
+        self._watch = WallClock(wall, monotonic)
+        self.now = wall
 
-    def now(self) -> float:
-        return time.time()
+    def jumped(self) -> float:
+        return self._watch.jumped()
 
     async def wait(self, deadline: float | None, waker: Waker) -> None:
         """Return at `deadline` (None: never) or as soon as `waker` is woken, whichever is first."""
@@ -101,14 +147,18 @@ class RealClock:
         loop = asyncio.get_running_loop()
         if deadline is None:
             await _until_woken(waker, loop, None)
-        else:
-            coarse = deadline - time.time() - PRECISE_TAIL
-            if coarse > 0:
-                await _until_woken(waker, loop, lambda f: loop.call_later(coarse, _resolve, f))
-            else:  # due already: still let the loop run once, so that runs can start
-                await _until_woken(waker, loop, lambda f: loop.call_soon(_resolve, f))
+            waker.pending = False
+            return
+        monotonic = self._watch.monotonic
+        end = monotonic() + (deadline - self.now())  # the wait is measured on this clock
+        coarse = end - monotonic() - PRECISE_TAIL
+        if coarse > 0:
+            await _until_woken(waker, loop, lambda f: loop.call_later(coarse, _resolve, f))
+        else:  # due already: still let the loop run once, so that runs can start
+            await _until_woken(waker, loop, lambda f: loop.call_soon(_resolve, f))
         # A spin that lets other callbacks run: asyncio cannot wait for less than a millisecond.
-        while deadline is not None and not waker.pending and time.time() < deadline:  # noqa: ASYNC110
+        end = min(end, monotonic() + PRECISE_TAIL)
+        while not waker.pending and monotonic() < end:  # noqa: ASYNC110
             await asyncio.sleep(0)
         waker.pending = False
 
@@ -215,6 +265,10 @@ class FakeClock:
 
     def now(self) -> float:
         return self._bound().time() + self._offset
+
+    def jumped(self) -> float:
+        """Virtual time is never set: 0.0."""
+        return 0.0
 
     async def wait(self, deadline: float | None, waker: Waker) -> None:
         """Return at `deadline` (None: never) or as soon as `waker` is woken, whichever is first."""

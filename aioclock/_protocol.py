@@ -412,12 +412,25 @@ class FrameReader:
     as one `Stats`.
     """
 
-    __slots__ = ("_buffer", "_skip", "_stats")
+    __slots__ = ("_buffer", "_skip", "_stats", "dropped", "_resync", "_searching")
 
-    def __init__(self) -> None:
+    def __init__(self, *, resync: bool = False) -> None:
+        #: On a stream whose writer never sends a bad frame, a bad one means something else
+        #: wrote there: with `resync`, the reader looks for the next frame byte by byte
+        #: instead of trusting the bad frame's length.
+        self._resync = resync
+        self._searching = False
         self._buffer = bytearray()
         self._skip = 0  # bytes of an oversized frame still to come and to discard
         self._stats: Stats | None = None  # the pages of a Stats answer read so far
+        #: Frames skipped so far (too big, or not decoding): a writer of this code sends none,
+        #: so a reader may take one as a sign that something else writes on its stream.
+        self.dropped = 0
+
+    @property
+    def pending(self) -> bool:
+        """Part of a frame has been read, and the rest has not come yet."""
+        return bool(self._buffer) or self._skip > 0
 
     def feed(self, chunk: bytes) -> list[Frame]:
         """Add bytes read from the pipe; return the complete frames they finish, in order."""
@@ -433,7 +446,12 @@ class FrameReader:
             (length,) = _LENGTH.unpack_from(buffer, offset)
             start = offset + _LENGTH.size
             end = start + length
+            if self._resync and length > MAX_FRAME_BYTES:
+                self._search()
+                offset += 1
+                continue
             if length > MAX_FRAME_BYTES:
+                self.dropped += 1
                 logger.warning(
                     "skipped a frame of %d bytes: over the limit of %d", length, MAX_FRAME_BYTES
                 )
@@ -445,7 +463,18 @@ class FrameReader:
                 continue
             if end > len(buffer):
                 break
-            frame = decode_body(buffer[start:end])  # one copy: msgspec reads it
+            if self._resync:
+                try:
+                    frame: Frame | None = _decoder.decode(buffer[start:end])
+                except msgspec.DecodeError:
+                    self._search()
+                    offset += 1
+                    continue
+                self._searching = False
+            else:
+                frame = decode_body(buffer[start:end])  # one copy: msgspec reads it
+            if frame is None:
+                self.dropped += 1
             if isinstance(frame, Stats):
                 frame = self._join(frame)
             if frame is not None:
@@ -453,6 +482,34 @@ class FrameReader:
             offset = end
         del buffer[:offset]
         return frames
+
+    def _search(self) -> None:
+        if not self._searching:
+            self._searching = True
+            self.dropped += 1
+            logger.warning("dropped bytes that are not a frame: looking for the next frame")
+
+    def resync(self) -> list[Frame]:
+        """Drop the unfinished frame at the head of the stream (its length lied: something
+        else wrote there) and read on from the first whole frame found after its first byte."""
+        buffer = self._buffer
+        if not buffer:
+            return []
+        self.dropped += 1
+        logger.warning("dropped an unfinished frame: reading on from the next whole frame")
+        for offset in range(1, len(buffer) - _LENGTH.size + 1):
+            (length,) = _LENGTH.unpack_from(buffer, offset)
+            end = offset + _LENGTH.size + length
+            if length > MAX_FRAME_BYTES or end > len(buffer):
+                continue
+            try:
+                _decoder.decode(buffer[offset + _LENGTH.size : end])
+            except msgspec.DecodeError:
+                continue
+            del buffer[:offset]
+            return self.feed(b"")
+        buffer.clear()
+        return []
 
     def _join(self, page: Stats) -> Stats | None:
         """The whole answer once its last page is read; None before."""
@@ -541,12 +598,21 @@ def pack_reply(task: str, reply: Reply | None) -> Union[bytes, None]:
     return pickle.dumps((False, TaskRunError(task, "failed", message)))
 
 
-def unpack_reply(data: Union[bytes, None]) -> Reply | None:
+def unpack_reply(
+    data: Union[bytes, None], task: str = "?", failure: Union[str, None] = None
+) -> Reply | None:
+    """What `pack_reply` packed; a value or exception that does not unpickle here becomes a
+    `TaskRunError` that says so (never a silent None). `failure`: the run's error summary."""
     if data is None:
         return None
     try:
         reply: Reply = pickle.loads(data)
     except Exception as error:
-        logger.warning("a run-now result could not be read back: %r", error)
-        return None
+        logger.warning("a run-now result of %s could not be read back: %r", task, error)
+        problem = f"could not be read back: {type(error).__name__}: {error}"
+        if failure is None:
+            message = f"its result {problem}"
+        else:
+            message = f"it failed with {failure}, and its exception {problem}"
+        return (False, TaskRunError(task, "failed", message))
     return reply

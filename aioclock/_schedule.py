@@ -152,6 +152,13 @@ class FixedRate(Schedule):
         self.count += 1
         return due
 
+    def shift(self, seconds: float) -> None:
+        """Move the grid by `seconds` (the wall clock was set): the period between runs stays."""
+        if self.anchor is not None:
+            self.anchor += seconds
+        if self.previous is not None:
+            self.previous += seconds
+
     def _next(self, now: float) -> float | None:
         period = self.period
         if period == 0:

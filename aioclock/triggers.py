@@ -357,12 +357,19 @@ _TimeUnit = Annotated[
 ]
 _UNIT_SECONDS = {"weeks": 604800, "days": 86400, "hours": 3600, "minutes": 60, "seconds": 1}
 
+#: The shortest period of `Every` other than 0: below it a schedule is a busy loop that starves
+#: the event loop (aioclock 0.3 accepted any period; 1 ms is what a loop can keep).
+MIN_PERIOD = 0.001
+#: The longest period of `Every`, 100 years: further dues are past what a date can hold.
+MAX_PERIOD = 36525 * 86400
+
 
 class Every(LoopController[Literal[Triggers.EVERY]]):
     """Runs at a fixed rate: run k is due at start + k * period, however long the runs take.
 
     With `first_run_strategy="immediate"` the first run is due at start, with `"wait"` (the
-    default) one period later. A period of 0 runs again as soon as the previous run ended.
+    default) one period later. A period of 0 runs again as soon as the previous run ended;
+    any other period is between 1 ms (`MIN_PERIOD`) and 100 years (`MAX_PERIOD`).
 
     >>> from aioclock.triggers import Every
     >>> schedule = Every(minutes=1, first_run_strategy="immediate")._new_schedule()
@@ -392,6 +399,14 @@ class Every(LoopController[Literal[Triggers.EVERY]]):
             raise ValueError("Every needs at least one of seconds, minutes, hours, days or weeks")
         if not math.isfinite(self.to_seconds):
             raise ValueError(f"the period of Every must be finite, got {self.to_seconds} seconds")
+        period = self.to_seconds
+        bound = None
+        if 0 < period < MIN_PERIOD:
+            bound = f"at least {MIN_PERIOD:g} s (or 0)"
+        elif period > MAX_PERIOD:
+            bound = f"at most {MAX_PERIOD} s (100 years)"
+        if bound is not None:
+            raise ValueError(f"the period of Every must be {bound}, got {period} seconds")
         return self
 
     @property

@@ -115,6 +115,13 @@ class ExternalEnded:
 
 
 @dataclass(frozen=True)
+class ClockSet:
+    """The wall clock was set by `seconds` (negative: back) since the driver last looked."""
+
+    seconds: float
+
+
+@dataclass(frozen=True)
 class WorkerClosed:
     """Worker `worker`'s pipe closed: send it nothing more (its `WorkerGone` follows)."""
 
@@ -156,6 +163,7 @@ Event = Union[
     WorkerGone,
     WorkerJoined,
     WorkerClosed,
+    ClockSet,
     Ping,
     ExternalDue,
     ExternalEnded,
@@ -360,6 +368,9 @@ class ControlCore:
             sends = []
         elif isinstance(event, Ping):
             sends = [ToControl(Pong(event.token))]
+        elif isinstance(event, ClockSet):
+            self._on_clock_set(event.seconds)
+            sends = []
         elif isinstance(event, ExternalDue):
             sends = self._fires(self.engine.fire_external(event.task, now), now)
         elif isinstance(event, ExternalEnded):
@@ -378,6 +389,19 @@ class ControlCore:
         if self.engine.phase is Phase.FINISHED:
             sends += self._finish_if_done()
         return sends
+
+    def _on_clock_set(self, seconds: float) -> None:
+        """Intervals keep their length when the wall clock is set: the grids of `Every` and the
+        grace periods move with it; calendar dues do not."""
+        logger.warning(
+            "the wall clock was set %+.3f s: fixed-rate schedules and grace periods move with "
+            "it, calendar triggers follow the wall clock",
+            seconds,
+        )
+        self.engine.shift_fixed_rate(seconds)
+        self._cancel_at = [(at + seconds, seq) for at, seq in self._cancel_at]
+        heapq.heapify(self._cancel_at)
+        self._answer_by = {seq: at + seconds for seq, at in self._answer_by.items()}
 
     # -- runs ---------------------------------------------------------------------------------
 

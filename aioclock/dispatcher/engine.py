@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from aioclock._policy import DEFAULT_RULES, Policy, Rules, jitter_offset
 from aioclock._protocol import Done, Fire, TaskStats
-from aioclock._schedule import COINCIDENT, Schedule
+from aioclock._schedule import COINCIDENT, FixedRate, Schedule
 from aioclock.triggers import BaseTrigger, OnShutDown, OnStartUp
 
 if TYPE_CHECKING:
@@ -324,6 +324,29 @@ class DeadlineEngine:
         return []
 
     # -- deadlines ----------------------------------------------------------------------------
+
+    def shift_fixed_rate(self, seconds: float) -> None:
+        """The wall clock was set by `seconds`: move the grid of every `Every` with it, so that
+        it neither stalls (set back) nor bursts (set forward). Calendar dues stay where the
+        wall clock puts them."""
+        shifted: set[str] = set()
+        for task_id, state in self._states.items():
+            schedule = state.schedule
+            if isinstance(schedule, FixedRate) and schedule.period > 0:
+                schedule.shift(seconds)
+                shifted.add(task_id)
+                self._changed.add(task_id)
+                if state.next_due is not None:
+                    state.next_due += seconds
+                    if self._publish_due_times:
+                        due = datetime.fromtimestamp(state.next_due, timezone.utc)
+                        state.spec.trigger.expected_trigger_time = due
+        if shifted:
+            self._heap = [
+                (due + seconds, seq, task) if task in shifted else (due, seq, task)
+                for due, seq, task in self._heap
+            ]
+            heapq.heapify(self._heap)
 
     def next_deadline(self) -> float | None:
         """When the engine next has something to fire, or None if only a `Done` can wake it."""

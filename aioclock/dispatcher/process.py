@@ -20,7 +20,7 @@ import socket
 import sys
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,6 +30,7 @@ from aioclock._child import (
     prepare_child,
     settle_garbage_collector,
 )
+from aioclock._clock import WallClock
 from aioclock._protocol import (
     AddTask,
     ControlReply,
@@ -42,12 +43,14 @@ from aioclock._protocol import (
     Listening,
     Outbox,
     RescheduleTask,
+    Stop,
     WorkerGone,
     WorkerJoined,
     encode,
     read_frames,
 )
 from aioclock.dispatcher.core import (
+    ClockSet,
     ControlCore,
     Event,
     NewTask,
@@ -76,6 +79,19 @@ CHECKPOINT_LATEST = 0.5
 #: Events waiting for the supervisor to read them past this many bytes are dropped (and
 #: logged): a main process that does not read must not make the dispatcher wait.
 MAX_EVENT_BACKLOG = 8 << 20
+
+#: Part of a frame from the supervisor still unfinished after this long (seconds) was not
+#: written by it: the stream reads on from the next whole frame, before the pings that wait
+#: behind it go unanswered for the supervisor's LIVENESS_TIMEOUT (5 s).
+CONTROL_PARTIAL_WAIT = 2.0
+
+#: The longest single wait in select(): a deadline further away (a custom trigger's) is waited
+#: for in steps, since select() cannot wait past ~292 years (OverflowError).
+MAX_SELECT_WAIT = 3600.0
+
+#: A worker writes each frame whole: part of one still unfinished after this long (seconds)
+#: means something else wrote on its pipe.
+PARTIAL_FRAME_WAIT = 5.0
 
 
 def run_from_payload(payload: DispatcherPayload) -> None:
@@ -152,6 +168,7 @@ class _Pipes:
     outbox: Outbox
     done_fd: int
     reader: FrameReader
+    partial_since: float | None = None  # monotonic time the reader began to wait for a frame
 
 
 class Dispatcher:
@@ -165,8 +182,10 @@ class Dispatcher:
         *,
         main_path: str | None = None,
         resume: Resume | None = None,
+        wall: Callable[[], float] = time.time,
     ) -> None:
         self._main_path = main_path
+        self._now = wall  # deadlines are wall-clock times; waits are measured monotonic
         self.core = ControlCore(
             schedule,
             workers=[index for index, _, _ in worker_links],
@@ -178,7 +197,8 @@ class Dispatcher:
         self._checkpointed_at = 0.0
         self._yield_after_light_fires = shares_cpu_with_workers
         self._control = control
-        self._control_reader = FrameReader()
+        self._control_reader = FrameReader(resync=True)  # the one stream it cannot replace
+        self._control_partial_since: float | None = None
         self._passed_fds: deque[int] = deque()
         self._pipes: dict[int, _Pipes] = {}  # worker index -> its pipes
         self._by_done_fd: dict[int, int] = {}  # done fd -> worker index
@@ -188,6 +208,7 @@ class Dispatcher:
         self._events: list[EventItem] = []
         self._control_backlog = bytearray()
         self._events_dropped = 0
+        self._wall = WallClock(wall)
         for index, fire_fd, done_fd in worker_links:
             self._add_worker(index, fire_fd, done_fd)
 
@@ -206,9 +227,13 @@ class Dispatcher:
         self._deliver(core.opening())
         while not core.finished and not self._supervisor_gone:
             self._sleep(control_fd)
-            self._deliver(core.tick(time.time()))
+            now = self._now()
+            clock_set = self._wall.jumped()
+            if clock_set:  # the supervisor's pings wake this loop: an hour's wait is a second
+                self._handle(ClockSet(clock_set), now)
+            self._deliver(core.tick(now))
             if core.engine.has_progress():
-                self._checkpoint_when_idle(time.time())
+                self._checkpoint_when_idle(self._now())
         if self._supervisor_gone:
             return
         if self._events:
@@ -232,9 +257,9 @@ class Dispatcher:
         if self._control_backlog:
             writers.append(control_fd)
         timeout = None
-        now = time.time()
+        now = self._now()
         if deadline is not None:
-            timeout = max(0.0, deadline - now - SPIN_BEFORE_DEADLINE)
+            timeout = min(max(0.0, deadline - now - SPIN_BEFORE_DEADLINE), MAX_SELECT_WAIT)
         spin = deadline is not None
         checkpoint_in = self._checkpoint_wait(now, deadline)
         if checkpoint_in is not None and (timeout is None or checkpoint_in < timeout):
@@ -245,8 +270,11 @@ class Dispatcher:
         for fd in readable:
             self._read(fd, control_fd)
         if spin and not readable and not writable and deadline is not None:
-            # The wait ran out: spin the last ~0.2 ms for an on-time wake-up.
-            while time.time() < deadline:
+            # The wait ran out: spin the last ~0.2 ms for an on-time wake-up, on the monotonic
+            # clock (the wall clock set back during the spin made it an hour's).
+            left = min(deadline - self._now(), SPIN_BEFORE_DEADLINE)
+            end = time.monotonic() + left
+            while time.monotonic() < end:
                 pass
 
     def _checkpoint_wait(self, now: float, deadline: float | None) -> float | None:
@@ -254,7 +282,7 @@ class Dispatcher:
         next fire (the loop wakes for that one anyway)."""
         if not self.core.engine.has_progress():
             return None
-        since = now - self._checkpointed_at
+        since = time.monotonic() - self._checkpointed_at  # (the wall clock may be set)
         if deadline is not None and deadline - now < CHECKPOINT_GAP and since < CHECKPOINT_LATEST:
             return None
         return max(0.0, CHECKPOINT_INTERVAL - since)
@@ -267,7 +295,7 @@ class Dispatcher:
         for frame in self.core.checkpoints(pages=1):
             self._tell_supervisor(frame)
         if not self.core.engine.has_progress():
-            self._checkpointed_at = now
+            self._checkpointed_at = time.monotonic()
 
     def _read(self, fd: int, control_fd: int) -> None:
         try:
@@ -338,7 +366,7 @@ class Dispatcher:
         pipes = self._pipes.get(index)
         if pipes is not None and pipes.done_fd in self._by_done_fd:
             del self._by_done_fd[pipes.done_fd]
-        self._deliver(self.core.handle(time.time(), WorkerClosed(index)))
+        self._deliver(self.core.handle(self._now(), WorkerClosed(index)))
 
     # -- frames from the workers --------------------------------------------------------------
 
@@ -346,14 +374,43 @@ class Dispatcher:
         index = self._by_done_fd.get(fd)
         if index is None:  # closed by a control frame handled earlier in this same wake-up
             return
-        frames = read_frames(fd, self._pipes[index].reader)
+        pipes = self._pipes[index]
+        reader = pipes.reader
+        dropped = reader.dropped
+        frames = read_frames(fd, reader)
         if frames is None:
-            logger.info("worker %d closed its pipe", index)
-            self._worker_closed(index)
+            # It exited (the supervisor replaces it), or one of its tasks closed the pipe.
+            self._retire(index, "closed its pipe", logging.INFO)
             return
-        now = time.time()
+        now = self._now()
         for frame in frames:
             self._handle(frame, now)  # type: ignore[arg-type]  # the core ignores the unknown
+        if reader.dropped != dropped:
+            self._retire(index, "wrote what is not a frame on its pipe")
+        elif not reader.pending:
+            pipes.partial_since = None
+        elif pipes.partial_since is None:
+            pipes.partial_since = time.monotonic()
+
+    def _retire(self, index: int, why: str, level: int = logging.ERROR) -> None:
+        """Worker `index`'s pipe to us broke (a task closed it, or wrote on it): its runs can
+        never report. Stop it (it exits, and the supervisor replaces it: its runs are reported
+        lost) and read nothing more from it."""
+        pipes = self._pipes.get(index)
+        if pipes is None or pipes.done_fd not in self._by_done_fd:
+            return
+        logger.log(level, "worker %d %s: stopping it, to be replaced", index, why)
+        with contextlib.suppress(OSError):  # gone already: the supervisor knows
+            pipes.outbox.send(Stop())
+        self._worker_closed(index)
+
+    def _retire_silent_pipes(self) -> None:
+        """Retire the workers that left part of a frame unfinished for PARTIAL_FRAME_WAIT."""
+        now = time.monotonic()
+        for index, pipes in list(self._pipes.items()):
+            since = pipes.partial_since
+            if since is not None and now - since > PARTIAL_FRAME_WAIT:
+                self._retire(index, f"left a frame unfinished for {PARTIAL_FRAME_WAIT:g} s")
 
     # -- frames from the supervisor -----------------------------------------------------------
 
@@ -365,11 +422,12 @@ class Dispatcher:
         except OSError:
             chunk, fds = b"", []
         self._passed_fds.extend(fds)
+        self._retire_silent_pipes()  # the supervisor's pings come every second
         if not chunk:
             logger.warning("supervisor is gone: the dispatcher exits")
             self._supervisor_gone = True
             return
-        for frame in self._control_reader.feed(chunk):
+        for frame in self._control_frames(chunk):
             if isinstance(frame, WorkerGone):
                 self._close_worker(frame.worker)
             elif isinstance(frame, EventsWanted):
@@ -381,9 +439,24 @@ class Dispatcher:
             elif isinstance(frame, (RescheduleTask, AddTask)):
                 event = self._unpickled(frame)
                 if event is not None:
-                    self._handle(event, time.time())
+                    self._handle(event, self._now())
                 continue
-            self._handle(frame, time.time())  # type: ignore[arg-type]
+            self._handle(frame, self._now())  # type: ignore[arg-type]
+
+    def _control_frames(self, chunk: bytes) -> list[Frame]:
+        reader = self._control_reader
+        frames = reader.feed(chunk)
+        if not reader.pending:
+            self._control_partial_since = None
+        elif self._control_partial_since is None:
+            self._control_partial_since = time.monotonic()
+        elif time.monotonic() - self._control_partial_since > CONTROL_PARTIAL_WAIT:
+            logger.error(
+                "a frame from the supervisor stayed unfinished for %g s", CONTROL_PARTIAL_WAIT
+            )
+            frames += reader.resync()
+            self._control_partial_since = time.monotonic() if reader.pending else None
+        return frames
 
     def _unpickled(self, frame: RescheduleTask | AddTask) -> Event | None:
         """The core's event for a control frame that carries a pickled trigger; None (and a

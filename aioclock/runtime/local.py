@@ -35,6 +35,7 @@ from aioclock._protocol import (
 from aioclock._task import Task
 from aioclock.dispatcher.core import (
     Abort,
+    ClockSet,
     Control,
     ControlCore,
     Event,
@@ -52,6 +53,7 @@ from aioclock.runtime.legacy import drive_legacy_trigger
 from aioclock.runtime.signals import StopSignals
 from aioclock.triggers import BaseTrigger
 from aioclock.workers.runner import REPLACED, SHUTDOWN, TaskRunner, enter_lifespan
+from aioclock.workers.threads import DaemonThreadPool
 
 if TYPE_CHECKING:
     from aioclock.app import AioClock
@@ -80,7 +82,11 @@ class LocalRuntime(ControlVerbs):
             workers=[LOCAL_WORKER],
             publish_due_times=True,
         )
-        self._runner = TaskRunner(self._tasks, app._provider, self._on_done, now=self._clock.now)
+        # Daemon threads: a sync task that never returns must not keep the process alive.
+        self._threads = DaemonThreadPool()
+        self._runner = TaskRunner(
+            self._tasks, app._provider, self._on_done, executor=self._threads, now=self._clock.now
+        )
         self._waker = Waker()
         self._inbox: deque[Event] = deque()
         self._requests = Requests(self._submit)
@@ -185,6 +191,7 @@ class LocalRuntime(ControlVerbs):
                 await asyncio.gather(*drivers, return_exceptions=True)
                 await self._runner.cancel_all(grace=0)
                 self._requests.fail_all()
+                self._threads.shutdown(wait=False)
 
     async def _loop(self) -> None:
         core = self._core
@@ -192,7 +199,9 @@ class LocalRuntime(ControlVerbs):
         self._looping = True
         try:
             while not core.finished:
+                self._follow_clock_set()  # else a clock set back an hour makes an hour's wait
                 await self._clock.wait(core.next_wakeup(), self._waker)
+                self._follow_clock_set()
                 now = self._clock.now()
                 sends: list[Send] = []
                 while inbox:
@@ -202,6 +211,11 @@ class LocalRuntime(ControlVerbs):
         finally:
             self._looping = False
             self._requests.fail_all()
+
+    def _follow_clock_set(self) -> None:
+        seconds = self._clock.jumped()
+        if seconds:
+            self._deliver(self._core.handle(self._clock.now(), ClockSet(seconds)))
 
     def _deliver(self, sends: list[Send]) -> None:
         for send in sends:

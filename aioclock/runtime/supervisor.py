@@ -698,7 +698,8 @@ class Supervisor(ControlVerbs):
         if self._dispatcher_done or self._fatal is not None or self._control is None:
             raise AppStoppedError(f"task {task.name!r} was not run")
         reply: RunNowDone = await self._requests.ask(lambda number: RunNow(task.name, number))
-        return result_of_run_now(task, reply, unpack_reply(reply.result))
+        answer = unpack_reply(reply.result, task.name, reply.error)
+        return result_of_run_now(task, reply, answer)
 
     async def remove(self, task: Task) -> None:
         await super().remove(task)

@@ -327,7 +327,19 @@ class Worker:
         if reply is not None:
             done = msgspec.structs.replace(done, result=pack_reply(done.task, reply))
         try:
-            self._send(done)
+            try:
+                self._send(done)
+            except OSError:
+                raise
+            except Exception as error:
+                # It does not encode: still end the run, or the dispatcher waits for it forever.
+                logger.error(
+                    "worker %d: the Done of run %d does not encode: %s", self.index, done.seq, error
+                )
+                problem = f"its Done frame could not be sent: {type(error).__name__}"
+                self._send(
+                    Done(done.task, done.seq, done.started, done.finished, "failed", problem)
+                )
         except OSError:  # the dispatcher is gone; nobody is left to tell
             logger.warning(
                 "worker %d could not report run %d of %s", self.index, done.seq, done.task

@@ -8,12 +8,13 @@ The in-process runtime and every worker process use this same class.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import logging
 import sys
 import time
 from collections.abc import Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor
 from contextlib import AbstractAsyncContextManager, AbstractContextManager, AsyncExitStack
 from typing import Any
 
@@ -51,7 +52,7 @@ class TaskRunner:
         provider: Provider,
         on_done: Callable[[Done], None],
         *,
-        executor: ThreadPoolExecutor | None = None,
+        executor: Executor | None = None,
         on_sync_timeout: Callable[[Task], None] | None = None,
         now: Callable[[], float] = time.time,
         injected: dict[str, Callable[..., Any]] | None = None,
@@ -70,6 +71,8 @@ class TaskRunner:
         self._replies: dict[int, tuple[bool, Any]] = {}  # seq -> (ok, value or exception)
         # Built now, not on the first (timed) run.
         self._injected = injected if injected is not None else build_injectors(tasks, provider)
+        self._closing: set[asyncio.Task[None]] = set()  # cancelled: closed if they do not end
+        self._closed_past_timeout: set[int] = set()  # runs closed for ignoring their timeout
 
     def add(self, task: Task) -> None:
         """Run fires of `task` from now on (a task added while the app serves); it replaces a
@@ -88,12 +91,32 @@ class TaskRunner:
         run = self._running.get(seq)
         if run is None:
             return False
-        run.cancel(reason)
+        self._cancel(run, reason)
         return seq in self._sync_runs
+
+    def _cancel(self, run: asyncio.Task[None], reason: str = SHUTDOWN) -> None:
+        """Cancel `run`; should it not end within CANCEL_ANSWER_WAIT, close it (see `_close`)."""
+        run.cancel(reason)
+        if run not in self._closing:
+            self._closing.add(run)
+            run.add_done_callback(self._closing.discard)
+            asyncio.get_running_loop().call_later(CANCEL_ANSWER_WAIT, self._close_if_running, run)
+
+    def _close_if_running(self, run: asyncio.Task[None]) -> None:
+        if run.done():
+            return
+        logger.error(
+            "%s ignored its cancellation for %g s; closing it (a task must let CancelledError "
+            "through)",
+            run.get_name(),
+            CANCEL_ANSWER_WAIT,
+        )
+        _close(run)
 
     def start(self, fire: Fire) -> None:
         """Begin the run at once; its `Done` goes to `on_done` when it ends."""
-        run = asyncio.get_running_loop().create_task(self._run(fire))
+        name = f"aioclock run {fire.seq} of {fire.task}"
+        run = asyncio.get_running_loop().create_task(self._run(fire), name=name)
         self._running[fire.seq] = run
         run.add_done_callback(lambda _: self._report_if_never_started(fire))
 
@@ -125,14 +148,25 @@ class TaskRunner:
         task = self._tasks.get(fire.task)
         outcome: Outcome = "ok"
         error: str | None = None
+        watch: asyncio.TimerHandle | None = None
         try:
             if task is None:
                 raise LookupError(f"no task with id {fire.task!r} is registered in this process")
             if not task.is_async:
                 self._sync_runs.add(fire.seq)
+            if task.timeout is not None and task.is_async:
+                watch = self._watch_timeout(fire.seq, task)
             value = await self._call(task)
             if fire.reply:
                 self._replies[fire.seq] = (True, value)
+        except GeneratorExit:  # closed (`_close`): it swallowed its cancellation
+            if fire.seq in self._closed_past_timeout:
+                self._closed_past_timeout.discard(fire.seq)
+                assert task is not None
+                outcome, error = "timeout", f"{_timeout_error(task)} and ignored its cancellation"
+            else:
+                outcome, error = "cancelled", "ignored its cancellation (shutdown)"
+            raise
         except _DeadlineExpired:
             assert task is not None
             timeout_error = _timeout_error(task)
@@ -143,15 +177,43 @@ class TaskRunner:
             outcome, error = "cancelled", f"cancelled while running ({reason})"
             logger.warning("task %s was cancelled while running", fire.task)
             raise
-        except Exception as failure:
-            outcome, error = "failed", _summary(failure)
+        except (Exception, SystemExit) as failure:
+            # sys.exit() in a task ends its run, not the process that runs it: in a worker it
+            # would only be replaced, and both runtimes must count it the same way.
+            outcome = "failed"
+            error = _summary(failure)
             logger.exception("task %s failed", fire.task)
             if fire.reply:
                 self._replies[fire.seq] = (False, failure)
         finally:
+            if watch is not None:
+                watch.cancel()
             self._running.pop(fire.seq, None)
             self._sync_runs.discard(fire.seq)
             self._on_done(Done(fire.task, fire.seq, started, self._now(), outcome, error))
+
+    def _watch_timeout(self, seq: int, task: Task) -> asyncio.TimerHandle:
+        """Its timeout cancels the run; should the task swallow that cancellation, close the
+        run CANCEL_ANSWER_WAIT later, so that it ends (as a timeout) all the same."""
+        assert task.timeout is not None
+        run = asyncio.current_task()
+        assert run is not None
+
+        def close_if_running() -> None:
+            if run.done():
+                return
+            logger.error(
+                "%s exceeded its timeout of %g s and ignored its cancellation for %g s; "
+                "closing it (a task must let CancelledError through)",
+                run.get_name(),
+                task.timeout,
+                CANCEL_ANSWER_WAIT,
+            )
+            self._closed_past_timeout.add(seq)
+            _close(run)
+
+        wait = task.timeout + CANCEL_ANSWER_WAIT
+        return asyncio.get_running_loop().call_later(wait, close_if_running)
 
     def _injector(self, task: Task) -> Callable[..., Any]:
         call = self._injected.get(task.name)
@@ -201,25 +263,42 @@ class TaskRunner:
             return
         _, still_running = await asyncio.wait(pending, timeout=grace)
         for run in still_running:
-            run.cancel()
+            self._cancel(run)
         if still_running:
             logger.warning(
                 "cancelled %d run(s) still going after %.1f s", len(still_running), grace
             )
-            _, stubborn = await asyncio.wait(still_running, timeout=CANCEL_ANSWER_WAIT)
-            for run in stubborn:  # it swallowed its cancellation: the stop does not wait for it
-                logger.error(
-                    "a run ignored its cancellation for %g s; abandoning it: %r",
-                    CANCEL_ANSWER_WAIT,
-                    run,
-                )
+            # One that swallows its cancellation is closed after CANCEL_ANSWER_WAIT: it ends.
+            await asyncio.wait(still_running, timeout=CANCEL_ANSWER_WAIT + 1.0)
+
+
+def _close(run: asyncio.Task[None]) -> None:
+    """End a run that swallows every cancellation: close its coroutine (GeneratorExit where it
+    waits), so that neither this stop nor `asyncio.run()`'s own clean-up waits for it forever."""
+    with contextlib.suppress(RuntimeError):  # it swallowed GeneratorExit too: nothing else to do
+        run.get_coro().close()
+    run.cancel()  # its next step finds the coroutine closed, and the task ends
+    run.add_done_callback(lambda ended: ended.cancelled() or ended.exception())
 
 
 def _summary(failure: BaseException) -> str:
-    text = f"{type(failure).__name__}: {failure}"
+    """One line for a `Done`: never raises, at most `MAX_ERROR_CHARS` characters (and a count),
+    valid UTF-8 (a lone surrogate is written as its escape), so that the frame always encodes."""
+    text = f"{type(failure).__name__}: {_text_of(failure)}"
     if len(text) > MAX_ERROR_CHARS:
         text = f"{text[:MAX_ERROR_CHARS]}... ({len(text)} characters)"
-    return text
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _text_of(failure: BaseException) -> str:
+    try:
+        return str(failure)
+    except Exception as problem:  # its __str__ raised
+        try:
+            why = str(problem)
+        except Exception:
+            why = "?"
+        return f"<str() raised {type(problem).__name__}: {why}>"
 
 
 def build_injectors(tasks: Mapping[str, Task], provider: Provider) -> dict[str, Callable[..., Any]]:

@@ -184,3 +184,33 @@ def test_run_with_fake_time_cancels_what_is_left_and_closes_the_loop():
     assert run_with_fake_time(main) == "done"
     assert cancelled == [True]
     assert loops[0].is_closed()
+
+
+def test_the_wall_clock_watch_reports_a_set_clock_once_and_ignores_drift():
+    from aioclock._clock import WallClock
+
+    wall, monotonic = [T0], [50.0]
+    watch = WallClock(wall=lambda: wall[0], monotonic=lambda: monotonic[0])
+    assert watch.jumped() == 0.0
+    wall[0] += 10.0005  # 10 s pass, the wall clock drifts by 0.5 ms
+    monotonic[0] += 10.0
+    assert watch.jumped() == 0.0
+    wall[0] -= 3600.0  # set back an hour
+    assert watch.jumped() == pytest.approx(-3600.0)
+    assert watch.jumped() == 0.0  # reported once
+    wall[0] += 3600.0
+    assert watch.jumped() == pytest.approx(3600.0)
+
+
+async def test_the_real_clock_waits_on_the_monotonic_clock_when_the_wall_clock_is_set_back():
+    """The wall clock set back an hour during the last stretch before a deadline: the wait
+    still ends on time (it spun on the wall clock for an hour, starving the loop)."""
+    reads = []
+
+    def wall() -> float:  # set back an hour once the wait has read it
+        reads.append(None)
+        return time.time() - (3600.0 if len(reads) > 2 else 0.0)
+
+    clock = RealClock(wall=wall)
+    deadline = time.time() + 0.0005  # inside the precise tail: a spin at once
+    await asyncio.wait_for(clock.wait(deadline, Waker()), 5)

@@ -478,3 +478,26 @@ def test_a_pause_with_nothing_in_flight_is_answered_at_once_and_a_lost_worker_re
     core.tick(101.6)
     assert core.handle(101.7, PauseTask(3, "m:tick")) == [ToWorker(0, Barrier(3))]
     assert ToControl(ControlReply(3)) in core.handle(101.8, WorkerGone(0, -9))
+
+
+@pytest.mark.parametrize("jump", [-3600.0, 3600.0], ids=["set back 1 h", "set forward 1 h"])
+def test_a_wall_clock_set_moves_every_grid_with_it_and_leaves_calendar_dues(jump):
+    """Fixed-rate tasks neither stall (clock set back) nor burst (set forward); a calendar due
+    stays where the wall clock puts it; a grace keeps its length."""
+    from aioclock import At
+    from aioclock.dispatcher.core import ClockSet
+
+    daily = ScheduledTask("m:daily", At(hour=0, minute=0, second=0, tz="UTC"))
+    core = core_with(TICK, daily)
+    core.handle(100.0, Ready(0, 1))
+    (tick,) = fires(core.tick(101.0))
+    core.handle(101.2, done(tick, 101.2))
+    calendar_due = core.engine.stats()[1].next_due
+    assert core.handle(101.5 + jump, ClockSet(jump)) == []
+    assert core.next_wakeup() == 102.0 + jump
+    assert [f.due for f in fires(core.tick(102.0 + jump))] == [102.0 + jump]
+    assert core.engine.stats()[0].missed == 0
+    assert core.engine.stats()[1].next_due == calendar_due
+    core.handle(102.1 + jump, Stop(grace=2.0))  # run 2 is in flight: its grace is 2 s
+    assert core.handle(102.2 + jump, ClockSet(-jump)) == []
+    assert core.next_wakeup() == pytest.approx(104.1)

@@ -164,3 +164,32 @@ def test_outbox_queues_what_a_full_pipe_does_not_take():
     finally:
         os.close(read_fd)
         os.close(write_fd)
+
+
+def test_a_reader_counts_what_it_dropped_and_says_when_a_frame_is_unfinished():
+    """What a driver needs to notice that something else writes on a pipe."""
+    reader = FrameReader()
+    whole = encode(FRAMES[0])
+    assert reader.feed(whole[:3]) == [] and reader.pending
+    assert reader.feed(whole[3:]) == [FRAMES[0]] and not reader.pending
+    garbage = b"\xc1\xff"
+    reader.feed(struct.pack("!I", len(garbage)) + garbage)
+    assert reader.dropped == 1
+    reader.feed(oversized_frame()[:100])
+    assert (reader.dropped, reader.pending) == (2, True)
+
+
+@pytest.mark.parametrize(
+    "junk", [b"hello, reader", b"\x00\x00\x00\x10ab", b"\x00\x00\x00\x02\xc1\xff"]
+)
+@pytest.mark.parametrize("chunk_size", [1, 5, 4096])
+def test_a_resyncing_reader_finds_the_frames_after_bytes_that_are_not_one(junk, chunk_size):
+    stream = encode(FRAMES[0]) + junk + b"".join(encode(frame) for frame in FRAMES[1:] * 3)
+    reader = FrameReader(resync=True)
+    decoded = []
+    for start in range(0, len(stream), chunk_size):
+        decoded += reader.feed(stream[start : start + chunk_size])
+    decoded += reader.resync()  # what a driver does with a frame left unfinished too long
+    assert decoded[0] == FRAMES[0]
+    assert decoded[-8:] == (FRAMES[1:] * 3)[-8:]  # at worst the first frame after the junk is lost
+    assert reader.dropped >= 1

@@ -1,6 +1,7 @@
 """The task runner on its own: one `Done` per fire, however the run ends."""
 
 import asyncio
+import sys
 import time
 
 import pytest
@@ -128,3 +129,49 @@ async def test_each_deadline_tells_its_own_expiry_from_a_tasks_timeout_error(wit
     with pytest.raises(_DeadlineExpired):
         await within(overruns(), 0.01)
     assert await within(asyncio.sleep(0, "result"), 5) == "result"
+
+
+class UnprintableError(Exception):
+    def __str__(self) -> str:
+        raise RuntimeError("no text for you")
+
+
+async def raises_an_unprintable_error() -> None:
+    raise UnprintableError
+
+
+async def raises_a_lone_surrogate() -> None:
+    raise ValueError("bad \ud800 text")
+
+
+def raises_a_lone_surrogate_in_a_thread() -> None:
+    raise ValueError("\udcff")
+
+
+async def exits_3() -> None:
+    sys.exit(3)
+
+
+def exits_3_in_a_thread() -> None:
+    sys.exit(3)
+
+
+@pytest.mark.parametrize(
+    ("func", "error"),
+    [
+        (
+            raises_an_unprintable_error,
+            "UnprintableError: <str() raised RuntimeError: no text for you>",
+        ),
+        (raises_a_lone_surrogate, "ValueError: bad \\ud800 text"),
+        (raises_a_lone_surrogate_in_a_thread, "ValueError: \\udcff"),
+        (exits_3, "SystemExit: 3"),
+        (exits_3_in_a_thread, "SystemExit: 3"),
+    ],
+)
+async def test_every_failure_is_a_failed_run_whose_done_frame_can_be_sent(func, error):
+    """An exception whose str() raises, an error text that is not valid UTF-8, sys.exit() in a
+    task: each is a failed run, never a success, and its Done encodes."""
+    done, _ = await run_once(func, timeout=None)
+    assert (done.outcome, done.error) == ("failed", error)
+    assert FrameReader().feed(encode(done)) == [done]

@@ -234,3 +234,27 @@ def test_next_due_never_reads_the_clock(trigger: BaseTrigger, monkeypatch) -> No
     due = trigger._advance(START)
     assert due is not None and due >= START
     trigger._peek(START)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"seconds": 1e-9}, r"at least 0.001 s \(or 0\), got 1e-09 seconds"),
+        ({"seconds": 0.0009}, r"at least 0.001 s \(or 0\), got 0.0009 seconds"),
+        ({"seconds": 1e12}, r"at most 3155760000 s \(100 years\), got 1000000000000.0 seconds"),
+        ({"weeks": 10_000}, r"at most 3155760000 s \(100 years\), got 6048000000 seconds"),
+    ],
+)
+def test_every_refuses_a_period_too_short_to_keep_or_too_long_to_date(kwargs, message) -> None:
+    """1e-9 s would spin a CPU and starve the loop; 1e12 s lands past the year 9999."""
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match=message):
+        Every(**kwargs)
+
+
+@pytest.mark.parametrize("kwargs", [{"seconds": 0}, {"seconds": 0.001}, {"weeks": 5200}])
+def test_every_accepts_the_bounds_and_zero(kwargs) -> None:
+    assert Every(**kwargs).to_seconds == sum(
+        value * {"seconds": 1, "weeks": 604800}[unit] for unit, value in kwargs.items()
+    )
