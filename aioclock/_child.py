@@ -157,6 +157,19 @@ def keep_to_cpus(cpus: frozenset[int] | None) -> None:
         os.sched_setaffinity(0, cpus)
 
 
+def keep_off_cpus(cpus: frozenset[int] | None) -> set[int] | None:
+    """Run the calling thread (and the threads it starts) anywhere but on `cpus`, if another
+    CPU is allowed; return the CPUs it had (to restore), or None if nothing changed."""
+    if not cpus or not hasattr(os, "sched_getaffinity"):
+        return None
+    allowed = os.sched_getaffinity(0)
+    rest = allowed - cpus
+    if not rest or rest == allowed:
+        return None
+    os.sched_setaffinity(0, rest)
+    return allowed
+
+
 def prepare_sync_thread(priority: str, cpus: frozenset[int] | None) -> None:
     """Run in each new sync-task thread of a worker: its CPU priority, and the CPUs it may use."""
     if cpus is not None:

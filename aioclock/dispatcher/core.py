@@ -501,7 +501,7 @@ class ControlCore:
         if isinstance(event, PauseTask):
             engine.pause(task_id, now)
             self._drop_waiting(task_id, now, "the task was paused before it could start")
-            saved = self._checkpoint_now()
+            saved = self._checkpoint_now(task_id)
             return saved + self._answer_once_started(task_id, ControlReply(event.request))
         elif isinstance(event, ResumeTask):
             fires = engine.resume(task_id, now)
@@ -526,14 +526,22 @@ class ControlCore:
         routed = self._route(fires, now)
         # Kept by the supervisor before it hears the answer: a dispatcher that takes over
         # knows every change that was confirmed.
-        sends += self._checkpoint_now()
+        sends += self._checkpoint_now(task_id)
         sends.append(ToControl(ControlReply(event.request)))
         return sends + routed
 
-    def _checkpoint_now(self) -> list[Send]:
+    def _checkpoint_now(self, task_id: str) -> list[Send]:
+        """The progress of `task_id`, which a control verb changed, ahead of the answer (the
+        other tasks' go behind the fires, as always)."""
         if not self._checkpointing:
             return []
-        return [ToControl(frame) for frame in self.checkpoints()]
+        engine = self.engine
+        progress = engine.take_progress(only=task_id)
+        if not progress:
+            return []
+        running = engine.phase is not Phase.STARTUP
+        data = pickle.dumps(progress, protocol=5)
+        return [ToControl(Checkpoint(engine.last_seq, running, data))]
 
     def _refusal(self, event: Control, task_id: str, verb: str) -> tuple[Refusal, str] | None:
         engine = self.engine

@@ -804,12 +804,20 @@ class DeadlineEngine:
         """Whether some task changed since the last `take_progress`."""
         return bool(self._changed)
 
-    def take_progress(self, limit: int | None = None) -> dict[str, tuple[Any, ...]]:
+    def take_progress(
+        self, limit: int | None = None, only: str | None = None
+    ) -> dict[str, tuple[Any, ...]]:
         """The progress (`TaskProgress` fields, as a plain tuple: pickled 4x faster) of the
-        tasks that changed since they were last taken, `limit` of them at most."""
+        tasks that changed since they were last taken, `limit` of them at most; `only`: of
+        that task alone (if it changed)."""
         states = self._states
         changed = self._changed
-        if limit is None or limit >= len(changed):
+        if only is not None:
+            if only not in changed:
+                return {}
+            changed.discard(only)
+            taken = [only]
+        elif limit is None or limit >= len(changed):
             taken = list(changed)
             changed.clear()
         else:

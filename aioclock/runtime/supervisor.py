@@ -27,7 +27,12 @@ from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from typing import TYPE_CHECKING, Any, Union
 
-from aioclock._child import exit_reason, plan_cpus, refuse_to_serve_while_importing_main
+from aioclock._child import (
+    exit_reason,
+    keep_off_cpus,
+    plan_cpus,
+    refuse_to_serve_while_importing_main,
+)
 from aioclock._heartbeat import STACK_SIGNAL, LoopBeats, beat_interval, held_by, loop_stack
 from aioclock._logs import LogListener
 from aioclock._protocol import (
@@ -237,6 +242,9 @@ class Supervisor(ControlVerbs):
     async def serve(self) -> None:
         loop = asyncio.get_running_loop()
         self._finished = loop.create_future()
+        # This thread (the API, the control verbs, events and metrics) keeps off the CPUs of
+        # the scheduling path while the app serves: there it would compete with the dispatcher.
+        affinity = keep_off_cpus(self._settings.cpus.scheduling)
         try:
             await self._start(loop)
             self._signals.install(loop)
@@ -251,6 +259,8 @@ class Supervisor(ControlVerbs):
             self._signals.remove(loop)
             await self._reap(loop)
             await self._logs.stop()
+            if affinity is not None:
+                os.sched_setaffinity(0, affinity)
         if self._fatal is not None:
             raise self._fatal
 

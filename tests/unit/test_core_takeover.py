@@ -147,9 +147,12 @@ def test_paused_state_and_counters_survive_the_takeover():
     tasks = [ScheduledTask("m:a", Every(seconds=1)), ScheduledTask("m:b", Every(seconds=1))]
     first = ControlCore(tasks, workers=[0], checkpointing=True)
     first.handle(100.0, Ready(0, pid=1))
+    supervisor.keep([ToControl(frame) for frame in first.checkpoints()])  # written behind
     from aioclock._protocol import PauseTask
 
-    supervisor.keep(first.handle(100.5, PauseTask(1, "m:b")))  # checkpointed before the reply
+    sends = first.handle(100.5, PauseTask(1, "m:b"))  # m:b's progress comes before the reply
+    assert [type(s.frame).__name__ for s in sends] == ["Checkpoint", "ControlReply"]
+    supervisor.keep(sends)
     second = ControlCore(tasks, workers=[0], resume=Resume(supervisor.progress, 0))
     sends = second.handle(100.6, InFlight(0, 1, [], []))
     assert [s for s in sends if isinstance(s, ToWorker)] == []
