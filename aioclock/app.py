@@ -104,7 +104,8 @@ class AioClock:
     default against 4.9 ms with `0` over six alternated rounds (2 cores); 0.57 / 1.34 ms against
     0.90 / 2.93 ms with one CPU kept free (16 cores, 15 jobs). All of an app's async task code
     then runs on that CPU: an app with heavy async code can choose `0`. An app without sync
-    tasks gets no affinity.
+    tasks gets no affinity. The thread that serves (supervisor, API, events) keeps off that CPU
+    while it serves, when another is allowed.
     `loop_stall_timeout` (`workers >= 1`): a worker whose event loop has not turned for this
     many seconds (an async task that calls `time.sleep`, a C call that holds the GIL) is
     replaced; the stack that held its loop is logged and its runs are reported as crashed.
