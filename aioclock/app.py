@@ -23,6 +23,8 @@ from aioclock.triggers import BaseTrigger
 
 if TYPE_CHECKING:
     from aioclock.runtime import Runtime
+    from aioclock.stores import Saved, Store
+    from aioclock.stores.keeper import StoreKeeper
 
 F = TypeVar("F", bound=Callable[..., Any])
 L = TypeVar("L", bound=Listener)
@@ -113,6 +115,10 @@ class AioClock:
     `metrics_address` ("HOST:PORT", port 0 for any free one): serve Prometheus metrics there
     while the app serves (needs `pip install 'aioclock[prometheus]'`; see
     `aioclock.ext.prometheus`). `app.on(...)` registers listeners of the app's events.
+    `store` ("sqlite:///PATH", "memory://", or a `aioclock.stores.Store`): keep each task's
+    schedule position, pause state, loop count and counters across restarts, and serve with
+    one instance at a time per store (a second one stands by and takes over within 2 s when
+    the first dies). None (default): nothing outlives the process.
     """
 
     def __init__(
@@ -129,6 +135,7 @@ class AioClock:
         loop_stall_timeout: float | None = 10.0,
         policy: Policy | None = None,
         metrics_address: str | None = None,
+        store: str | Store | None = None,
     ) -> None:
         settings = Settings(  # validates each, naming the setting and the value
             workers=workers,
@@ -138,6 +145,7 @@ class AioClock:
             scheduling_cpus=scheduling_cpus,
             loop_stall_timeout=loop_stall_timeout,
             metrics_address=metrics_address,
+            store=store,
         )
         self.lifespan = lifespan
         self.workers = settings.workers
@@ -148,6 +156,7 @@ class AioClock:
         self.scheduling_cpus = settings.scheduling_cpus
         self.loop_stall_timeout = settings.loop_stall_timeout
         self.metrics_address = settings.metrics_address
+        self.store: str | Store | None = settings.store
         self.policy = _check_policy(policy)
         self._listeners = Listeners()
         self._sinks: list[Callable[[Event], None]] = []  # the metrics: called on the loop
@@ -533,15 +542,19 @@ class AioClock:
 
             metrics_server = await serve_metrics(self, self.metrics_address)
         events = EventHub(self._listeners, self._sinks)
+        keeper = None
         try:
+            saved = None
+            if self.store is not None:
+                keeper, saved = await self._hold_store(self.store)
             if self.workers == 0:
                 from aioclock.runtime.local import LocalRuntime
 
-                runtime: Runtime = LocalRuntime(self, events=events)
+                runtime: Runtime = LocalRuntime(self, events=events, keeper=keeper, saved=saved)
             else:
                 from aioclock.runtime.supervisor import Supervisor
 
-                runtime = Supervisor(self, events=events)
+                runtime = Supervisor(self, events=events, keeper=keeper, saved=saved)
             self._runtime = runtime
             try:
                 await runtime.serve()
@@ -549,8 +562,24 @@ class AioClock:
                 self._runtime = None
                 await events.close()
         finally:
+            if keeper is not None:
+                await keeper.close()
             if metrics_server is not None:
                 await metrics_server.close()
+
+    async def _hold_store(self, store: str | Store) -> tuple[StoreKeeper, Saved]:
+        """Take the store's lease (standing by while another instance holds it) and load it."""
+        from aioclock.stores import open_store
+        from aioclock.stores.keeper import StoreKeeper
+
+        keeper = StoreKeeper(open_store(store))
+
+        def lost(message: str) -> None:
+            runtime = self._runtime
+            if runtime is not None:
+                runtime.lose_lease(message)
+
+        return keeper, await keeper.start(lost)
 
     @property
     def _limiter(self) -> anyio.CapacityLimiter | None:
