@@ -33,6 +33,8 @@ LOST_MARGIN = 0.3
 POLL_EVERY = 0.2
 #: Progress is written at most this often (a batch per write).
 WRITE_EVERY = 0.1
+#: How long `close` waits for the last write.
+CLOSE_WAIT = 5.0
 
 
 class StoreKeeper:
@@ -90,13 +92,18 @@ class StoreKeeper:
             self._cond.notify()
 
     async def close(self) -> None:
-        """Write what is pending, let the lease go, end the thread."""
+        """Write what is pending, let the lease go, end the thread.
+
+        Waits for the thread in place (a last write: milliseconds, BUSY_TIMEOUT at worst): on
+        the way out, nothing else needs the loop, and a test's virtual clock does not jump."""
         with self._cond:
             self._stopping = True
             self._cond.notify()
         thread = self._thread
         if thread is not None:
-            await asyncio.to_thread(thread.join)
+            thread.join(CLOSE_WAIT)
+            if thread.is_alive():
+                logger.warning("store %s did not finish its last write", self.store.url)
             self._thread = None
 
     # -- the thread ---------------------------------------------------------------------------
