@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import uuid
 import weakref
 from collections.abc import Callable
@@ -24,7 +25,10 @@ from aioclock.triggers import BaseTrigger
 if TYPE_CHECKING:
     from aioclock.runtime import Runtime
     from aioclock.stores import Saved, Store
+    from aioclock.stores.added import Definition
     from aioclock.stores.keeper import StoreKeeper
+
+logger = logging.getLogger(__name__)
 
 F = TypeVar("F", bound=Callable[..., Any])
 L = TypeVar("L", bound=Listener)
@@ -167,6 +171,8 @@ class AioClock:
         self._runtime: Runtime | None = None
         self._paused: set[str] = set()  # names of the tasks paused (they serve paused)
         self._adding: set[str] = set()  # names being added while the app serves
+        self._keeper: StoreKeeper | None = None  # while it serves with a store
+        self._added_here: dict[str, Definition] = {}  # added while serving, kept in the store
         _apps.add(self)
 
     # -- registration -------------------------------------------------------------------------
@@ -333,6 +339,8 @@ class AioClock:
         found = self._find_task(task)
         if self._runtime is not None:
             await self._runtime.remove(found)
+            if self._keeper is not None and self._added_here.pop(found.name, None) is not None:
+                self._keeper.save_added(found.name, None)
         for group in (*self._groups, self._app_group):
             group._tasks[:] = [candidate for candidate in group._tasks if candidate is not found]
         self._paused.discard(found.name)
@@ -353,6 +361,13 @@ class AioClock:
             self._refuse_control("reschedule", found)
         else:
             await runtime.reschedule(found, trigger)
+            kept = self._added_here.get(found.name)
+            if kept is not None and self._keeper is not None:  # added while serving: kept so
+                from aioclock.stores import added
+
+                kept = (*kept[:2], trigger, *kept[3:])
+                self._added_here[found.name] = kept
+                self._keeper.save_added(found.name, added.pack(kept))
         found.trigger = trigger
 
     async def add_task(
@@ -411,7 +426,36 @@ class AioClock:
                 await runtime.add_task(new)
             finally:
                 self._adding.discard(new.name)
+            self._keep_added(new.name, func, trigger, timeout, policy)
         self._app_group._tasks.append(new)
+
+    def _keep_added(
+        self,
+        name: str,
+        func: Callable[..., Any],
+        trigger: BaseTrigger[Any],
+        timeout: Any,
+        policy: dict[str, Any],
+    ) -> None:
+        """With a store: keep a task added while serving, to register it again at the next
+        start (by its module and qualified name)."""
+        keeper = self._keeper
+        if keeper is None:
+            return
+        from aioclock.stores import added
+
+        try:
+            definition = added.describe(func, trigger, timeout, policy)
+        except ValueError as error:
+            logger.warning(
+                "task %s was added while serving, but will not be added again after a "
+                "restart: %s (define it at module level)",
+                name,
+                error,
+            )
+            return
+        self._added_here[name] = definition
+        keeper.save_added(name, added.pack(definition))
 
     async def run_now(self, task: TaskRef) -> Any:
         """Run `task` now, outside its schedule, and return its value (see
@@ -547,6 +591,8 @@ class AioClock:
             saved = None
             if self.store is not None:
                 keeper, saved = await self._hold_store(self.store)
+                self._keeper = keeper
+                self._add_kept_tasks(saved)
             if self.workers == 0:
                 from aioclock.runtime.local import LocalRuntime
 
@@ -562,10 +608,38 @@ class AioClock:
                 self._runtime = None
                 await events.close()
         finally:
+            self._keeper = None
             if keeper is not None:
                 await keeper.close()
             if metrics_server is not None:
                 await metrics_server.close()
+
+    def _add_kept_tasks(self, saved: Saved) -> None:
+        """Register again the tasks that were added while an earlier instance served."""
+        from aioclock.stores import added
+
+        registered = {task.name for task in self._tasks}
+        for name, data in saved.added.items():
+            if name in registered:
+                continue
+            try:
+                func, trigger, timeout, policy = added.unpack(data)
+                new = self._new_task(func, trigger, timeout, policy)
+            except (ValueError, TypeError) as error:
+                logger.error(
+                    "task %s, added while serving before, is not added again: %s", name, error
+                )
+                continue
+            if new.name != name:
+                logger.error(
+                    "task %s, added while serving before, is now named %s: not added again",
+                    name,
+                    new.name,
+                )
+                continue
+            self._app_group._tasks.append(new)
+            self._added_here[name] = (func.__module__, func.__qualname__, trigger, timeout, policy)
+            logger.info("task %s, added while serving before, is added again", name)
 
     async def _hold_store(self, store: str | Store) -> tuple[StoreKeeper, Saved]:
         """Take the store's lease (standing by while another instance holds it) and load it."""

@@ -59,10 +59,13 @@ class StoreVersionError(BaseAioClockException, RuntimeError):
 
 @dataclass
 class Saved:
-    """What a store kept: progress per task (`TaskProgress` fields), the last run number."""
+    """What a store kept: progress per task (`TaskProgress` fields), the last run number, and
+    the tasks added while an instance served (task id -> its pickled definition: reference,
+    trigger, timeout, policy; see `aioclock.app.AioClock.add_task`)."""
 
     progress: dict[str, tuple[Any, ...]] = field(default_factory=dict)
     last_seq: int = 0
+    added: dict[str, bytes] = field(default_factory=dict)
 
 
 class Store(abc.ABC):
@@ -76,10 +79,16 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def save(
-        self, progress: Mapping[str, tuple[Any, ...]], last_seq: int, owner: str, token: int
+        self,
+        progress: Mapping[str, tuple[Any, ...]],
+        last_seq: int,
+        owner: str,
+        token: int,
+        added: Mapping[str, bytes | None] | None = None,
     ) -> bool:
-        """Merge `progress` (per task) and `last_seq` in, if `owner` still holds the lease with
-        fencing `token`; False (and nothing written) if it does not."""
+        """Merge `progress` (per task), `last_seq` and `added` (a task's definition, None to
+        forget it) in, if `owner` still holds the lease with fencing `token`; False (and
+        nothing written) if it does not."""
 
     @abc.abstractmethod
     def acquire(self, owner: str, ttl: float) -> int | None:
@@ -110,15 +119,27 @@ class MemoryStore(Store):
         self._token = 0
 
     def load(self) -> Saved:
-        return Saved(dict(self._saved.progress), self._saved.last_seq)
+        saved = self._saved
+        return Saved(dict(saved.progress), saved.last_seq, dict(saved.added))
 
     def save(
-        self, progress: Mapping[str, tuple[Any, ...]], last_seq: int, owner: str, token: int
+        self,
+        progress: Mapping[str, tuple[Any, ...]],
+        last_seq: int,
+        owner: str,
+        token: int,
+        added: Mapping[str, bytes | None] | None = None,
     ) -> bool:
         if not self._holds(owner, token):
             return False
-        self._saved.progress.update(progress)
-        self._saved.last_seq = max(self._saved.last_seq, last_seq)
+        saved = self._saved
+        saved.progress.update(progress)
+        saved.last_seq = max(saved.last_seq, last_seq)
+        for task_id, definition in (added or {}).items():
+            if definition is None:
+                saved.added.pop(task_id, None)
+            else:
+                saved.added[task_id] = definition
         return True
 
     def acquire(self, owner: str, ttl: float) -> int | None:

@@ -46,6 +46,7 @@ class StoreKeeper:
         self.token = 0  # the fencing token of the lease held, 0 before
         self._cond = threading.Condition()
         self._pending: dict[str, tuple[Any, ...]] = {}
+        self._added: dict[str, bytes | None] = {}
         self._last_seq = 0
         self._stopping = False
         self._lost = False
@@ -89,6 +90,12 @@ class StoreKeeper:
         with self._cond:
             self._pending.update(changed)
             self._last_seq = max(self._last_seq, last_seq)
+            self._cond.notify()
+
+    def save_added(self, task_id: str, definition: bytes | None) -> None:
+        """Keep the definition of a task added while serving (None: it was removed)."""
+        with self._cond:
+            self._added[task_id] = definition
             self._cond.notify()
 
     async def close(self) -> None:
@@ -156,15 +163,16 @@ class StoreKeeper:
         failing: str | None = None
         while True:
             with self._cond:
-                if not self._stopping and not self._pending:
+                if not self._stopping and not self._pending and not self._added:
                     self._cond.wait(max(0.0, renewed + RENEW_EVERY - time.monotonic()))
                 stopping = self._stopping
                 pending, self._pending = self._pending, {}
+                added, self._added = self._added, {}
                 last_seq = self._last_seq
             ok = True
             try:
-                if pending or (stopping and last_seq):
-                    ok = store.save(pending, last_seq, self.owner, token)
+                if pending or added or (stopping and last_seq):
+                    ok = store.save(pending, last_seq, self.owner, token, added)
                 if ok and (stopping or time.monotonic() - renewed >= RENEW_EVERY):
                     now = time.monotonic()
                     ok = store.renew(self.owner, token, LEASE_TTL)
@@ -178,6 +186,8 @@ class StoreKeeper:
                 with self._cond:  # keep what was not written
                     for task_id, fields in pending.items():
                         self._pending.setdefault(task_id, fields)
+                    for task_id, definition in added.items():
+                        self._added.setdefault(task_id, definition)
             if not ok or time.monotonic() - renewed > LEASE_TTL - LOST_MARGIN:
                 why = "another instance took it" if not ok else (failing or "renewal too slow")
                 self._lost = True

@@ -1,9 +1,10 @@
 """The SQLite store: one file, no server (the standard library's `sqlite3`, WAL mode).
 
-Tables: `aioclock_meta` (schema version, last run number), `aioclock_progress` (one row per task:
-its pickled `TaskProgress` fields), `aioclock_lease` (one row: owner, expiry as a wall-clock time,
-fencing token). A save and the check that its writer still holds the lease are one transaction,
-so a writer that lost its lease never overwrites the progress of the one that took it.
+Tables: `aioclock_meta` (schema version, last run number), `aioclock_progress` (one row per
+task: its pickled `TaskProgress` fields), `aioclock_added` (the tasks added while serving),
+`aioclock_lease` (one row: owner, expiry as a wall-clock time, fencing token). A save and the
+check that its writer still holds the lease are one transaction, so a writer that lost its
+lease never overwrites the progress of the one that took it.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ BUSY_TIMEOUT = 0.5
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS aioclock_meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS aioclock_progress (task TEXT PRIMARY KEY, data BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS aioclock_added (task TEXT PRIMARY KEY, definition BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS aioclock_lease (
     id INTEGER PRIMARY KEY CHECK (id = 1),
     owner TEXT NOT NULL,
@@ -82,10 +84,16 @@ class SqliteStore(Store):
             for task, data in db.execute("SELECT task, data FROM aioclock_progress")
         }
         row = db.execute("SELECT value FROM aioclock_meta WHERE key = 'last_seq'").fetchone()
-        return Saved(progress, 0 if row is None else int(row[0]))
+        added = dict(db.execute("SELECT task, definition FROM aioclock_added"))
+        return Saved(progress, 0 if row is None else int(row[0]), added)
 
     def save(
-        self, progress: Mapping[str, tuple[Any, ...]], last_seq: int, owner: str, token: int
+        self,
+        progress: Mapping[str, tuple[Any, ...]],
+        last_seq: int,
+        owner: str,
+        token: int,
+        added: Mapping[str, bytes | None] | None = None,
     ) -> bool:
         db = self._connection()
         rows = [(task, pickle.dumps(fields, protocol=5)) for task, fields in progress.items()]
@@ -104,6 +112,15 @@ class SqliteStore(Store):
                 "ON CONFLICT (key) DO UPDATE SET value = max(value, excluded.value)",
                 (last_seq,),
             )
+            for task_id, definition in (added or {}).items():
+                if definition is None:
+                    db.execute("DELETE FROM aioclock_added WHERE task = ?", (task_id,))
+                else:
+                    db.execute(
+                        "INSERT INTO aioclock_added (task, definition) VALUES (?, ?) "
+                        "ON CONFLICT (task) DO UPDATE SET definition = excluded.definition",
+                        (task_id, definition),
+                    )
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
