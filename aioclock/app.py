@@ -602,6 +602,8 @@ class AioClock:
 
                 runtime = Supervisor(self, events=events, keeper=keeper, saved=saved)
             self._runtime = runtime
+            if keeper is not None and keeper.lost is not None:  # lost before it was told
+                runtime.lose_lease(keeper.lost)
             try:
                 await runtime.serve()
             finally:

@@ -49,7 +49,8 @@ class StoreKeeper:
         self._added: dict[str, bytes | None] = {}
         self._last_seq = 0
         self._stopping = False
-        self._lost = False
+        #: Why the lease was lost, once it was (None while it is held).
+        self.lost: str | None = None
         self._thread: threading.Thread | None = None
 
     async def start(self, on_lost: Callable[[str], None]) -> Saved:
@@ -190,8 +191,8 @@ class StoreKeeper:
                         self._added.setdefault(task_id, definition)
             if not ok or time.monotonic() - renewed > LEASE_TTL - LOST_MARGIN:
                 why = "another instance took it" if not ok else (failing or "renewal too slow")
-                self._lost = True
-                lost(f"lost the lease of store {store.url} ({why}): stopped firing")
+                self.lost = f"lost the lease of store {store.url} ({why}): stopped firing"
+                lost(self.lost)
                 return
             if stopping:
                 try:

@@ -108,8 +108,9 @@ def test_a_standby_takes_over_after_a_sigkill_and_the_two_never_both_fire(tmp_pa
                 process.communicate(timeout=HANG_GUARD)
 
 
-def test_an_instance_that_loses_its_lease_stops_firing(tmp_path):
-    process = start(tmp_path, "only")
+@pytest.mark.parametrize("workers", [0, 1])
+def test_an_instance_that_loses_its_lease_stops_firing(tmp_path, workers):
+    process = start(tmp_path, "only", workers=workers)
     try:
         wait_for_beats(tmp_path, process, 3)
         with sqlite3.connect(tmp_path / "app.db") as db:  # another instance took it
