@@ -593,6 +593,7 @@ class AioClock:
                 keeper, saved = await self._hold_store(self.store)
                 self._keeper = keeper
                 self._add_kept_tasks(saved)
+                self._sinks.append(keeper.record)  # the run history (before the runtime asks)
             if self.workers == 0:
                 from aioclock.runtime.local import LocalRuntime
 
@@ -612,6 +613,8 @@ class AioClock:
         finally:
             self._keeper = None
             if keeper is not None:
+                if keeper.record in self._sinks:
+                    self._sinks.remove(keeper.record)
                 await keeper.close()
             if metrics_server is not None:
                 await metrics_server.close()
@@ -670,6 +673,7 @@ class AioClock:
         state["_runtime"] = None
         state["_listeners"] = Listeners()  # they run in the main process only
         state["_sinks"] = []
+        state["_keeper"] = None  # the store's thread stays in the main process
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:

@@ -23,9 +23,10 @@ supported: 'memory://', 'sqlite:///PATH'
 from __future__ import annotations
 
 import abc
-from collections.abc import Mapping
+from collections import deque
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from aioclock.exceptions import BaseAioClockException
 
@@ -33,6 +34,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "LeaseLostError",
     "MemoryStore",
+    "Run",
     "Saved",
     "Store",
     "StoreVersionError",
@@ -55,6 +57,21 @@ class StoreVersionError(BaseAioClockException, RuntimeError):
             f"this one reads up to version {SCHEMA_VERSION}: upgrade aioclock, or use another store"
         )
         self.found = found
+
+
+#: How many ended runs a store keeps (the oldest go first).
+HISTORY_LIMIT = 10_000
+
+
+class Run(NamedTuple):
+    """One ended run, as the run history keeps it (times are POSIX seconds)."""
+
+    task: str
+    due: float | None  # its nominal due time (None for a run-now)
+    start: float | None
+    end: float | None
+    outcome: str  # "ok", "failed", "timeout", "crashed", "cancelled"
+    error: str | None
 
 
 @dataclass
@@ -85,10 +102,16 @@ class Store(abc.ABC):
         owner: str,
         token: int,
         added: Mapping[str, bytes | None] | None = None,
+        runs: Sequence[Run] = (),
     ) -> bool:
         """Merge `progress` (per task), `last_seq` and `added` (a task's definition, None to
-        forget it) in, if `owner` still holds the lease with fencing `token`; False (and
-        nothing written) if it does not."""
+        forget it) in, and append `runs` to the run history (the last HISTORY_LIMIT kept), if
+        `owner` still holds the lease with fencing `token`; False (and nothing written) if it
+        does not."""
+
+    @abc.abstractmethod
+    def history(self, task: str | None = None, limit: int = 100) -> list[Run]:
+        """The last `limit` runs that ended (of `task`, or of every task), oldest first."""
 
     @abc.abstractmethod
     def acquire(self, owner: str, ttl: float) -> int | None:
@@ -115,6 +138,7 @@ class MemoryStore(Store):
 
     def __init__(self) -> None:
         self._saved = Saved()
+        self._runs: deque[Run] = deque(maxlen=HISTORY_LIMIT)
         self._lease: tuple[str, float, int] | None = None  # owner, expiry (monotonic), token
         self._token = 0
 
@@ -129,9 +153,11 @@ class MemoryStore(Store):
         owner: str,
         token: int,
         added: Mapping[str, bytes | None] | None = None,
+        runs: Sequence[Run] = (),
     ) -> bool:
         if not self._holds(owner, token):
             return False
+        self._runs.extend(runs)
         saved = self._saved
         saved.progress.update(progress)
         saved.last_seq = max(saved.last_seq, last_seq)
@@ -141,6 +167,10 @@ class MemoryStore(Store):
             else:
                 saved.added[task_id] = definition
         return True
+
+    def history(self, task: str | None = None, limit: int = 100) -> list[Run]:
+        runs = [run for run in self._runs if task is None or run.task == task]
+        return runs[-limit:] if limit > 0 else []
 
     def acquire(self, owner: str, ttl: float) -> int | None:
         import time

@@ -19,7 +19,8 @@ import uuid
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from aioclock.stores import Saved, Store
+from aioclock.events import Event
+from aioclock.stores import Run, Saved, Store
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +34,8 @@ LOST_MARGIN = 0.3
 POLL_EVERY = 0.2
 #: Progress is written at most this often (a batch per write).
 WRITE_EVERY = 0.1
+_RUN_ENDS = frozenset(("run_succeeded", "run_failed", "run_timed_out", "run_cancelled"))
+
 #: How long `close` waits for the last write.
 CLOSE_WAIT = 5.0
 
@@ -47,6 +50,7 @@ class StoreKeeper:
         self._cond = threading.Condition()
         self._pending: dict[str, tuple[Any, ...]] = {}
         self._added: dict[str, bytes | None] = {}
+        self._runs: list[Run] = []
         self._last_seq = 0
         self._stopping = False
         #: Why the lease was lost, once it was (None while it is held).
@@ -91,6 +95,15 @@ class StoreKeeper:
         with self._cond:
             self._pending.update(changed)
             self._last_seq = max(self._last_seq, last_seq)
+            self._cond.notify()
+
+    def record(self, event: Event) -> None:
+        """A sink of the app's events: each run's end goes to the run history (behind)."""
+        if event.kind not in _RUN_ENDS or event.task is None:
+            return
+        run = Run(event.task, event.due, event.start, event.end, event.outcome or "", event.error)
+        with self._cond:
+            self._runs.append(run)
             self._cond.notify()
 
     def save_added(self, task_id: str, definition: bytes | None) -> None:
@@ -164,16 +177,17 @@ class StoreKeeper:
         failing: str | None = None
         while True:
             with self._cond:
-                if not self._stopping and not self._pending and not self._added:
+                if not (self._stopping or self._pending or self._added or self._runs):
                     self._cond.wait(max(0.0, renewed + RENEW_EVERY - time.monotonic()))
                 stopping = self._stopping
                 pending, self._pending = self._pending, {}
                 added, self._added = self._added, {}
+                runs, self._runs = self._runs, []
                 last_seq = self._last_seq
             ok = True
             try:
-                if pending or added or (stopping and last_seq):
-                    ok = store.save(pending, last_seq, self.owner, token, added)
+                if pending or added or runs or (stopping and last_seq):
+                    ok = store.save(pending, last_seq, self.owner, token, added, runs)
                 if ok and (stopping or time.monotonic() - renewed >= RENEW_EVERY):
                     now = time.monotonic()
                     ok = store.renew(self.owner, token, LEASE_TTL)
@@ -189,6 +203,7 @@ class StoreKeeper:
                         self._pending.setdefault(task_id, fields)
                     for task_id, definition in added.items():
                         self._added.setdefault(task_id, definition)
+                    self._runs[:0] = runs
             if not ok or time.monotonic() - renewed > LEASE_TTL - LOST_MARGIN:
                 why = "another instance took it" if not ok else (failing or "renewal too slow")
                 self.lost = f"lost the lease of store {store.url} ({why}): stopped firing"
@@ -200,5 +215,5 @@ class StoreKeeper:
                 except Exception as error:
                     logger.warning("could not release the lease of %s: %r", store.url, error)
                 return
-            if pending and not stopping:
+            if (pending or runs) and not stopping:
                 time.sleep(WRITE_EVERY)  # batch what comes meanwhile into the next write

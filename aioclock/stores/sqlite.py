@@ -2,9 +2,10 @@
 
 Tables: `aioclock_meta` (schema version, last run number), `aioclock_progress` (one row per
 task: its pickled `TaskProgress` fields), `aioclock_added` (the tasks added while serving),
-`aioclock_lease` (one row: owner, expiry as a wall-clock time, fencing token). A save and the
-check that its writer still holds the lease are one transaction, so a writer that lost its
-lease never overwrites the progress of the one that took it.
+`aioclock_runs` (the run history, the last HISTORY_LIMIT runs), `aioclock_lease` (one row:
+owner, expiry as a wall-clock time, fencing token). A save and the check that its writer still
+holds the lease are one transaction, so a writer that lost its lease never overwrites the
+progress of the one that took it.
 """
 
 from __future__ import annotations
@@ -13,10 +14,10 @@ import os
 import pickle
 import sqlite3
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-from aioclock.stores import SCHEMA_VERSION, Saved, Store, StoreVersionError
+from aioclock.stores import HISTORY_LIMIT, SCHEMA_VERSION, Run, Saved, Store, StoreVersionError
 
 #: How long a statement waits for another process's write lock (seconds).
 BUSY_TIMEOUT = 0.5
@@ -25,6 +26,16 @@ _SCHEMA = """
 CREATE TABLE IF NOT EXISTS aioclock_meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS aioclock_progress (task TEXT PRIMARY KEY, data BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS aioclock_added (task TEXT PRIMARY KEY, definition BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS aioclock_runs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    task TEXT NOT NULL,
+    due REAL,
+    start REAL,
+    "end" REAL,
+    outcome TEXT NOT NULL,
+    error TEXT
+);
+CREATE INDEX IF NOT EXISTS aioclock_runs_task ON aioclock_runs (task, id);
 CREATE TABLE IF NOT EXISTS aioclock_lease (
     id INTEGER PRIMARY KEY CHECK (id = 1),
     owner TEXT NOT NULL,
@@ -94,6 +105,7 @@ class SqliteStore(Store):
         owner: str,
         token: int,
         added: Mapping[str, bytes | None] | None = None,
+        runs: Sequence[Run] = (),
     ) -> bool:
         db = self._connection()
         rows = [(task, pickle.dumps(fields, protocol=5)) for task, fields in progress.items()]
@@ -121,11 +133,35 @@ class SqliteStore(Store):
                         "ON CONFLICT (task) DO UPDATE SET definition = excluded.definition",
                         (task_id, definition),
                     )
+            if runs:
+                db.executemany(
+                    'INSERT INTO aioclock_runs (task, due, start, "end", outcome, error) '
+                    "VALUES (?, ?, ?, ?, ?, ?)",
+                    runs,
+                )
+                db.execute(
+                    "DELETE FROM aioclock_runs WHERE id <= (SELECT max(id) FROM aioclock_runs) - ?",
+                    (HISTORY_LIMIT,),
+                )
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
             raise
         return True
+
+    def history(self, task: str | None = None, limit: int = 100) -> list[Run]:
+        db = self._connection()
+        columns = 'task, due, start, "end", outcome, error'
+        if task is None:
+            rows = db.execute(
+                f"SELECT {columns} FROM aioclock_runs ORDER BY id DESC LIMIT ?", (limit,)
+            )
+        else:
+            rows = db.execute(
+                f"SELECT {columns} FROM aioclock_runs WHERE task = ? ORDER BY id DESC LIMIT ?",
+                (task, limit),
+            )
+        return [Run(*row) for row in reversed(rows.fetchall())]
 
     def acquire(self, owner: str, ttl: float) -> int | None:
         db = self._connection()

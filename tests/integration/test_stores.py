@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from aioclock.stores.sqlite import SqliteStore
+
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -156,3 +158,9 @@ def test_a_restart_with_workers_keeps_the_grid_and_counts_the_downtime(tmp_path)
     assert runs == len(beats(tmp_path))
     assert missed >= 3  # the downtime (0.5 s and the start-up: ~5 or more occurrences)
     assert after[0][1] > before[0][1]  # the loop count went on
+    store = SqliteStore(tmp_path / "app.db")
+    history = store.history(limit=1000)  # every run of both instances, ended "ok"
+    store.close()
+    assert len(history) == runs
+    assert {run.outcome for run in history} == {"ok"}
+    assert all(run.due is not None and run.end is not None for run in history)

@@ -67,6 +67,14 @@ async def test_serving_again_keeps_the_grid_and_counts_the_downtime_missed():
     ]
     assert stats["tick"].missed == 3
     assert stats["tick"].runs == 5
+    history = store.history(stats["tick"].task)  # each run's nominal due, start, outcome
+    assert [(run.due - T0, run.start - T0, run.outcome) for run in history] == [
+        (10, 10, "ok"),
+        (20, 20, "ok"),
+        (30, 65, "ok"),
+        (70, 70, "ok"),
+        (80, 80, "ok"),
+    ]
 
 
 @fake_time(start=T0)

@@ -100,3 +100,21 @@ def test_the_store_setting_from_the_environment(tmp_path):
         from_environ({"AIOCLOCK_STORE": "redis://h"})
     store = MemoryStore()
     assert AioClock(store=store).store is store
+
+
+def test_the_run_history_keeps_the_last_runs(store, monkeypatch):
+    from aioclock import stores
+    from aioclock.stores import Run
+
+    monkeypatch.setattr(stores, "HISTORY_LIMIT", 3)
+    if isinstance(store, SqliteStore):
+        monkeypatch.setattr("aioclock.stores.sqlite.HISTORY_LIMIT", 3)
+    else:
+        store = MemoryStore()  # (its bound is taken when made)
+    token = store.acquire("a", ttl=5)
+    runs = [Run(f"m:{i % 2}", float(i), i + 0.1, i + 0.5, "ok", None) for i in range(5)]
+    runs[4] = runs[4]._replace(outcome="failed", error="ValueError: boom")
+    assert store.save({}, 0, "a", token, runs=runs[:2])
+    assert store.save({}, 0, "a", token, runs=runs[2:])
+    assert store.history() == runs[2:]  # oldest first, the last 3
+    assert store.history("m:0", limit=1) == [runs[4]]
