@@ -147,14 +147,33 @@ class StoreKeeper:
                 return
             logger.info("holding the lease of store %s (fencing token %d)", store.url, token)
             answer(saved)
-            self._keep(token, renewed, lost)
+            try:
+                self._keep(token, renewed, lost)
+            except BaseException as error:  # nobody renews the lease now: fail closed
+                self.lost = f"the thread of store {store.url} failed ({error!r}): stopped firing"
+                lost(self.lost)
+                raise
         finally:
             store.close()
 
     def _acquire(self) -> int | None:
+        """The lease's token once held; None if closed meanwhile. The first attempt's error
+        (a path that cannot be opened, a newer schema) is raised; later ones (the holder
+        writing, the file locked) are logged once and retried."""
         standing_by = False
+        tried = False
+        failing = False
         while True:
-            token = self.store.acquire(self.owner, LEASE_TTL)
+            try:
+                token = self.store.acquire(self.owner, LEASE_TTL)
+            except Exception as error:
+                if not tried:
+                    raise
+                if not failing:
+                    failing = True
+                    logger.warning("store %s: %r; retrying", self.store.url, error)
+                token = None
+            tried = True
             if token is not None:
                 if standing_by:
                     logger.warning("took over the lease of store %s", self.store.url)

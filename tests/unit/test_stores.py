@@ -118,3 +118,26 @@ def test_the_run_history_keeps_the_last_runs(store, monkeypatch):
     assert store.save({}, 0, "a", token, runs=runs[2:])
     assert store.history() == runs[2:]  # oldest first, the last 3
     assert store.history("m:0", limit=1) == [runs[4]]
+
+
+def test_serving_from_a_newer_store_or_a_path_that_cannot_open_fails_at_once(tmp_path):
+    import asyncio
+
+    from aioclock import Every
+
+    path = tmp_path / "app.db"
+    SqliteStore(path).load()
+    with sqlite3.connect(path) as db:
+        db.execute("UPDATE aioclock_meta SET value = 99 WHERE key = 'schema_version'")
+    for url, error, message in [
+        (f"sqlite:///{path}", StoreVersionError, "schema version 99"),
+        (f"sqlite:///{tmp_path}/missing/app.db", sqlite3.OperationalError, "unable to open"),
+    ]:
+        app = AioClock(store=url)
+        app.task(trigger=Every(seconds=1))(noop)
+        with pytest.raises(error, match=message):
+            asyncio.run(asyncio.wait_for(app.serve(), 10))
+
+
+async def noop():
+    pass
