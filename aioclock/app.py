@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import uuid
 import weakref
 from collections.abc import Callable
@@ -23,6 +24,11 @@ from aioclock.triggers import BaseTrigger
 
 if TYPE_CHECKING:
     from aioclock.runtime import Runtime
+    from aioclock.stores import Saved, Store
+    from aioclock.stores.added import Definition
+    from aioclock.stores.keeper import StoreKeeper
+
+logger = logging.getLogger(__name__)
 
 F = TypeVar("F", bound=Callable[..., Any])
 L = TypeVar("L", bound=Listener)
@@ -114,6 +120,10 @@ class AioClock:
     `metrics_address` ("HOST:PORT", port 0 for any free one): serve Prometheus metrics there
     while the app serves (needs `pip install 'aioclock[prometheus]'`; see
     `aioclock.ext.prometheus`). `app.on(...)` registers listeners of the app's events.
+    `store` ("sqlite:///PATH", "memory://", or a `aioclock.stores.Store`): keep each task's
+    schedule position, pause state, loop count and counters across restarts, and serve with
+    one instance at a time per store (a second one stands by and takes over within 2 s when
+    the first dies). None (default): nothing outlives the process.
     """
 
     def __init__(
@@ -130,6 +140,7 @@ class AioClock:
         loop_stall_timeout: float | None = 10.0,
         policy: Policy | None = None,
         metrics_address: str | None = None,
+        store: str | Store | None = None,
     ) -> None:
         settings = Settings(  # validates each, naming the setting and the value
             workers=workers,
@@ -139,6 +150,7 @@ class AioClock:
             scheduling_cpus=scheduling_cpus,
             loop_stall_timeout=loop_stall_timeout,
             metrics_address=metrics_address,
+            store=store,
         )
         self.lifespan = lifespan
         self.workers = settings.workers
@@ -149,6 +161,7 @@ class AioClock:
         self.scheduling_cpus = settings.scheduling_cpus
         self.loop_stall_timeout = settings.loop_stall_timeout
         self.metrics_address = settings.metrics_address
+        self.store: str | Store | None = settings.store
         self.policy = _check_policy(policy)
         self._listeners = Listeners()
         self._sinks: list[Callable[[Event], None]] = []  # the metrics: called on the loop
@@ -159,6 +172,8 @@ class AioClock:
         self._runtime: Runtime | None = None
         self._paused: set[str] = set()  # names of the tasks paused (they serve paused)
         self._adding: set[str] = set()  # names being added while the app serves
+        self._keeper: StoreKeeper | None = None  # while it serves with a store
+        self._added_here: dict[str, Definition] = {}  # added while serving, kept in the store
         _apps.add(self)
 
     # -- registration -------------------------------------------------------------------------
@@ -325,6 +340,8 @@ class AioClock:
         found = self._find_task(task)
         if self._runtime is not None:
             await self._runtime.remove(found)
+            if self._keeper is not None and self._added_here.pop(found.name, None) is not None:
+                self._keeper.save_added(found.name, None)
         for group in (*self._groups, self._app_group):
             group._tasks[:] = [candidate for candidate in group._tasks if candidate is not found]
         self._paused.discard(found.name)
@@ -345,6 +362,13 @@ class AioClock:
             self._refuse_control("reschedule", found)
         else:
             await runtime.reschedule(found, trigger)
+            kept = self._added_here.get(found.name)
+            if kept is not None and self._keeper is not None:  # added while serving: kept so
+                from aioclock.stores import added
+
+                kept = (*kept[:2], trigger, *kept[3:])
+                self._added_here[found.name] = kept
+                self._keeper.save_added(found.name, added.pack(kept))
         found.trigger = trigger
 
     async def add_task(
@@ -403,7 +427,36 @@ class AioClock:
                 await runtime.add_task(new)
             finally:
                 self._adding.discard(new.name)
+            self._keep_added(new.name, func, trigger, timeout, policy)
         self._app_group._tasks.append(new)
+
+    def _keep_added(
+        self,
+        name: str,
+        func: Callable[..., Any],
+        trigger: BaseTrigger[Any],
+        timeout: Any,
+        policy: dict[str, Any],
+    ) -> None:
+        """With a store: keep a task added while serving, to register it again at the next
+        start (by its module and qualified name)."""
+        keeper = self._keeper
+        if keeper is None:
+            return
+        from aioclock.stores import added
+
+        try:
+            definition = added.describe(func, trigger, timeout, policy)
+        except ValueError as error:
+            logger.warning(
+                "task %s was added while serving, but will not be added again after a "
+                "restart: %s (define it at module level)",
+                name,
+                error,
+            )
+            return
+        self._added_here[name] = definition
+        keeper.save_added(name, added.pack(definition))
 
     async def run_now(self, task: TaskRef) -> Any:
         """Run `task` now, outside its schedule, and return its value (see
@@ -534,24 +587,79 @@ class AioClock:
 
             metrics_server = await serve_metrics(self, self.metrics_address)
         events = EventHub(self._listeners, self._sinks)
+        keeper = None
         try:
+            saved = None
+            if self.store is not None:
+                keeper, saved = await self._hold_store(self.store)
+                self._keeper = keeper
+                self._add_kept_tasks(saved)
+                self._sinks.append(keeper.record)  # the run history (before the runtime asks)
             if self.workers == 0:
                 from aioclock.runtime.local import LocalRuntime
 
-                runtime: Runtime = LocalRuntime(self, events=events)
+                runtime: Runtime = LocalRuntime(self, events=events, keeper=keeper, saved=saved)
             else:
                 from aioclock.runtime.supervisor import Supervisor
 
-                runtime = Supervisor(self, events=events)
+                runtime = Supervisor(self, events=events, keeper=keeper, saved=saved)
             self._runtime = runtime
+            if keeper is not None and keeper.lost is not None:  # lost before it was told
+                runtime.lose_lease(keeper.lost)
             try:
                 await runtime.serve()
             finally:
                 self._runtime = None
                 await events.close()
         finally:
+            self._keeper = None
+            if keeper is not None:
+                if keeper.record in self._sinks:
+                    self._sinks.remove(keeper.record)
+                await keeper.close()
             if metrics_server is not None:
                 await metrics_server.close()
+
+    def _add_kept_tasks(self, saved: Saved) -> None:
+        """Register again the tasks that were added while an earlier instance served."""
+        from aioclock.stores import added
+
+        registered = {task.name for task in self._tasks}
+        for name, data in saved.added.items():
+            if name in registered:
+                continue
+            try:
+                func, trigger, timeout, policy = added.unpack(data)
+                new = self._new_task(func, trigger, timeout, policy)
+            except (ValueError, TypeError) as error:
+                logger.error(
+                    "task %s, added while serving before, is not added again: %s", name, error
+                )
+                continue
+            if new.name != name:
+                logger.error(
+                    "task %s, added while serving before, is now named %s: not added again",
+                    name,
+                    new.name,
+                )
+                continue
+            self._app_group._tasks.append(new)
+            self._added_here[name] = (func.__module__, func.__qualname__, trigger, timeout, policy)
+            logger.info("task %s, added while serving before, is added again", name)
+
+    async def _hold_store(self, store: str | Store) -> tuple[StoreKeeper, Saved]:
+        """Take the store's lease (standing by while another instance holds it) and load it."""
+        from aioclock.stores import open_store
+        from aioclock.stores.keeper import StoreKeeper
+
+        keeper = StoreKeeper(open_store(store))
+
+        def lost(message: str) -> None:
+            runtime = self._runtime
+            if runtime is not None:
+                runtime.lose_lease(message)
+
+        return keeper, await keeper.start(lost)
 
     @property
     def _limiter(self) -> anyio.CapacityLimiter | None:
@@ -566,6 +674,7 @@ class AioClock:
         state["_runtime"] = None
         state["_listeners"] = Listeners()  # they run in the main process only
         state["_sinks"] = []
+        state["_keeper"] = None  # the store's thread stays in the main process
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:

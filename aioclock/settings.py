@@ -14,7 +14,7 @@ ValueError: workers must be an integer >= 0, got -1
 >>> base.layered(environ={"AIOCLOCK_WORKERS": "2", "AIOCLOCK_SHUTDOWN_TIMEOUT": "3"},
 ...              given={"workers": 1})
 Settings(workers=1, start_method='forkserver', shutdown_timeout=3.0, sync_task_priority='idle', \
-scheduling_cpus=None, loop_stall_timeout=10.0, metrics_address=None)
+scheduling_cpus=None, loop_stall_timeout=10.0, metrics_address=None, store=None)
 """
 
 from __future__ import annotations
@@ -106,6 +106,12 @@ def _metrics_address(value: Any) -> str | None:
     return value.strip()
 
 
+def _store(value: Any) -> Any:
+    from aioclock.stores import check_store
+
+    return check_store(value)
+
+
 @dataclass(frozen=True)
 class Settings:
     """How an app runs (see `AioClock` for what each setting does); validated when built."""
@@ -117,6 +123,7 @@ class Settings:
     scheduling_cpus: int | None = None
     loop_stall_timeout: float | None = 10.0
     metrics_address: str | None = None
+    store: Any = None  # a URL (str), a `Store`, or None
 
     def __post_init__(self) -> None:
         for option in OPTIONS:
@@ -266,5 +273,13 @@ OPTIONS: tuple[Option, ...] = (
         _address,
         "HOST:PORT",
         "serve Prometheus metrics over HTTP there (needs aioclock[prometheus]); 'none': off",
+    ),
+    Option(
+        "store",
+        _store,
+        _address,
+        "URL",
+        "keep the schedule's state across restarts, one instance at a time: "
+        "'sqlite:///PATH' or 'memory://'; 'none': keep nothing",
     ),
 )

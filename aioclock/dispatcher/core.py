@@ -194,10 +194,14 @@ CHECKPOINT_PAGE = 500
 
 @dataclass(frozen=True)
 class Resume:
-    """Where a dispatcher that died left the schedule: its checkpoints, merged."""
+    """Where the schedule was left: the checkpoints of a dispatcher that died, merged
+    (`takeover`: its workers still run what it sent), or what a store kept of an instance that
+    ended (`takeover=False`: a fresh start that goes on with each task's schedule, pause and
+    counters; the start-up tasks run again and no worker has runs to report)."""
 
     progress: dict[str, tuple[Any, ...]]  # TaskProgress fields per task
     last_seq: int
+    takeover: bool = True
 
 
 #: The event that reports a run's end, by its outcome (see `aioclock.events.Event`).
@@ -241,9 +245,9 @@ class ControlCore:
         self.engine = DeadlineEngine(schedule, publish_due_times=publish_due_times)
         # Someone keeps checkpoints (the supervisor): a control verb's answer follows one.
         self._checkpointing = checkpointing
-        self._resuming = resume is not None
+        self._resuming = resume is not None and resume.takeover
         if resume is not None:
-            self.engine.restore(resume.progress, resume.last_seq)
+            self.engine.restore(resume.progress, resume.last_seq, takeover=resume.takeover)
         self.router = Router()
         self._sync_tasks = set(sync_tasks)
         self._sync_cancel_ends_worker = sync_cancel_ends_worker
@@ -795,7 +799,9 @@ class ControlCore:
         self._finished_sent = True
         workers = self.router.workers.values()
         stops = [ToWorker(link.index, Stop()) for link in workers if link.alive]
-        return [ToControl(Finished()), *stops]
+        # The last progress (a store keeps it for the next start) goes before `Finished`.
+        saved = [ToControl(frame) for frame in self.checkpoints()] if self._checkpointing else []
+        return [*saved, ToControl(Finished()), *stops]
 
     # -- workers ------------------------------------------------------------------------------
 

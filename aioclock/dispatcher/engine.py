@@ -240,6 +240,7 @@ class DeadlineEngine:
         self._counted_there: dict[str, tuple[int, frozenset[int]]] = {}
         self._dues_run_there: dict[str, set[float]] = {}
         self._recounted: set[int] = set()
+        self._restarted = False  # restored from a store (`restore(takeover=False)`)
         #: Told of every skipped occurrence: (task, count, now, first skipped due, why).
         self.on_missed: Callable[[str, int, float, float | None, str], None] | None = None
 
@@ -302,6 +303,13 @@ class DeadlineEngine:
 
     def _enter_running(self, now: float) -> list[Fire]:
         self.phase = Phase.RUNNING
+        if self._restarted:  # from a store: each task where the instance that ended left it
+            self._restarted = False
+            self._count_lost_there(now, "lost with the instance that ended (it did not finish)")
+            for state in self._states.values():
+                if state.scheduled and not state.paused and not state.ended:
+                    self._rearm_restored(state, now)
+            return self._advance_phase(now)
         for state in self._states.values():
             if state.scheduled and not state.paused and not state.ended:
                 self._arm(state, now)
@@ -831,13 +839,20 @@ class DeadlineEngine:
             for task_id in taken
         }
 
-    def restore(self, progress: Mapping[str, tuple[Any, ...]], last_seq: int) -> None:
-        """Before `start`: continue from a checkpoint of a dispatcher that died. `start` then
-        skips the start-up tasks (they ran) and re-arms each task where it was."""
+    def restore(
+        self, progress: Mapping[str, tuple[Any, ...]], last_seq: int, *, takeover: bool = True
+    ) -> None:
+        """Before `start`: continue from a checkpoint of a dispatcher that died (`takeover`):
+        `start` then skips the start-up tasks (they ran) and re-arms each task where it was.
+        Or, `takeover=False`, from what a store kept of an instance that ended: the start-up
+        tasks run again, then each task is re-armed where it was (the occurrences that fell
+        due meanwhile are caught up by its policy and counted as missed)."""
         for task_id, fields in progress.items():
             saved = TaskProgress(*fields)
             state = self._states.get(task_id)
             if state is None:  # removed and forgotten since: nothing to continue
+                continue
+            if saved.removed and not takeover:  # registered again by the code: starts afresh
                 continue
             if saved.schedule is not None and state.schedule is not None:
                 try:
@@ -859,7 +874,10 @@ class DeadlineEngine:
             state.dues, state.lost = saved.dues, saved.lost
             self._counted_there[task_id] = (saved.counted_through, frozenset(saved.in_flight))
         self._seq = max(self._seq, last_seq)
-        self._resumed = True
+        if takeover:
+            self._resumed = True
+        else:
+            self._restarted = True
 
     def adopt(self, runs: Iterable[tuple[int, str, float]]) -> None:
         """Runs a dispatcher that died had sent, still going in a worker: wait for their end."""
@@ -908,10 +926,13 @@ class DeadlineEngine:
         self._dues_run_there.clear()
         return self._advance_phase(now)
 
-    def _count_lost_there(self, now: float) -> None:
+    def _count_lost_there(
+        self,
+        now: float,
+        error: str = "lost with the dispatcher that died (its worker did not report it)",
+    ) -> None:
         """Runs the last checkpoint saw in flight that no worker has going or says it ended
         (their worker died meanwhile, or they never left the dispatcher): lost, and counted."""
-        error = "lost with the dispatcher that died (its worker did not report it)"
         for task_id, (_, in_flight) in self._counted_there.items():
             state = self._states[task_id]
             for seq in in_flight:

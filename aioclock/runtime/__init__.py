@@ -48,6 +48,9 @@ class Runtime(Protocol):
     def want_events(self) -> None:
         """Someone listens from now on: have the control core send its events."""
 
+    def lose_lease(self, message: str) -> None:
+        """The store's lease is lost: stop firing at once; `serve` raises `LeaseLostError`."""
+
     # Runtime control: each returns once the control core has applied the change, or raises
     # why it refused (see `raise_for_refusal`).
 

@@ -20,6 +20,7 @@ from aioclock._protocol import (
     Barrier,
     BarrierPassed,
     Cancel,
+    Checkpoint,
     ControlReply,
     Done,
     Events,
@@ -43,6 +44,7 @@ from aioclock.dispatcher.core import (
     ExternalEnded,
     NewTask,
     Reschedule,
+    Resume,
     Send,
     ToControl,
 )
@@ -57,6 +59,8 @@ from aioclock.workers.threads import DaemonThreadPool
 
 if TYPE_CHECKING:
     from aioclock.app import AioClock
+    from aioclock.stores import Saved
+    from aioclock.stores.keeper import StoreKeeper
 
 logger = logging.getLogger(__name__)
 
@@ -72,15 +76,29 @@ class LocalRuntime(ControlVerbs):
     """
 
     def __init__(
-        self, app: AioClock, clock: Clock | None = None, events: EventHub | None = None
+        self,
+        app: AioClock,
+        clock: Clock | None = None,
+        events: EventHub | None = None,
+        *,
+        keeper: StoreKeeper | None = None,
+        saved: Saved | None = None,
     ) -> None:
         self._app = app
         self._clock = clock or default_clock()
         self._tasks = app._task_table()
+        # With a store: go on from what it kept, and keep the progress there (written behind).
+        self._keeper = keeper
+        self._fatal: BaseException | None = None
+        resume = None
+        if saved is not None and saved.progress:
+            resume = Resume(saved.progress, saved.last_seq, takeover=False)
         self._core = ControlCore(
             schedule_of(self._tasks, app._paused, app.policy),
             workers=[LOCAL_WORKER],
             publish_due_times=True,
+            resume=resume,
+            checkpointing=keeper is not None,
         )
         # Daemon threads: a sync task that never returns must not keep the process alive.
         self._threads = DaemonThreadPool()
@@ -154,6 +172,14 @@ class LocalRuntime(ControlVerbs):
         """Stop at once: cancel every run in progress."""
         self._post(Abort())
 
+    def lose_lease(self, message: str) -> None:
+        from aioclock.stores import LeaseLostError
+
+        logger.error("%s", message)
+        if self._fatal is None:
+            self._fatal = LeaseLostError(message)
+        self.abort()
+
     def _post(self, event: Event) -> None:
         self._inbox.append(event)
         self._waker.wake()
@@ -192,10 +218,13 @@ class LocalRuntime(ControlVerbs):
                 await self._runner.cancel_all(grace=0)
                 self._requests.fail_all()
                 self._threads.shutdown(wait=False)
+        if self._fatal is not None:
+            raise self._fatal
 
     async def _loop(self) -> None:
         core = self._core
         inbox = self._inbox
+        keeper = self._keeper
         self._looping = True
         try:
             while not core.finished:
@@ -208,6 +237,9 @@ class LocalRuntime(ControlVerbs):
                     sends += core.handle(now, inbox.popleft())
                 sends += core.tick(now)
                 self._deliver(sends)
+                if keeper is not None and core.engine.has_progress():
+                    # Behind the fires just sent: the keeper's thread writes it.
+                    keeper.save(core.engine.take_progress(), core.engine.last_seq)
         finally:
             self._looping = False
             self._requests.fail_all()
@@ -225,6 +257,8 @@ class LocalRuntime(ControlVerbs):
                     self._events.publish_items(frame.items)
                 elif isinstance(frame, (Stats, RunNowDone, ControlReply)):
                     self._requests.answer(frame)
+                elif isinstance(frame, Checkpoint) and self._keeper is not None:
+                    self._keeper.save(frame.progress, frame.seq)
             elif isinstance(send.frame, Fire):
                 self._runner.start(send.frame)
             elif isinstance(send.frame, Cancel):

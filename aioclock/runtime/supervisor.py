@@ -76,6 +76,8 @@ from aioclock.workers.process import PreparedTasks, WorkerSettings, worker_main
 
 if TYPE_CHECKING:
     from aioclock.app import AioClock
+    from aioclock.stores import Saved
+    from aioclock.stores.keeper import StoreKeeper
 
 logger = logging.getLogger("aioclock")
 
@@ -170,7 +172,14 @@ def _for_dispatcher(obj: object, what: str) -> bytes:
 
 
 class Supervisor(ControlVerbs):
-    def __init__(self, app: AioClock, events: EventHub | None = None) -> None:
+    def __init__(
+        self,
+        app: AioClock,
+        events: EventHub | None = None,
+        *,
+        keeper: StoreKeeper | None = None,
+        saved: Saved | None = None,
+    ) -> None:
         refuse_to_serve_while_importing_main()  # a script without `if __name__ == "__main__":`
         self._app = app
         self._tasks = app._task_table()
@@ -208,6 +217,14 @@ class Supervisor(ControlVerbs):
         # number, the triggers given while serving, the deaths of dispatchers.
         self._progress: dict[str, tuple[Any, ...]] = {}
         self._last_seq = 0
+        # With a store: the first dispatcher goes on from what it kept (a fresh start, not a
+        # takeover), and every checkpoint is written there too, behind the fires.
+        self._keeper = keeper
+        self._restart: Resume | None = None
+        if saved is not None and saved.progress:
+            self._progress = dict(saved.progress)
+            self._last_seq = saved.last_seq
+            self._restart = Resume(dict(saved.progress), saved.last_seq, takeover=False)
         self._schedule_running = False
         self._triggers: dict[str, BaseTrigger[Any]] = {}
         self._dispatcher_deaths: deque[float] = deque()
@@ -278,7 +295,8 @@ class Supervisor(ControlVerbs):
         for index, worker_pipes in enumerate(pipes):
             self._links[index] = (worker_pipes.fire_write, worker_pipes.done_read)
         try:
-            dispatcher = self._start_dispatcher(loop, child_end, schedule, resume=None)
+            restart = None if self._restart is None else pickle.dumps(self._restart)
+            dispatcher = self._start_dispatcher(loop, child_end, schedule, resume=restart)
         except BaseException:
             for worker_pipes in pipes:
                 worker_pipes.close_worker_ends()
@@ -676,7 +694,10 @@ class Supervisor(ControlVerbs):
             self._dispatcher_done = True
             self._finish()
         elif isinstance(frame, Checkpoint):
-            self._progress.update(pickle.loads(frame.progress))
+            progress = pickle.loads(frame.progress)
+            self._progress.update(progress)
+            if self._keeper is not None:
+                self._keeper.save(progress, frame.seq)
             self._last_seq = max(self._last_seq, frame.seq)
             self._schedule_running = self._schedule_running or frame.running
         elif isinstance(frame, Ready):
@@ -768,6 +789,15 @@ class Supervisor(ControlVerbs):
         if self._finished is not None and not self._finished.done():
             logger.error("the app did not stop within %.1f s: killing its processes", limit)
             self.abort()
+
+    def lose_lease(self, message: str) -> None:
+        """Stop firing at once: the dispatcher is killed with every worker."""
+        from aioclock.stores import LeaseLostError
+
+        logger.error("%s", message)
+        if self._fatal is None:
+            self._fatal = LeaseLostError(message)
+        self.abort()
 
     def abort(self) -> None:
         """Stop at once: kill every child process (their exits are expected, not failures)."""

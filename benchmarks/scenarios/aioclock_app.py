@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import tempfile
 import time
 from collections.abc import Callable
 from typing import Any
@@ -20,12 +22,20 @@ import _common  # noqa: E402  (a sibling file: the script's folder is on sys.pat
 from aioclock import AioClock, Every, Forever, Once  # noqa: E402
 
 CONFIG = _common.CONFIG
+# AIOCLOCK_BENCH_STORE=sqlite: this project serves with a fresh SQLite store (its checkpoints
+# written behind the fires), to compare the lateness with and without one.
+_STORE: dict[str, Any] = {}
+if os.environ.get("AIOCLOCK_BENCH_STORE") == "sqlite" and CONFIG["workers"] is not None:
+    _folder = tempfile.gettempdir()
+    _STORE["store"] = f"sqlite:///{_folder}/aioclock-bench-{os.getpid()}-{time.time_ns()}.db"
 if CONFIG["workers"] is None:  # aioclock 0.3: no multi-process runtime
     app = AioClock()
 elif CONFIG["workers"] == 0:
-    app = AioClock(workers=0)
+    app = AioClock(workers=0, **_STORE)
 else:
-    app = AioClock(workers=CONFIG["workers"], scheduling_cpus=CONFIG.get("scheduling_cpus"))
+    app = AioClock(
+        workers=CONFIG["workers"], scheduling_cpus=CONFIG.get("scheduling_cpus"), **_STORE
+    )
 
 
 def _task(name: str, trigger: Any, func: Callable[..., Any]) -> None:
@@ -160,6 +170,10 @@ if __name__ == "__main__":
     import aioclock
 
     t_serve, t_stop = asyncio.run(_serve_for())
+    if _STORE:
+        for _suffix in ("", "-wal", "-shm"):
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(_STORE["store"].removeprefix("sqlite:///") + _suffix)
     _common.write_meta(
         library="aioclock",
         version=_version(),

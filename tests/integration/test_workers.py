@@ -437,16 +437,19 @@ async def test_scheduling_cpus_keeps_cpus_free_of_sync_tasks(events):
 async def test_by_default_the_schedule_shares_one_cpu_that_sync_threads_may_use(events):
     app = AioClock(workers=2)
     app.task(trigger=Every(seconds=0.05))(tasks.report_cpus)
+    every_cpu = sorted(os.sched_getaffinity(0))
+    first_cpu = every_cpu[:1]
     async with serving(app):
         await events.wait_for(lambda e: len(e) >= 1)
         dispatcher_pid, worker_pids = runtime_pids(app)
-        first_cpu = sorted(os.sched_getaffinity(0))[:1]
         assert sorted(os.sched_getaffinity(dispatcher_pid)) == first_cpu
         for pid in worker_pids:
             assert sorted(os.sched_getaffinity(pid)) == first_cpu  # each event loop
+        assert sorted(os.sched_getaffinity(0)) == every_cpu[1:]  # this thread serves elsewhere
+    assert sorted(os.sched_getaffinity(0)) == every_cpu  # and gets its CPUs back
     report = events.named("report_cpus")[0]
     assert report["loop_cpus"] == first_cpu
-    assert report["cpus"] == sorted(os.sched_getaffinity(0))  # the sync thread: every CPU
+    assert report["cpus"] == every_cpu  # the sync thread: every CPU
 
 
 @pytest.mark.skipif(not hasattr(os, "sched_getaffinity"), reason="needs CPU affinity")

@@ -123,6 +123,7 @@ def test_each_option_maps_onto_one_keyword_of_aioclock():
         "--scheduling-cpus",
         "--loop-stall-timeout",
         "--metrics-address",
+        "--store",
     ]
     assert OPTIONS[0].env_var == "AIOCLOCK_WORKERS"
 
@@ -231,6 +232,9 @@ def test_options_are_parsed_and_validated_like_the_settings():
         ("run m:app --log-level loud", "error, warning, info, debug, got 'loud'"),
         ("run m:app --metrics-address 9100", "argument --metrics-address: metrics_address must"),
         ("run m:app --metrics-port 9100", "unrecognized arguments: --metrics-port"),
+        ("run m:app --store redis://h:6379/0", "argument --store: store 'redis://h:6379/0': the"),
+        ("run m:app --store redis://h:6379/0", "Redis store is not available yet; supported: "),
+        ("run m:app --store /tmp/x.db", "argument --store: store must be a URL ('memory://', "),
         ("tasks m:app --next 0", "argument --next: next must be an integer >= 1, got '0'"),
         ("run", "the following arguments are required: MODULE:APP"),
         ("", "the following arguments are required: COMMAND"),

@@ -1,0 +1,166 @@
+"""Stores across real processes: two instances on one SQLite file never both fire, the standby
+takes over after a SIGKILL, an instance that loses its lease stops firing; a restart through the
+supervisor (`workers=1`) keeps the grid and counts the downtime."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from aioclock.stores.sqlite import SqliteStore
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
+
+ROOT = Path(__file__).resolve().parents[2]
+HANG_GUARD = 20.0
+TAKEOVER_BOUND = 3.0  # the target is 2 s (lease 1.5 s + a poll); this only guards a hang
+
+
+def start(tmp_path: Path, tag: str, workers: int = 0) -> subprocess.Popen:
+    env = dict(os.environ)
+    env.update(
+        PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+        STORE_TEST_URL=f"sqlite:///{tmp_path / 'app.db'}",
+        STORE_TEST_LOG=str(tmp_path / "beats.log"),
+        STORE_TEST_WORKERS=str(workers),
+        STORE_TEST_TAG=tag,
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-m", "tests.integration.store_app"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    process.tag = tag  # type: ignore[attr-defined]
+    return process
+
+
+def beats(tmp_path: Path) -> list[tuple[str, float]]:
+    path = tmp_path / "beats.log"
+    if not path.exists():
+        return []
+    found = []
+    for line in path.read_text().splitlines():
+        tag, _, at = line.partition(" ")
+        if at:
+            found.append((tag, float(at)))
+    return found
+
+
+def wait_for_beats(tmp_path: Path, process: subprocess.Popen, count: int) -> list[float]:
+    deadline = time.monotonic() + HANG_GUARD
+    while time.monotonic() < deadline:
+        mine = [at for tag, at in beats(tmp_path) if tag == process.tag]
+        if len(mine) >= count:
+            return mine
+        if process.poll() is not None:
+            raise AssertionError(f"exited {process.returncode}: {process.stderr.read()[-3000:]}")
+        time.sleep(0.02)
+    raise AssertionError(f"pid {process.pid} did not beat {count} times")
+
+
+def finish(process: subprocess.Popen, signum: int = signal.SIGTERM) -> tuple[int, str]:
+    if process.poll() is None:
+        process.send_signal(signum)
+    _, err = process.communicate(timeout=HANG_GUARD)
+    return process.returncode, err
+
+
+def saved(tmp_path: Path) -> tuple:
+    """The beat task's TaskProgress fields as the store keeps them."""
+    with sqlite3.connect(tmp_path / "app.db") as db:
+        ((data,),) = db.execute("SELECT data FROM aioclock_progress WHERE task LIKE '%beat'")
+    return pickle.loads(data)
+
+
+def test_a_standby_takes_over_after_a_sigkill_and_the_two_never_both_fire(tmp_path):
+    first = start(tmp_path, "first")
+    second = None
+    try:
+        wait_for_beats(tmp_path, first, 3)
+        second = start(tmp_path, "second")
+        time.sleep(1.0)  # it stands by meanwhile
+        assert second.poll() is None
+        assert not [at for tag, at in beats(tmp_path) if tag == second.tag]
+        killed_at = time.time()
+        first.kill()
+        first.communicate(timeout=HANG_GUARD)
+        took_over = wait_for_beats(tmp_path, second, 2)[0]
+        assert took_over - killed_at < TAKEOVER_BOUND
+        by_first = [at for tag, at in beats(tmp_path) if tag == first.tag]
+        assert max(by_first) < min(took_over, killed_at)  # never both
+        code, err = finish(second)
+        assert code == 0, err[-3000:]
+        assert err.count("standing by") == 1  # logged once, not at each poll
+        assert "took over the lease" in err
+    finally:
+        for process in (first, second):
+            if process is not None and process.poll() is None:
+                process.kill()
+                process.communicate(timeout=HANG_GUARD)
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_an_instance_that_loses_its_lease_stops_firing(tmp_path, workers):
+    process = start(tmp_path, "only", workers=workers)
+    try:
+        wait_for_beats(tmp_path, process, 3)
+        with sqlite3.connect(tmp_path / "app.db") as db:  # another instance took it
+            db.execute("UPDATE aioclock_lease SET owner = 'thief', token = token + 1")
+        stolen_at = time.time()
+        code, err = finish(process, signal.SIGCONT)  # (no signal: it must end by itself)
+        assert code != 0
+        assert "lost the lease of store" in err
+        assert "LeaseLostError" in err
+        late = [at for tag, at in beats(tmp_path) if at > stolen_at + 1.0]
+        assert not late  # it stopped at its next renewal (every 0.5 s)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate(timeout=HANG_GUARD)
+
+
+def test_a_restart_with_workers_keeps_the_grid_and_counts_the_downtime(tmp_path):
+    first = start(tmp_path, "first", workers=1)
+    try:
+        wait_for_beats(tmp_path, first, 5)
+        code, err = finish(first)
+        assert code == 0, err[-3000:]
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.communicate(timeout=HANG_GUARD)
+    before = saved(tmp_path)
+    anchor = before[0][3]  # FixedRate's progress: (previous, count, ended, anchor, step)
+    time.sleep(0.5)  # ~5 occurrences fall due while nothing serves
+    second = start(tmp_path, "second", workers=1)
+    try:
+        wait_for_beats(tmp_path, second, 3)
+        code, err = finish(second)
+        assert code == 0, err[-3000:]
+    finally:
+        if second.poll() is None:
+            second.kill()
+            second.communicate(timeout=HANG_GUARD)
+    after = saved(tmp_path)
+    assert after[0][3] == anchor  # the grid of the first start
+    runs, missed = after[5], after[8]
+    assert runs == len(beats(tmp_path))
+    assert missed >= 3  # the downtime (0.5 s and the start-up: ~5 or more occurrences)
+    assert after[0][1] > before[0][1]  # the loop count went on
+    store = SqliteStore(tmp_path / "app.db")
+    history = store.history(limit=1000)  # every run of both instances, ended "ok"
+    store.close()
+    assert len(history) == runs
+    assert {run.outcome for run in history} == {"ok"}
+    assert all(run.due is not None and run.end is not None for run in history)
