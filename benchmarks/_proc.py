@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
@@ -68,3 +69,20 @@ def _peak_rss(pid: str) -> int:
     except (OSError, ValueError):
         pass
     return 0
+
+
+def child_pids(parent: int) -> set[int]:
+    """Live children of `parent`, except multiprocessing's session-wide resource tracker."""
+    children = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        if int(fields[1]) == parent and fields[0] != "Z" and b"resource_tracker" not in cmdline:
+            children.add(int(entry.name))
+    return children

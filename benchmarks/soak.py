@@ -32,6 +32,7 @@ from typing import Any
 from aioclock import AioClock, Every
 from aioclock.runtime.supervisor import Supervisor
 
+from ._proc import child_pids
 from .scenarios import soak_tasks
 
 FAULTS = ("kill_worker", "kill_dispatcher", "block_loop", "raise", "overrun", "garbage")
@@ -108,22 +109,6 @@ def _tree_usage(runtime: Supervisor) -> list[Usage]:
     return usage
 
 
-def _children(parent: int) -> set[int]:
-    found = set()
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-            cmdline = (entry / "cmdline").read_bytes()
-        except OSError:
-            continue
-        fields = stat.rsplit(")", 1)[1].split()
-        if int(fields[1]) == parent and fields[0] != "Z" and b"resource_tracker" not in cmdline:
-            found.add(int(entry.name))
-    return found
-
-
 class Injector:
     """Applies one fault at a time to a serving app."""
 
@@ -189,7 +174,7 @@ async def run_soak(
     with tempfile.TemporaryDirectory(prefix="aioclock-soak-") as flags:
         os.environ["AIOCLOCK_SOAK_FLAGS"] = flags
         app = build_app(workers)
-        before = _children(os.getpid())
+        before = child_pids(os.getpid())
         serve = asyncio.create_task(app.serve())
         try:
             runtime = await _until_serving(app, serve)
@@ -221,7 +206,7 @@ async def run_soak(
             report.running += entry.running
             report.ok += entry.runs - entry.failures - entry.timeouts
         await asyncio.sleep(0.5)
-        report.orphans = sorted(_children(os.getpid()) - before)
+        report.orphans = sorted(child_pids(os.getpid()) - before)
     return report
 
 

@@ -9,22 +9,7 @@ from pathlib import Path
 
 import pytest
 
-
-def child_pids(parent: int) -> set[int]:
-    """Live children of `parent`, except multiprocessing's session-wide resource tracker."""
-    children = set()
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-            cmdline = (entry / "cmdline").read_bytes()
-        except OSError:
-            continue
-        fields = stat.rsplit(")", 1)[1].split()
-        if int(fields[1]) == parent and fields[0] != "Z" and b"resource_tracker" not in cmdline:
-            children.add(int(entry.name))
-    return children
+from benchmarks._proc import child_pids
 
 
 def wait_until_gone(pids, timeout=5.0):
