@@ -710,7 +710,7 @@ class DeadlineEngine:
             dropped = True
         return kept, (self._advance_phase(now) if dropped else [])
 
-    def pause(self, task_id: str, now: float | None = None) -> None:
+    def pause(self, task_id: str, now: float) -> None:
         """No further occurrence until `resume`; runs in flight go on. The occurrences that fall
         while it is paused are not counted as missed."""
         state = self._states[task_id]
@@ -784,16 +784,11 @@ class DeadlineEngine:
         self._arm_if_running(state, now)
         return self._advance_phase(now)
 
-    def _drop_queued(self, state: _TaskState, now: float | None) -> None:
+    def _drop_queued(self, state: _TaskState, now: float) -> None:
         """Overlap "queue_one": the occurrence waiting for its turn will not run (missed)."""
         queued = state.queued
-        if queued is None:
-            return
-        state.queued = None
-        if now is None:  # (no time given: counted, not reported)
-            state.missed += 1
-            self._changed.add(state.spec.task_id)
-        else:
+        if queued is not None:
+            state.queued = None
             self._count_missed(state, 1, now, "the task stopped while it was queued", queued[0])
 
     def _arm_if_running(self, state: _TaskState, now: float) -> None:

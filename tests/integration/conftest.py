@@ -12,6 +12,21 @@ import pytest
 from benchmarks._proc import child_pids
 
 
+def session_members(session: int) -> set[int]:
+    """Live processes of the session `session` (the script and whatever it started)."""
+    members = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[3]) == session and fields[0] != "Z":
+            members.add(int(entry.name))
+    return members
+
+
 def wait_until_gone(pids, timeout=5.0):
     deadline = time.monotonic() + timeout
     alive = set(pids)

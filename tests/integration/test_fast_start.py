@@ -17,7 +17,7 @@ import pytest
 from aioclock import AioClock, Every
 
 from . import worker_tasks as tasks
-from .conftest import wait_until_gone
+from .conftest import session_members, wait_until_gone
 from .dispatcher_probe import ReportingImports
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
@@ -181,20 +181,6 @@ async def test_the_template_and_its_workers_exit_when_the_main_process_is_killed
 
 def start_in_own_session(script):
     return subprocess.Popen([sys.executable, str(script)], start_new_session=True)
-
-
-def session_members(session):
-    members = set()
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[3]) == session and fields[0] != "Z":
-            members.add(int(entry.name))
-    return members
 
 
 async def test_a_worker_the_template_cannot_fork_fails_the_start_with_the_reason(

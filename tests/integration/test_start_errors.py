@@ -14,7 +14,7 @@ import pytest
 from aioclock import AioClock, Once
 
 from . import method_tasks
-from .conftest import wait_until_gone
+from .conftest import session_members, wait_until_gone
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 HANG_GUARD = 30
@@ -59,21 +59,6 @@ INTERACTIVE = textwrap.dedent(
     asyncio.run(app.serve())
     """
 )
-
-
-def session_members(session: int) -> set[int]:
-    """Live processes of the session `session` (the script and whatever it started)."""
-    members = set()
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[3]) == session and fields[0] != "Z":
-            members.add(int(entry.name))
-    return members
 
 
 def run_python(*arguments: str) -> tuple[int, str, set[int]]:
