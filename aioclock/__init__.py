@@ -18,6 +18,8 @@ if TYPE_CHECKING:
 
     from aioclock._policy import Policy as Policy
     from aioclock.app import AioClock as AioClock
+    from aioclock.context import CurrentRun as CurrentRun
+    from aioclock.context import current_run as current_run
     from aioclock.events import Event as Event
     from aioclock.group import Group as Group
     from aioclock.triggers import At as At
@@ -34,6 +36,7 @@ _HOMES = {
     "AioClock": "aioclock.app",
     "At": "aioclock.triggers",
     "Cron": "aioclock.triggers",
+    "CurrentRun": "aioclock.context",
     "Depends": "fast_depends",
     "Event": "aioclock.events",
     "Every": "aioclock.triggers",
@@ -44,12 +47,14 @@ _HOMES = {
     "Once": "aioclock.triggers",
     "OrTrigger": "aioclock.triggers",
     "Policy": "aioclock._policy",
+    "current_run": "aioclock.context",
 }
 
 __all__ = [
     "AioClock",
     "At",
     "Cron",
+    "CurrentRun",
     "Depends",
     "Event",
     "Every",
@@ -60,6 +65,7 @@ __all__ = [
     "Once",
     "OrTrigger",
     "Policy",
+    "current_run",
 ]
 
 __version__ = "1.0.0.dev0"

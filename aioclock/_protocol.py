@@ -38,6 +38,9 @@ class Fire(msgspec.Struct, frozen=True, tag=True, array_like=True):
     seq: int
     due: float
     reply: bool = False  # run-now: send the result (or the exception) back in `Done.result`
+    # In a cluster: the fencing token of the claim this node holds on the fire (monotonic per
+    # task across the cluster; 0 outside a cluster). The task reads it through `current_run`.
+    token: int = 0
 
 
 class Done(msgspec.Struct, frozen=True, tag=True, array_like=True):
@@ -264,6 +267,21 @@ class InFlight(msgspec.Struct, frozen=True, tag=True, array_like=True):
     final: bool = True  # a long answer comes in several frames; the last one says so
 
 
+class Claims(msgspec.Struct, frozen=True, tag=True, array_like=True):
+    """To the supervisor, in a cluster: claim these fires (task, nominal due), ahead of their
+    deadlines; the answer is `ClaimVerdicts`."""
+
+    fires: list[tuple[str, float]]
+
+
+class ClaimVerdicts(msgspec.Struct, frozen=True, tag=True, array_like=True):
+    """To the dispatcher: who runs each fire asked for (task, due, verdict). A verdict > 0 is
+    this node's fencing token for it; 0: another node runs it; < 0: it could not be claimed
+    (the store did not answer), so this node must not run it."""
+
+    verdicts: list[tuple[str, float, int]]
+
+
 class Finished(msgspec.Struct, frozen=True, tag=True, array_like=True):
     """The dispatcher has nothing left to fire and waits for no run (each ended or was given
     up): the exits of the workers that follow are expected."""
@@ -326,6 +344,8 @@ Frame = Union[
     InFlight,
     Events,
     EventsWanted,
+    Claims,
+    ClaimVerdicts,
 ]
 
 _encoder = msgspec.msgpack.Encoder()

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from aioclock.runtime import Runtime
     from aioclock.stores import Saved, Store
     from aioclock.stores.added import Definition
+    from aioclock.stores.cluster import ClusterMember
     from aioclock.stores.keeper import StoreKeeper
 
 logger = logging.getLogger(__name__)
@@ -588,6 +589,7 @@ class AioClock:
             metrics_server = await serve_metrics(self, self.metrics_address)
         events = EventHub(self._listeners, self._sinks)
         keeper = None
+        member = None
         try:
             saved = None
             if self.store is not None:
@@ -595,14 +597,20 @@ class AioClock:
                 self._keeper = keeper
                 self._add_kept_tasks(saved)
                 self._sinks.append(keeper.record)  # the run history (before the runtime asks)
+                if keeper.store.cluster:
+                    member = await self._join_cluster(keeper.store)
             if self.workers == 0:
                 from aioclock.runtime.local import LocalRuntime
 
-                runtime: Runtime = LocalRuntime(self, events=events, keeper=keeper, saved=saved)
+                runtime: Runtime = LocalRuntime(
+                    self, events=events, keeper=keeper, saved=saved, cluster=member
+                )
             else:
                 from aioclock.runtime.supervisor import Supervisor
 
-                runtime = Supervisor(self, events=events, keeper=keeper, saved=saved)
+                runtime = Supervisor(
+                    self, events=events, keeper=keeper, saved=saved, cluster=member
+                )
             self._runtime = runtime
             if keeper is not None and keeper.lost is not None:  # lost before it was told
                 runtime.lose_lease(keeper.lost)
@@ -613,6 +621,9 @@ class AioClock:
                 await events.close()
         finally:
             self._keeper = None
+            if member is not None:
+                self._sinks.remove(member.record)
+                await member.close()
             if keeper is not None:
                 if keeper.record in self._sinks:
                     self._sinks.remove(keeper.record)
@@ -646,6 +657,19 @@ class AioClock:
             self._app_group._tasks.append(new)
             self._added_here[name] = (func.__module__, func.__qualname__, trigger, timeout, policy)
             logger.info("task %s, added while serving before, is added again", name)
+
+    async def _join_cluster(self, store: Store) -> ClusterMember:
+        """Join the cluster that `store` serves: this node runs the fires it claims."""
+        tasks = self._task_table()
+        sticky = [
+            name
+            for name, task in tasks.items()
+            if task.policy.over(self.policy).rules().overlap != "allow"
+        ]
+        member = store.cluster_member(max(1, self.workers), sticky)
+        await member.start()
+        self._sinks.append(member.record)  # its runs' starts and ends are reported
+        return member
 
     async def _hold_store(self, store: str | Store) -> tuple[StoreKeeper, Saved]:
         """Take the store's lease (standing by while another instance holds it) and load it."""

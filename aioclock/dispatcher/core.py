@@ -37,6 +37,8 @@ from aioclock._protocol import (
     BarrierPassed,
     Cancel,
     Checkpoint,
+    Claims,
+    ClaimVerdicts,
     ControlReply,
     Done,
     EventItem,
@@ -62,11 +64,13 @@ from aioclock._protocol import (
     WorkerGone,
     WorkerJoined,
 )
+from aioclock.dispatcher.claims import ClusterPlan
 from aioclock.dispatcher.engine import (
     DeadlineEngine,
     Phase,
     ScheduledTask,
     control_refusal,
+    joining_progress,
     reschedule_refusal,
     trigger_refusal,
 )
@@ -174,6 +178,7 @@ Event = Union[
     NewTask,
     BarrierPassed,
     InFlight,
+    ClaimVerdicts,
 ]
 
 _VERBS = {
@@ -241,8 +246,17 @@ class ControlCore:
         resume: Resume | None = None,
         checkpointing: bool = False,
         sync_cancel_ends_worker: bool = False,
+        cluster: ClusterPlan | None = None,
     ) -> None:
         self.engine = DeadlineEngine(schedule, publish_due_times=publish_due_times)
+        # In a cluster: each fire is claimed ahead of its deadline (`Claims` to the supervisor,
+        # `ClaimVerdicts` back), and runs here only if this node holds its claim.
+        self._cluster = cluster is not None
+        if cluster is not None:
+            self.engine.join_cluster(cluster)
+            if resume is not None and cluster.joining and not resume.takeover:
+                # Others serve: the schedule's position is theirs; pause and end are the app's.
+                resume = Resume(joining_progress(resume.progress), resume.last_seq, False)
         # Someone keeps checkpoints (the supervisor): a control verb's answer follows one.
         self._checkpointing = checkpointing
         self._resuming = resume is not None and resume.takeover
@@ -337,6 +351,8 @@ class ControlCore:
         sends: list[Send] = []
         if self._started:
             sends += self._fires(self.engine.pop_due(now), now)
+            if self._cluster:
+                self._ask_claims(sends, now)
         if self._cancel_at and self._cancel_at[0][0] <= now:
             sends += self._cancel_overdue(now)
         if self._answer_by:
@@ -383,6 +399,9 @@ class ControlCore:
             sends = self._on_barrier_passed(event.worker, event.token)
         elif isinstance(event, InFlight):
             sends = self._on_in_flight(event, now)
+        elif isinstance(event, ClaimVerdicts):
+            sends = self._fires(self.engine.on_verdicts(event.verdicts, now), now)
+            self._ask_claims(sends, now)
         elif isinstance(event, (PauseTask, ResumeTask, RemoveTask, Reschedule, NewTask)):
             sends = self._on_control(event, now)
         else:
@@ -393,6 +412,15 @@ class ControlCore:
         if self.engine.phase is Phase.FINISHED:
             sends += self._finish_if_done()
         return sends
+
+    def _ask_claims(self, sends: list[Send], now: float) -> None:
+        """In a cluster: ask for the claims of the fires coming within the horizon, and give
+        up the fires whose claim was not answered in time."""
+        engine = self.engine
+        asks = engine.take_asks(now)
+        if asks:
+            sends.append(ToControl(Claims(asks)))
+        engine.give_up_unclaimed(now)
 
     def _on_clock_set(self, seconds: float) -> None:
         """Intervals keep their length when the wall clock is set: the grids of `Every` and the

@@ -23,6 +23,7 @@ from __future__ import annotations
 import enum
 import heapq
 import logging
+import math
 from collections import deque
 from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field, replace
@@ -32,6 +33,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from aioclock._policy import DEFAULT_RULES, Policy, Rules, jitter_offset
 from aioclock._protocol import Done, Fire, TaskStats
 from aioclock._schedule import COINCIDENT, FixedRate, Schedule
+from aioclock.dispatcher.claims import ClaimBook, ClusterPlan
 from aioclock.triggers import BaseTrigger, OnShutDown, OnStartUp
 
 if TYPE_CHECKING:
@@ -153,7 +155,8 @@ class _TaskState:
     waits: bool = False  # the trigger computes its next due from the end of the previous run
     running: int = 0
     next_due: float | None = None  # nominal (the heap holds the planned time)
-    queued: tuple[float, float] | None = None  # overlap "queue_one": (due, planned) waiting
+    # Overlap "queue_one": the occurrence waiting for its turn (due, planned, fencing token).
+    queued: tuple[float, float, int] | None = None
     rules: Rules = DEFAULT_RULES  # `spec.rules`, read once per fire
     armed: int = 0  # the sequence number of its live heap entry, 0 if none
     ended: bool = False
@@ -241,6 +244,10 @@ class DeadlineEngine:
         self._dues_run_there: dict[str, set[float]] = {}
         self._recounted: set[int] = set()
         self._restarted = False  # restored from a store (`restore(takeover=False)`)
+        # In a cluster (`join_cluster`): the claims of this node, and the cluster's epoch, where
+        # every node anchors the grids of its fixed-rate tasks.
+        self._claims: ClaimBook | None = None
+        self._epoch: float | None = None
         #: Told of every skipped occurrence: (task, count, now, first skipped due, why).
         self.on_missed: Callable[[str, int, float, float | None, str], None] | None = None
 
@@ -336,7 +343,11 @@ class DeadlineEngine:
     def shift_fixed_rate(self, seconds: float) -> None:
         """The wall clock was set by `seconds`: move the grid of every `Every` with it, so that
         it neither stalls (set back) nor bursts (set forward). Calendar dues stay where the
-        wall clock puts them."""
+        wall clock puts them. In a cluster the grids stay where they are: they are the
+        cluster's, anchored at its epoch in wall-clock time, and every node must name the same
+        fires (a node whose clock was stepped catches up by each task's policy)."""
+        if self._epoch is not None:
+            return
         shifted: set[str] = set()
         for task_id, state in self._states.items():
             schedule = state.schedule
@@ -360,7 +371,12 @@ class DeadlineEngine:
         """When the engine next has something to fire, or None if only a `Done` can wake it."""
         if self._stale:
             self._drop_stale_top()
-        return self._heap[0][0] if self._heap else None
+        first = self._heap[0][0] if self._heap else None
+        if self._claims is not None:
+            claims_next = self._claims.next_time()
+            if claims_next is not None and (first is None or claims_next < first):
+                return claims_next
+        return first
 
     def pop_due(self, now: float) -> list[Fire]:
         """Every occurrence due at or before `now`: fired, or skipped and counted as missed."""
@@ -391,7 +407,10 @@ class DeadlineEngine:
                     else self._planned_time(state, following) < now
                 ):
                     nominal, due, following = self._catch_up(state, nominal, due, following, now)
-                fire = self._fire_if_may(state, nominal, due, now)
+                if self._claims is None:
+                    fire = self._fire_if_may(state, nominal, due, now)
+                else:
+                    fire = self._claimed(state, nominal, due, now)
                 self._push(state, following)
             if fire is not None:
                 fires.append(fire)
@@ -408,11 +427,38 @@ class DeadlineEngine:
         assert schedule is not None  # only scheduled tasks are armed
         rules = state.rules
         start = rules.start
-        due = schedule.advance(now if start is None or now >= start else start)
+        if self._epoch is not None and type(schedule) is FixedRate and schedule.anchor is None:
+            due = self._on_cluster_grid(schedule, start, now)
+        else:
+            due = schedule.advance(now if start is None or now >= start else start)
         end = rules.end
         if due is not None and end is not None and due > end:
             schedule.ended = True
             return None
+        return due
+
+    def _on_cluster_grid(
+        self, schedule: FixedRate, start: float | None, now: float
+    ) -> float | None:
+        """In a cluster, a fixed-rate schedule starts on the grid anchored at the cluster's
+        epoch (or its `start`, if later), at the first occurrence from `now` on: every node
+        names the same fires whenever it starts, pauses or resumes."""
+        epoch = self._epoch
+        assert epoch is not None
+        if schedule.period <= 0:
+            return schedule.advance(now)
+        due = schedule.advance(epoch if start is None or epoch >= start else start)
+        if due is None or due >= now:
+            return due
+        steps = math.ceil((now - due) / schedule.period - COINCIDENT)
+        limit = schedule.limit
+        if limit is not None and schedule.count + steps > limit:
+            schedule.ended = True
+            return None
+        schedule.step += steps
+        schedule.count += steps
+        assert schedule.anchor is not None
+        due = schedule.previous = schedule.anchor + schedule.step * schedule.period
         return due
 
     def _planned_time(self, state: _TaskState, due: float) -> float:
@@ -436,10 +482,14 @@ class DeadlineEngine:
         state.armed = self._seq
         planned = self._planned_time(state, due) if state.rules.jitter else due
         heapq.heappush(self._heap, (planned, self._seq, state.spec.task_id))
+        if self._claims is not None and not state.waits:
+            self._claims.plan(planned, state.spec.task_id, due, self._seq)
 
     def _disarm(self, state: _TaskState) -> None:
         """Forget the task's next due: its heap entry goes stale (skipped when it surfaces)."""
         self._changed.add(state.spec.task_id)
+        if self._claims is not None and state.next_due is not None:
+            self._claims.forget(state.spec.task_id, state.next_due)
         if state.armed:
             state.armed = 0
             self._stale += 1
@@ -513,7 +563,7 @@ class DeadlineEngine:
         state.missed_unlogged = 0
 
     def _fire_if_may(
-        self, state: _TaskState, due: float, planned: float, now: float
+        self, state: _TaskState, due: float, planned: float, now: float, token: int = 0
     ) -> Fire | None:
         """Fire the occurrence due at `due` (planned at `planned`), unless its policy says
         otherwise: too late for `misfire_grace`, or a run still going (`overlap`)."""
@@ -528,13 +578,13 @@ class DeadlineEngine:
                 if state.queued is not None:
                     why = "a newer occurrence took its place in queue"
                     self._count_missed(state, 1, now, why, state.queued[0])
-                state.queued = (due, planned)
+                state.queued = (due, planned, token)
                 return None
             if overlap != "replace":
                 self._count_missed(state, 1, now, "its previous run was still in progress", due)
                 return None
             self._replace_runs(state.spec.task_id)
-        return self._fire(state.spec.task_id, due, planned=planned)
+        return self._fire(state.spec.task_id, due, planned=planned, token=token)
 
     def _replace_runs(self, task_id: str) -> None:
         """Overlap "replace": the runs of `task_id` in flight are to be cancelled (the core
@@ -552,13 +602,20 @@ class DeadlineEngine:
         return seqs
 
     def _fire(
-        self, task_id: str, due: float, reply: bool = False, planned: float | None = None
+        self,
+        task_id: str,
+        due: float,
+        reply: bool = False,
+        planned: float | None = None,
+        token: int = 0,
     ) -> Fire:
         self._seq += 1
         self._in_flight[self._seq] = (task_id, due)
         if planned is not None and planned != due:
             self._planned[self._seq] = planned
         self._states[task_id].running += 1
+        if token:
+            return Fire(task_id, self._seq, due, reply, token)
         return Fire(task_id, self._seq, due, reply)
 
     # -- outside events -----------------------------------------------------------------------
@@ -610,7 +667,7 @@ class DeadlineEngine:
         if self.phase is not Phase.RUNNING or state.paused or state.ended:
             self._count_missed(state, 1, now, "it was queued when the task stopped", queued[0])
             return []
-        fire = self._fire_if_may(state, queued[0], queued[1], now)
+        fire = self._fire_if_may(state, queued[0], queued[1], now, queued[2])
         return [] if fire is None else [fire]
 
     def _record(self, state: _TaskState, done: Done, due: float | None) -> None:
@@ -797,6 +854,90 @@ class DeadlineEngine:
         if self.phase is Phase.RUNNING and state.scheduled and not (state.waits and state.running):
             self._arm(state, now)
 
+    # -- in a cluster ---------------------------------------------------------------------------
+
+    def join_cluster(self, plan: ClusterPlan) -> None:
+        """Before `start`: run only the fires this node claims (`take_asks`, `on_verdicts`),
+        on grids anchored at the cluster's epoch. Tasks that wait for the end of their previous
+        run, start-up and shut-down tasks and legacy-driven ones run on every node."""
+        self._claims = ClaimBook(plan.horizon, plan.wait)
+        self._epoch = plan.epoch
+
+    def take_asks(self, now: float) -> list[tuple[str, float]]:
+        """The fires to claim now, ahead of their deadlines."""
+        claims = self._claims
+        if claims is None:
+            return []
+        states = self._states
+
+        def still_armed(task_id: str, due: float, armed: int) -> bool:
+            state = states.get(task_id)
+            return state is not None and state.armed == armed
+
+        return claims.take_asks(now, still_armed)
+
+    def on_verdicts(self, verdicts: Iterable[tuple[str, float, int]], now: float) -> list[Fire]:
+        """The answers to `take_asks`: the fires held for theirs go now (or never)."""
+        claims = self._claims
+        if claims is None:
+            return []
+        fires: list[Fire] = []
+        for task_id, due, verdict in verdicts:
+            state = self._states.get(task_id)
+            if state is None:
+                continue
+            planned = claims.release(task_id, due)
+            if planned is not None:
+                if self.phase is not Phase.RUNNING or state.paused or state.ended:
+                    why = "the task stopped before its claim was answered"
+                    self._on_verdict(state, due, planned, min(verdict, 0), now, why)
+                    continue
+                fire = self._on_verdict(state, due, planned, verdict, now)
+                if fire is not None:
+                    fires.append(fire)
+            elif state.next_due == due:  # answered ahead of its deadline: kept until then
+                claims.answer(task_id, due, verdict)
+        return fires
+
+    def give_up_unclaimed(self, now: float) -> None:
+        """Fires whose claim was not answered `wait` after their deadline: missed."""
+        claims = self._claims
+        if claims is None:
+            return
+        for task_id, due in claims.expired(now):
+            state = self._states.get(task_id)
+            if state is not None:
+                why = "its claim was not answered in time (the store did not answer)"
+                self._count_missed(state, 1, now, why, due)
+
+    def _claimed(self, state: _TaskState, due: float, planned: float, now: float) -> Fire | None:
+        """At a fire's deadline, in a cluster: run it if this node holds its claim."""
+        claims = self._claims
+        assert claims is not None
+        task_id = state.spec.task_id
+        verdict = claims.verdict_of(task_id, due)
+        if verdict is None:  # asked too late, or the store is slow: wait for the answer
+            claims.hold(task_id, due, planned)
+            return None
+        return self._on_verdict(state, due, planned, verdict, now)
+
+    def _on_verdict(
+        self,
+        state: _TaskState,
+        due: float,
+        planned: float,
+        verdict: int,
+        now: float,
+        why: str = "it could not be claimed (the store did not answer): this node fails closed",
+    ) -> Fire | None:
+        if verdict == 0:  # another node runs it: not one of this node's dues
+            state.dues -= 1
+            return None
+        if verdict < 0:
+            self._count_missed(state, 1, now, why, due)
+            return None
+        return self._fire_if_may(state, due, planned, now, verdict)
+
     # -- checkpoints, and taking over from a dispatcher that died -----------------------------
 
     @property
@@ -965,6 +1106,32 @@ class DeadlineEngine:
     def flight(self, seq: int) -> tuple[str, float] | None:
         """(task id, due time) of run `seq` while it is in flight, else None."""
         return self._in_flight.get(seq)
+
+
+def joining_progress(progress: Mapping[str, tuple[Any, ...]]) -> dict[str, tuple[Any, ...]]:
+    """What a node that joins a serving cluster takes of the saved progress: each task's pause
+    and end (the app's state), not its schedule's position nor another node's counters."""
+    joined: dict[str, tuple[Any, ...]] = {}
+    for task_id, fields in progress.items():
+        saved = TaskProgress(*fields)
+        joined[task_id] = TaskProgress(
+            None,
+            None,
+            saved.paused,
+            saved.ended,
+            saved.removed,
+            0,
+            0,
+            0,
+            0,
+            None,
+            None,
+            0,
+            0,
+            0,
+            (),
+        )
+    return joined
 
 
 def _progress_of(state: _TaskState, last_seq: int, in_flight: tuple[int, ...]) -> tuple[Any, ...]:

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 from aioclock._child import CpuPlan
 from aioclock._logs import ChildLogging
 from aioclock._policy import Rules
+from aioclock.dispatcher.claims import ClusterPlan
 from aioclock.dispatcher.engine import ScheduledTask
 from aioclock.triggers import BaseTrigger
 
@@ -36,6 +37,8 @@ class DispatcherPayload:
     schedule: bytes  # `pack_schedule`, unpacked once sys.path is in place
     # Pickled `Resume`: where a dispatcher that died left the schedule; None at the start.
     resume: bytes | None = None
+    # In a cluster: how this node's schedule joins it (it runs only the fires it claims).
+    cluster: ClusterPlan | None = None
 
 
 #: The module of the trigger classes whose equal instances are sent once (see `pack_schedule`).

@@ -49,6 +49,7 @@ from aioclock._protocol import (
     encode,
     read_frames,
 )
+from aioclock.dispatcher.claims import ClusterPlan
 from aioclock.dispatcher.core import (
     ClockSet,
     ControlCore,
@@ -114,6 +115,7 @@ def run_from_payload(payload: DispatcherPayload) -> None:
         payload.cpus.colocated,
         main_path=payload.main_path,
         resume=resume,
+        cluster=payload.cluster,
     )
     settle_garbage_collector()
     gc.enable()
@@ -183,6 +185,7 @@ class Dispatcher:
         main_path: str | None = None,
         resume: Resume | None = None,
         wall: Callable[[], float] = time.time,
+        cluster: ClusterPlan | None = None,
     ) -> None:
         self._main_path = main_path
         self._now = wall  # deadlines are wall-clock times; waits are measured monotonic
@@ -193,6 +196,7 @@ class Dispatcher:
             resume=resume,
             checkpointing=True,
             sync_cancel_ends_worker=True,
+            cluster=cluster,
         )
         self._checkpointed_at = 0.0
         self._yield_after_light_fires = shares_cpu_with_workers

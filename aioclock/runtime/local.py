@@ -21,6 +21,7 @@ from aioclock._protocol import (
     BarrierPassed,
     Cancel,
     Checkpoint,
+    Claims,
     ControlReply,
     Done,
     Events,
@@ -60,6 +61,7 @@ from aioclock.workers.threads import DaemonThreadPool
 if TYPE_CHECKING:
     from aioclock.app import AioClock
     from aioclock.stores import Saved
+    from aioclock.stores.cluster import ClusterMember
     from aioclock.stores.keeper import StoreKeeper
 
 logger = logging.getLogger(__name__)
@@ -83,6 +85,7 @@ class LocalRuntime(ControlVerbs):
         *,
         keeper: StoreKeeper | None = None,
         saved: Saved | None = None,
+        cluster: ClusterMember | None = None,
     ) -> None:
         self._app = app
         self._clock = clock or default_clock()
@@ -93,12 +96,16 @@ class LocalRuntime(ControlVerbs):
         resume = None
         if saved is not None and saved.progress:
             resume = Resume(saved.progress, saved.last_seq, takeover=False)
+        # In a cluster: the fires this node runs are those it claims through `cluster`.
+        self._cluster = cluster
+        self._ask_claims: Callable[[list[tuple[str, float]]], None] | None = None
         self._core = ControlCore(
             schedule_of(self._tasks, app._paused, app.policy),
             workers=[LOCAL_WORKER],
             publish_due_times=True,
             resume=resume,
             checkpointing=keeper is not None,
+            cluster=None if cluster is None else cluster.plan,
         )
         # Daemon threads: a sync task that never returns must not keep the process alive.
         self._threads = DaemonThreadPool()
@@ -259,6 +266,8 @@ class LocalRuntime(ControlVerbs):
                     self._requests.answer(frame)
                 elif isinstance(frame, Checkpoint) and self._keeper is not None:
                     self._keeper.save(frame.progress, frame.seq)
+                elif isinstance(frame, Claims):
+                    self._claim(frame.fires)
             elif isinstance(send.frame, Fire):
                 self._runner.start(send.frame)
             elif isinstance(send.frame, Cancel):
@@ -268,6 +277,14 @@ class LocalRuntime(ControlVerbs):
                 # After the first steps of the runs started above, as a worker answers it.
                 passed = BarrierPassed(LOCAL_WORKER, send.frame.token)
                 asyncio.get_running_loop().call_soon(self._post, passed)
+
+    def _claim(self, fires: list[tuple[str, float]]) -> None:
+        ask = self._ask_claims
+        if ask is None:
+            assert self._cluster is not None  # the core asks for claims only in a cluster
+            loop = asyncio.get_running_loop()
+            ask = self._ask_claims = self._cluster.answer_on(loop, self._post)
+        ask(fires)
 
     def _on_done(self, done: Done) -> None:
         self._post(done)

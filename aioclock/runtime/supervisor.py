@@ -38,6 +38,7 @@ from aioclock._logs import LogListener
 from aioclock._protocol import (
     AddTask,
     Checkpoint,
+    Claims,
     ControlReply,
     Events,
     EventsWanted,
@@ -77,6 +78,7 @@ from aioclock.workers.process import PreparedTasks, WorkerSettings, worker_main
 if TYPE_CHECKING:
     from aioclock.app import AioClock
     from aioclock.stores import Saved
+    from aioclock.stores.cluster import ClusterMember
     from aioclock.stores.keeper import StoreKeeper
 
 logger = logging.getLogger("aioclock")
@@ -179,6 +181,7 @@ class Supervisor(ControlVerbs):
         *,
         keeper: StoreKeeper | None = None,
         saved: Saved | None = None,
+        cluster: ClusterMember | None = None,
     ) -> None:
         refuse_to_serve_while_importing_main()  # a script without `if __name__ == "__main__":`
         self._app = app
@@ -225,6 +228,9 @@ class Supervisor(ControlVerbs):
             self._progress = dict(saved.progress)
             self._last_seq = saved.last_seq
             self._restart = Resume(dict(saved.progress), saved.last_seq, takeover=False)
+        # In a cluster: each dispatcher's claims are asked through this node's member.
+        self._cluster = cluster
+        self._ask_claims: Callable[[list[tuple[str, float]]], None] | None = None
         self._schedule_running = False
         self._triggers: dict[str, BaseTrigger[Any]] = {}
         self._dispatcher_deaths: deque[float] = deque()
@@ -348,6 +354,7 @@ class Supervisor(ControlVerbs):
                 cpus=self._settings.cpus,
                 schedule=schedule,
                 resume=resume,
+                cluster=None if self._cluster is None else self._cluster.plan,
             )
             dispatcher = DispatcherProcess(payload)
         finally:  # the dispatcher holds its own copy now (or never will)
@@ -635,6 +642,21 @@ class Supervisor(ControlVerbs):
             self._control = None
         self._requests.fail_all("the dispatcher died before it answered; ask again")
 
+    def _claim(self, fires: list[tuple[str, float]]) -> None:
+        """Ask this node's cluster member for the claims a dispatcher wants; the answer goes
+        to whichever dispatcher serves when it comes."""
+        ask = self._ask_claims
+        if ask is None:
+            assert self._cluster is not None  # a dispatcher asks for claims only in a cluster
+            loop = asyncio.get_running_loop()
+            ask = self._ask_claims = self._cluster.answer_on(loop, self._send_to_dispatcher)
+        ask(fires)
+
+    def _send_to_dispatcher(self, frame: Frame) -> None:
+        control = self._control
+        if control is not None:
+            control.send(frame)
+
     def _start_replacement_dispatcher(
         self, loop: asyncio.AbstractEventLoop, child_end: socket.socket
     ) -> None:
@@ -693,6 +715,8 @@ class Supervisor(ControlVerbs):
         if isinstance(frame, Finished):
             self._dispatcher_done = True
             self._finish()
+        elif isinstance(frame, Claims):
+            self._claim(frame.fires)
         elif isinstance(frame, Checkpoint):
             progress = pickle.loads(frame.progress)
             self._progress.update(progress)

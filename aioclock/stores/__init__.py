@@ -24,11 +24,14 @@ from __future__ import annotations
 
 import abc
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from aioclock.exceptions import BaseAioClockException
+
+if TYPE_CHECKING:
+    from aioclock.stores.cluster import ClusterMember
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -89,6 +92,9 @@ class Store(abc.ABC):
     """The interface of a store; every method is called from one thread, never the loop's."""
 
     url: str = ""
+    #: A store that serves a cluster: every node writes, none holds a lease (`acquire` and
+    #: `renew` always succeed), and the fires are claimed through `cluster_member`.
+    cluster: bool = False
 
     @abc.abstractmethod
     def load(self) -> Saved:
@@ -128,6 +134,10 @@ class Store(abc.ABC):
 
     def close(self) -> None:  # noqa: B027  # (nothing to close by default)
         """Free what the store holds (a connection)."""
+
+    def cluster_member(self, workers: int, sticky: Iterable[str]) -> ClusterMember:
+        """This node's member of the cluster the store serves (a `cluster` store only)."""
+        raise TypeError(f"store {self.url!r} does not serve a cluster")
 
 
 class MemoryStore(Store):

@@ -223,6 +223,8 @@ class StoreKeeper:
                     for task_id, definition in added.items():
                         self._added.setdefault(task_id, definition)
                     self._runs[:0] = runs
+            if store.cluster and ok:
+                renewed = time.monotonic()  # no lease: a failing store fails each claim instead
             if not ok or time.monotonic() - renewed > LEASE_TTL - LOST_MARGIN:
                 why = "another instance took it" if not ok else (failing or "renewal too slow")
                 self.lost = f"lost the lease of store {store.url} ({why}): stopped firing"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import inspect
 import logging
 import sys
@@ -22,6 +23,7 @@ from fast_depends import Provider, inject
 
 from aioclock._protocol import CANCEL_ANSWER_WAIT, Done, Fire, Outcome
 from aioclock._task import Task
+from aioclock.context import CurrentRun, _current
 from aioclock.exceptions import TaskTimeoutError
 
 logger = logging.getLogger("aioclock")
@@ -152,6 +154,8 @@ class TaskRunner:
         try:
             if task is None:
                 raise LookupError(f"no task with id {fire.task!r} is registered in this process")
+            # (this run's own context: `_run` is a task of its own)
+            _current.set(CurrentRun(fire.task, fire.due, fire.seq, fire.token))
             if not task.is_async:
                 self._sync_runs.add(fire.seq)
             if task.timeout is not None and task.is_async:
@@ -242,7 +246,9 @@ class TaskRunner:
     ) -> Any:
         loop = asyncio.get_running_loop()
         try:
-            future = loop.run_in_executor(self._executor, call)
+            # In this run's context, as an async task would be: `current_run` reads it.
+            context = contextvars.copy_context()
+            future = loop.run_in_executor(self._executor, context.run, call)
         except BaseException:
             if on_thread_end is not None:
                 on_thread_end()

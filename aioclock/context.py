@@ -1,0 +1,41 @@
+"""What a task can know of the run it is in, through dependency injection: `current_run`.
+
+    >>> from aioclock import AioClock, CurrentRun, Depends, Every, current_run
+    >>> app = AioClock()
+    >>> @app.task(trigger=Every(seconds=10))
+    ... def write_report(run: CurrentRun = Depends(current_run)) -> None:
+    ...     print(run.task, run.due, run.token)
+
+In a cluster (`AioClock(store="redis://...")`), `token` is the fencing token of the claim the
+node holds on this fire: it grows with each fire of the task across the cluster, so a task that
+writes to another system can hand it over, and that system can refuse a writer whose token is
+older than one it has seen. Outside a cluster it is 0.
+"""
+
+from __future__ import annotations
+
+from contextvars import ContextVar
+from typing import NamedTuple, Union
+
+__all__ = ["CurrentRun", "current_run"]
+
+
+class CurrentRun(NamedTuple):
+    """The run a task is in: its task id, nominal due (None for a run-now or a lifecycle
+    task), its run number in this app, and its fencing token (0 outside a cluster)."""
+
+    task: str
+    due: Union[float, None]
+    seq: int
+    token: int
+
+
+_current: ContextVar[Union[CurrentRun, None]] = ContextVar("aioclock_current_run", default=None)
+
+
+def current_run() -> CurrentRun:
+    """The run being executed, for `Depends(current_run)`; LookupError outside a run."""
+    run = _current.get()
+    if run is None:
+        raise LookupError("current_run() is only known inside a run of a task")
+    return run

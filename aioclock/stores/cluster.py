@@ -1,0 +1,471 @@
+"""This node's part in a cluster on Redis: membership, claims, run reports, and the reaping of
+nodes that died.
+
+Every node of a cluster keeps the whole schedule; a fire (task id + nominal due) runs only on
+the node that holds its claim. The control core asks for each claim ahead of the fire's
+deadline (`aioclock.dispatcher.claims`); this thread answers, with one Redis script call per
+batch. The script places a fire that nobody claimed yet:
+
+- on the node that has a run of the same task open, if the task's overlap policy is not
+  "allow" (so that its overlap policy, applied by that node, holds across the cluster);
+- else on the live node with the most free workers (as each node says every HEARTBEAT seconds,
+  less the fires placed on it since), ties broken by the fire's hash, so that CPU-bound runs
+  spread across nodes;
+
+and gives it a fencing token, one more than the task's previous one. The answer for a fire
+already placed is its owner's: every node learns the same verdict, so a fire runs at most once.
+
+A node says it is alive every HEARTBEAT seconds (a key that expires after NODE_TTL). Another
+node that finds it expired reaps it, in one script: its runs in flight are reported lost (with
+the node and the fencing token), the fires placed on it and not started are reported missed,
+and no fire is placed on it again. When Redis does not answer, the claims asked are answered
+"could not claim" (the node fails closed: runs nothing it has not claimed), the outage is
+logged once, and the node goes on by itself when Redis answers again. Claims are by fire id,
+not by wall-clock windows: a node whose clock is off names the same fires as the others.
+
+The keys, under `PREFIX:`: `epoch` (when the cluster first served), `members` (set),
+`node:ID` (alive while it exists), `free` and `placed` (hashes per node), `fire:TASK:DUE`
+(owner|token, expires), `task:TASK` (hash: token, owner), `open:TASK` (fires placed and not
+ended), `claims:ID` (fires placed on a node, not started), `runs:ID` (its runs in flight),
+`lost` (hash per task), `reaped` (a list of what was reaped, the last REAPED_KEEP entries).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
+
+from aioclock._protocol import ClaimVerdicts
+from aioclock.dispatcher.claims import ClusterPlan
+
+if TYPE_CHECKING:
+    from aioclock.events import Event
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["ClusterMember", "Verdict"]
+
+#: A node says it is alive this often (seconds) ...
+HEARTBEAT = 0.5
+#: ... and counts as dead once it has not said so for this long.
+NODE_TTL = 1.5
+#: A fire's claim is kept this long past its due (seconds): nodes that ask late read it.
+CLAIM_TTL = 600.0
+#: How many reaped runs `reaped` keeps.
+REAPED_KEEP = 1000
+#: A fire this node claimed and never started is closed this long after its due (seconds).
+UNSTARTED_CLOSE = 5.0
+#: How long `close` waits for the thread's last reports.
+CLOSE_WAIT = 3.0
+
+#: (task, nominal due, verdict): the verdict is this node's fencing token (> 0), 0 when
+#: another node runs the fire, -1 when it could not be claimed.
+Verdict = tuple[str, float, int]
+
+_SEP = "\x1f"  # between the parts of a fire's name in sets (never in a task id)
+
+_CLAIM = """
+local p, me, ttl = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local live, score = {}, {}
+for _, m in ipairs(redis.call('SMEMBERS', p .. ':members')) do
+  if redis.call('EXISTS', p .. ':node:' .. m) == 1 then
+    local free = tonumber(redis.call('HGET', p .. ':free', m) or '0') or 0
+    local placed = tonumber(redis.call('HGET', p .. ':placed', m) or '0') or 0
+    live[#live + 1] = m
+    score[m] = free - placed
+  end
+end
+local out = {}
+local i = 4
+while i <= #ARGV do
+  local task, due, sticky = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+  i = i + 3
+  local fk = p .. ':fire:' .. task .. ':' .. due
+  local held = redis.call('GET', fk)
+  if held then
+    local at = string.find(held, '|', 1, true)
+    if string.sub(held, 1, at - 1) == me then
+      out[#out + 1] = tonumber(string.sub(held, at + 1))
+    else
+      out[#out + 1] = 0
+    end
+  elseif #live == 0 then
+    out[#out + 1] = -1
+  else
+    local tk = p .. ':task:' .. task
+    local ok = p .. ':open:' .. task
+    local owner = nil
+    if sticky == '1' and redis.call('ZCARD', ok) > 0 then
+      local last = redis.call('HGET', tk, 'owner')
+      if last and score[last] ~= nil then owner = last end
+    end
+    if owner == nil then
+      local best, top = {}, nil
+      for _, m in ipairs(live) do
+        local s = score[m]
+        if top == nil or s > top then
+          best, top = {m}, s
+        elseif s == top then
+          best[#best + 1] = m
+        end
+      end
+      owner = best[(tonumber(string.sub(redis.sha1hex(fk), 1, 7), 16) % #best) + 1]
+    end
+    local token = redis.call('HINCRBY', tk, 'token', 1)
+    redis.call('HSET', tk, 'owner', owner)
+    redis.call('SET', fk, owner .. '|' .. token, 'PX', ttl)
+    local name = task .. '\\31' .. due .. '\\31' .. token
+    redis.call('ZADD', ok, due, name .. '\\31' .. owner)
+    redis.call('ZADD', p .. ':claims:' .. owner, due, name)
+    redis.call('HINCRBY', p .. ':placed', owner, 1)
+    score[owner] = score[owner] - 1
+    if owner == me then out[#out + 1] = token else out[#out + 1] = 0 end
+  end
+end
+return out
+"""
+
+_REAP = """
+local p, dead = ARGV[1], ARGV[2]
+if redis.call('EXISTS', p .. ':node:' .. dead) == 1 then return false end
+if redis.call('SREM', p .. ':members', dead) == 0 then return false end
+local claims = redis.call('ZRANGE', p .. ':claims:' .. dead, 0, -1)
+local runs = redis.call('HKEYS', p .. ':runs:' .. dead)
+redis.call('DEL', p .. ':claims:' .. dead, p .. ':runs:' .. dead)
+redis.call('HDEL', p .. ':free', dead)
+redis.call('HDEL', p .. ':placed', dead)
+local closed = {}
+for _, list in ipairs({claims, runs}) do
+  for _, name in ipairs(list) do
+    if not closed[name] then
+      closed[name] = true
+      local task = string.sub(name, 1, string.find(name, '\\31', 1, true) - 1)
+      redis.call('ZREM', p .. ':open:' .. task, name .. '\\31' .. dead)
+    end
+  end
+end
+return {claims, runs}
+"""
+
+
+def _fire_name(task: str, due: float, token: int) -> str:
+    return f"{task}{_SEP}{due!r}{_SEP}{token}"
+
+
+def _parse_name(name: str) -> tuple[str, float, int]:
+    task, due, token = name.rsplit(_SEP, 2)
+    return task, float(due), int(token)
+
+
+class ClusterMember:
+    """This node in the cluster whose keys are under `prefix` on the Redis server at `url`.
+
+    `workers`: how many runs this node takes at once (its free capacity is that less its runs
+    in flight); `sticky`: the tasks whose overlap policy is not "allow" (their fires follow an
+    open run of theirs). Use `start` on the app's loop, then `ask` and `record` from anywhere.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        prefix: str,
+        *,
+        workers: int,
+        sticky: Iterable[str] = (),
+        node: str | None = None,
+    ) -> None:
+        self.url = url
+        self.prefix = prefix
+        self.workers = max(1, workers)
+        self.sticky = set(sticky)
+        self.node = node or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self._cond = threading.Condition()
+        self._asks: list[tuple[list[tuple[str, float]], Callable[[list[Verdict]], None]]] = []
+        self._reports: list[tuple[str, str, float, int]] = []  # (what, task, due, token)
+        self._owned: dict[tuple[str, float], int] = {}  # fires claimed here, not yet started
+        self._started: dict[tuple[str, float], int] = {}  # ... started, not yet ended
+        self._running = 0
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+        self._failing: str | None = None  # the outage being lived through, logged once
+        #: Runs of other nodes reported lost here, and fires of theirs missed (counts).
+        self.reaped_lost = 0
+        self.reaped_missed = 0
+        self.plan: ClusterPlan | None = None  # once started
+        self._redis: Any = None
+        self._claim: Any = None
+        self._reap: Any = None
+
+    # -- the loop's side ------------------------------------------------------------------------
+
+    async def start(self) -> ClusterPlan:
+        """Join the cluster: its epoch (set now if this is its first node) and whether other
+        nodes serve already."""
+        import redis
+
+        self._redis = redis.Redis.from_url(
+            self.url, socket_timeout=0.5, socket_connect_timeout=0.5, decode_responses=True
+        )
+        self._claim = self._redis.register_script(_CLAIM)
+        self._reap = self._redis.register_script(_REAP)
+        plan = self.plan = await asyncio.to_thread(self._join)
+        self._thread = threading.Thread(target=self._run, name="aioclock-cluster", daemon=True)
+        self._thread.start()
+        logger.info(
+            "node %s joined the cluster %s (%s; epoch %.3f)",
+            self.node,
+            self.prefix,
+            "other nodes serve" if plan.joining else "no other node serves",
+            plan.epoch,
+        )
+        return plan
+
+    def ask(self, fires: list[tuple[str, float]], answer: Callable[[list[Verdict]], None]) -> None:
+        """Claim `fires`; `answer(verdicts)` is called from the cluster's thread."""
+        with self._cond:
+            self._asks.append((fires, answer))
+            self._cond.notify()
+
+    def answer_on(
+        self, loop: asyncio.AbstractEventLoop, deliver: Callable[[ClaimVerdicts], None]
+    ) -> Callable[[list[tuple[str, float]]], None]:
+        """A way to ask for claims whose answers are delivered on `loop` (as one frame)."""
+
+        def answer(verdicts: list[Verdict]) -> None:
+            loop.call_soon_threadsafe(deliver, ClaimVerdicts(verdicts))
+
+        def ask(fires: list[tuple[str, float]]) -> None:
+            self.ask(fires, answer)
+
+        return ask
+
+    def record(self, event: Event) -> None:
+        """A sink of the app's events: the runs of this node's claimed fires, as they start,
+        end or are skipped, are reported to the cluster (behind, from the thread)."""
+        kind = event.kind
+        if event.task is None or event.due is None:
+            return
+        key = (event.task, event.due)
+        with self._cond:
+            if kind == "run_started":
+                token = self._owned.pop(key, None)
+                self._running += 1
+                if token is not None:
+                    self._started[key] = token
+                    self._reports.append(("start", event.task, event.due, token))
+            elif kind == "run_missed":
+                token = self._owned.pop(key, None)
+                if token is not None:
+                    self._reports.append(("end", event.task, event.due, token))
+            elif kind in ("run_succeeded", "run_failed", "run_timed_out", "run_cancelled"):
+                self._running = max(0, self._running - 1)
+                token = self._started.pop(key, None)
+                if token is not None:
+                    self._reports.append(("end", event.task, event.due, token))
+            else:
+                return
+            self._cond.notify()
+
+    async def close(self) -> None:
+        """Leave the cluster: last reports, then this node's keys go (nothing is reaped)."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify()
+        thread = self._thread
+        if thread is not None:
+            await asyncio.to_thread(thread.join, CLOSE_WAIT)
+            self._thread = None
+        if self._redis is not None:
+            self._redis.close()
+
+    # -- the thread -------------------------------------------------------------------------
+
+    def _key(self, name: str) -> str:
+        return f"{self.prefix}:{name}"
+
+    def _join(self) -> ClusterPlan:
+        r = self._redis
+        r.set(self._key("epoch"), repr(time.time()), nx=True)
+        epoch = float(r.get(self._key("epoch")))
+        others = [m for m in r.smembers(self._key("members")) if m != self.node]
+        alive = [m for m in others if r.exists(self._key(f"node:{m}"))]
+        self._beat()
+        return ClusterPlan(epoch=epoch, joining=bool(alive))
+
+    def _beat(self) -> None:
+        """Say this node is alive, and how many workers it has free."""
+        with self._cond:
+            free = self.workers - self._running
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.sadd(self._key("members"), self.node)
+        pipe.set(self._key(f"node:{self.node}"), "1", px=int(NODE_TTL * 1000))
+        pipe.hset(self._key("free"), self.node, free)
+        pipe.hset(self._key("placed"), self.node, 0)
+        pipe.execute()
+
+    def _run(self) -> None:
+        beat_at = time.monotonic() + HEARTBEAT
+        while True:
+            with self._cond:
+                if not (self._asks or self._reports or self._stopping):
+                    self._cond.wait(max(0.0, beat_at - time.monotonic()))
+                asks, self._asks = self._asks, []
+                reports, self._reports = self._reports, []
+                stopping = self._stopping
+            try:
+                if asks:
+                    self._answer(asks)
+                    asks = []
+                if reports:
+                    self._report(reports)
+                    reports = []
+                if time.monotonic() >= beat_at or stopping:
+                    beat_at = time.monotonic() + HEARTBEAT
+                    self._close_unstarted()
+                    if stopping:
+                        self._leave()
+                        return
+                    self._beat()
+                    self._reap_the_dead()
+                if self._failing is not None:
+                    logger.warning("cluster %s: Redis answers again", self.prefix)
+                    self._failing = None
+            except Exception as error:  # Redis down, failing over, or too slow: fail closed
+                self._fail(error, asks, reports)
+                if stopping:
+                    return
+                beat_at = time.monotonic() + HEARTBEAT
+
+    def _fail(
+        self,
+        error: Exception,
+        asks: list[tuple[list[tuple[str, float]], Callable[[list[Verdict]], None]]],
+        reports: list[tuple[str, str, float, int]],
+    ) -> None:
+        if self._failing is None:
+            self._failing = f"{type(error).__name__}: {error}"
+            logger.error(
+                "cluster %s: Redis does not answer (%s): this node runs no fire it cannot "
+                "claim until it does (logged once per outage)",
+                self.prefix,
+                self._failing,
+            )
+        for fires, answer in asks:
+            answer([(task, due, -1) for task, due in fires])
+        with self._cond:  # reports are kept for when Redis answers again
+            self._reports[:0] = reports
+        time.sleep(min(HEARTBEAT, 0.1))  # do not spin while it is down
+
+    def _answer(
+        self, asks: list[tuple[list[tuple[str, float]], Callable[[list[Verdict]], None]]]
+    ) -> None:
+        args: list[Any] = [self.prefix, self.node, int(CLAIM_TTL * 1000)]
+        for fires, _ in asks:
+            for task, due in fires:
+                args += (task, repr(due), "1" if task in self.sticky else "0")
+        tokens = self._claim(args=args)
+        index = 0
+        for fires, answer in asks:
+            verdicts: list[Verdict] = []
+            with self._cond:
+                for task, due in fires:
+                    token = int(tokens[index])
+                    index += 1
+                    if token > 0:
+                        self._owned[(task, due)] = token
+                    verdicts.append((task, due, token))
+            answer(verdicts)
+
+    def _report(self, reports: list[tuple[str, str, float, int]]) -> None:
+        pipe = self._redis.pipeline(transaction=False)
+        runs = self._key(f"runs:{self.node}")
+        claims = self._key(f"claims:{self.node}")
+        for what, task, due, token in reports:
+            name = _fire_name(task, due, token)
+            if what == "start":
+                pipe.zrem(claims, name)
+                pipe.hset(runs, name, repr(time.time()))
+            else:
+                pipe.zrem(claims, name)
+                pipe.hdel(runs, name)
+                pipe.zrem(self._key(f"open:{task}"), f"{name}{_SEP}{self.node}")
+        pipe.execute()
+
+    def _close_unstarted(self) -> None:
+        """Fires claimed here that never started (skipped by a catch-up, or their task was
+        paused meanwhile) are closed, so that they hold no task's runs to this node."""
+        limit = time.time() - UNSTARTED_CLOSE
+        with self._cond:
+            stale = [(key, token) for key, token in self._owned.items() if key[1] < limit]
+            for key, token in stale:
+                del self._owned[key]
+                self._reports.append(("end", key[0], key[1], token))
+
+    def _leave(self) -> None:
+        """Write the last reports, then leave: this node's keys go with it."""
+        with self._cond:
+            reports, self._reports = self._reports, []
+        if reports:
+            self._report(reports)
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.srem(self._key("members"), self.node)
+        pipe.delete(self._key(f"node:{self.node}"), self._key(f"runs:{self.node}"))
+        pipe.delete(self._key(f"claims:{self.node}"))
+        pipe.hdel(self._key("free"), self.node)
+        pipe.hdel(self._key("placed"), self.node)
+        pipe.execute()
+
+    def _reap_the_dead(self) -> None:
+        """Nodes that stopped saying they are alive: their runs are reported lost, their
+        claimed fires that did not start missed (one node does it, atomically)."""
+        r = self._redis
+        for member in r.smembers(self._key("members")):
+            if member == self.node or r.exists(self._key(f"node:{member}")):
+                continue
+            reaped = self._reap(args=[self.prefix, member])
+            if not reaped:
+                continue  # another node reaped it first, or it came back
+            claims, runs = reaped
+            self._report_reaped(member, [_parse_name(n) for n in claims if n not in runs], runs)
+
+    def _report_reaped(
+        self, member: str, unstarted: list[tuple[str, float, int]], runs: list[str]
+    ) -> None:
+        logger.error(
+            "node %s of cluster %s stopped answering: %d run(s) of it lost, %d fire(s) placed "
+            "on it did not start",
+            member,
+            self.prefix,
+            len(runs),
+            len(unstarted),
+        )
+        pipe = self._redis.pipeline(transaction=False)
+        now = repr(time.time())
+        for name in runs:
+            task, due, token = _parse_name(name)
+            logger.error(
+                "run of %s due %.3f lost with node %s (fencing token %d)", task, due, member, token
+            )
+            pipe.hincrby(self._key("lost"), task, 1)
+            pipe.lpush(self._key("reaped"), f"lost{_SEP}{member}{_SEP}{name}{_SEP}{now}")
+        for task, due, token in unstarted:
+            logger.warning(
+                "fire of %s due %.3f missed: its node %s died before running it (fencing token %d)",
+                task,
+                due,
+                member,
+                token,
+            )
+            name = _fire_name(task, due, token)
+            pipe.lpush(self._key("reaped"), f"missed{_SEP}{member}{_SEP}{name}{_SEP}{now}")
+        pipe.ltrim(self._key("reaped"), 0, REAPED_KEEP - 1)
+        pipe.execute()
+        self.reaped_lost += len(runs)
+        self.reaped_missed += len(unstarted)
