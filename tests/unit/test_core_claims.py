@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from aioclock import Every
 from aioclock._policy import Policy
-from aioclock._protocol import ClaimVerdicts, Claims, Done, Fire, PauseTask, Ready
+from aioclock._protocol import Claims, ClaimVerdicts, Done, Fire, PauseTask, Ready
 from aioclock.dispatcher.claims import ClusterPlan
 from aioclock.dispatcher.core import ClockSet, ControlCore, Resume, ToControl, ToWorker
 from aioclock.dispatcher.engine import ScheduledTask, TaskProgress
