@@ -6,11 +6,13 @@ task has the same id in every process and after a restart.
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timezone
-from typing import Any, TypeVar, Union
+from typing import TYPE_CHECKING, Any, TypeVar, Union
 
+import msgspec
 from fast_depends import Provider
 from pydantic import BaseModel, SerializeAsAny
 
@@ -20,6 +22,11 @@ from aioclock.app import AioClock, apps_owning
 from aioclock.exceptions import TaskIdNotFound
 from aioclock.triggers import BaseTrigger, Once
 from aioclock.workers.runner import TaskRunner
+
+if TYPE_CHECKING:
+    from aioclock.stores.cluster import ClusterMember
+
+logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
@@ -138,7 +145,32 @@ async def get_metadata_of_all_tasks(app: AioClock) -> list[TaskMetadata]:
     runtime = app._runtime
     if runtime is not None:
         stats = {entry.task: entry for entry in await runtime.stats()}
+        if app._member is not None:
+            stats = await _of_the_cluster(app._member, stats)
     return [_metadata(task, stats.get(task.name), app._paused) for task in app._tasks]
+
+
+async def _of_the_cluster(
+    member: ClusterMember, stats: dict[str, TaskStats]
+) -> dict[str, TaskStats]:
+    """In a cluster: the counts of runs, failures, timeouts and missed occurrences are the
+    sums over every node that served (the lateness percentiles and the next due stay this
+    node's)."""
+    try:
+        totals = await member.stats()
+    except Exception as error:
+        logger.warning("the counts of the other nodes could not be read (%r): this node's", error)
+        return stats
+    summed = {}
+    for name, entry in stats.items():
+        total = totals.get(name)
+        if total is not None:
+            runs, failures, timeouts, missed = total
+            entry = msgspec.structs.replace(
+                entry, runs=runs, failures=failures, timeouts=timeouts, missed=missed
+            )
+        summed[name] = entry
+    return summed
 
 
 def _metadata(task: Task, stats: TaskStats | None, paused: set[str]) -> TaskMetadata:

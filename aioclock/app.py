@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import pickle
 import uuid
 import weakref
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager, AbstractContextManager
+from contextvars import ContextVar
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeVar, Union
 
@@ -30,6 +33,10 @@ if TYPE_CHECKING:
     from aioclock.stores.keeper import StoreKeeper
 
 logger = logging.getLogger(__name__)
+
+#: Set while a control verb that another node of the cluster applied is applied here: it is
+#: not told to the cluster again.
+_from_cluster: ContextVar[bool] = ContextVar("aioclock_from_cluster", default=False)
 
 F = TypeVar("F", bound=Callable[..., Any])
 L = TypeVar("L", bound=Listener)
@@ -174,6 +181,8 @@ class AioClock:
         self._paused: set[str] = set()  # names of the tasks paused (they serve paused)
         self._adding: set[str] = set()  # names being added while the app serves
         self._keeper: StoreKeeper | None = None  # while it serves with a store
+        self._member: ClusterMember | None = None  # while it serves in a cluster
+        self._from_others: set[asyncio.Task[None]] = set()  # verbs of other nodes, applying
         self._added_here: dict[str, Definition] = {}  # added while serving, kept in the store
         _apps.add(self)
 
@@ -319,6 +328,7 @@ class AioClock:
             self._refuse_control("pause", found)
         else:
             await runtime.pause(found)
+            await self._tell_cluster("pause", found.name)
         self._paused.add(found.name)
 
     async def resume(self, task: TaskRef) -> None:
@@ -331,6 +341,7 @@ class AioClock:
             self._refuse_control("resume", found)
         else:
             await runtime.resume(found)
+            await self._tell_cluster("resume", found.name)
         self._paused.discard(found.name)
 
     async def remove(self, task: TaskRef) -> None:
@@ -343,6 +354,7 @@ class AioClock:
             await self._runtime.remove(found)
             if self._keeper is not None and self._added_here.pop(found.name, None) is not None:
                 self._keeper.save_added(found.name, None)
+            await self._tell_cluster("remove", found.name)
         for group in (*self._groups, self._app_group):
             group._tasks[:] = [candidate for candidate in group._tasks if candidate is not found]
         self._paused.discard(found.name)
@@ -370,6 +382,7 @@ class AioClock:
                 kept = (*kept[:2], trigger, *kept[3:])
                 self._added_here[found.name] = kept
                 self._keeper.save_added(found.name, added.pack(kept))
+            await self._tell_cluster("reschedule", found.name, pickle.dumps(trigger))
         found.trigger = trigger
 
     async def add_task(
@@ -428,7 +441,14 @@ class AioClock:
                 await runtime.add_task(new)
             finally:
                 self._adding.discard(new.name)
-            self._keep_added(new.name, func, trigger, timeout, policy)
+            member = self._member
+            if member is not None and new.policy.over(self.policy).rules().overlap != "allow":
+                member.sticky.add(new.name)  # its fires follow an open run of its own
+            definition = self._keep_added(new.name, func, trigger, timeout, policy)
+            if definition is not None:
+                from aioclock.stores import added
+
+                await self._tell_cluster("add", new.name, added.pack(definition))
         self._app_group._tasks.append(new)
 
     def _keep_added(
@@ -438,12 +458,12 @@ class AioClock:
         trigger: BaseTrigger[Any],
         timeout: Any,
         policy: dict[str, Any],
-    ) -> None:
+    ) -> Definition | None:
         """With a store: keep a task added while serving, to register it again at the next
-        start (by its module and qualified name)."""
+        start (by its module and qualified name); its definition, if it can be kept."""
         keeper = self._keeper
         if keeper is None:
-            return
+            return None
         from aioclock.stores import added
 
         try:
@@ -455,9 +475,63 @@ class AioClock:
                 name,
                 error,
             )
-            return
+            return None
         self._added_here[name] = definition
         keeper.save_added(name, added.pack(definition))
+        return definition
+
+    # -- in a cluster ---------------------------------------------------------------------------
+
+    async def _tell_cluster(self, verb: str, name: str, data: bytes = b"") -> None:
+        """In a cluster: the other nodes apply the verb too (unless it came from them)."""
+        member = self._member
+        if member is None or _from_cluster.get():
+            return
+        try:
+            await asyncio.to_thread(member.publish, verb, name, data)
+        except Exception as error:
+            logger.error(
+                "%s of task %s was applied on this node only: the other nodes of the cluster "
+                "could not be told (%r)",
+                verb,
+                name,
+                error,
+            )
+
+    def _listen_to_cluster(self, member: ClusterMember) -> None:
+        loop = asyncio.get_running_loop()
+
+        def on_control(verb: str, name: str, data: bytes) -> None:  # the listener's thread
+            loop.call_soon_threadsafe(self._apply_from_cluster, verb, name, data)
+
+        member.listen(on_control)
+
+    def _apply_from_cluster(self, verb: str, name: str, data: bytes) -> None:
+        applying = asyncio.get_running_loop().create_task(self._applied(verb, name, data))
+        self._from_others.add(applying)
+        applying.add_done_callback(self._from_others.discard)
+
+    async def _applied(self, verb: str, name: str, data: bytes) -> None:
+        """Apply a control verb that another node of the cluster applied."""
+        _from_cluster.set(True)  # (this task's own context)
+        try:
+            if verb == "add":
+                from aioclock.stores import added
+
+                func, trigger, timeout, policy = added.unpack(data)
+                await self.add_task(func, trigger=trigger, timeout=timeout, **policy)
+            elif verb == "reschedule":
+                await self.reschedule(name, pickle.loads(data))
+            elif verb in ("pause", "resume", "remove"):
+                await getattr(self, verb)(name)
+            logger.info("%s of task %s, applied by another node of the cluster", verb, name)
+        except Exception as error:
+            logger.error(
+                "%s of task %s, applied by another node of the cluster, failed here: %r",
+                verb,
+                name,
+                error,
+            )
 
     async def run_now(self, task: TaskRef) -> Any:
         """Run `task` now, outside its schedule, and return its value (see
@@ -622,6 +696,7 @@ class AioClock:
         finally:
             self._keeper = None
             if member is not None:
+                self._member = None
                 self._sinks.remove(member.record)
                 await member.close()
             if keeper is not None:
@@ -669,6 +744,8 @@ class AioClock:
         member = store.cluster_member(max(1, self.workers), sticky)
         await member.start()
         self._sinks.append(member.record)  # its runs' starts and ends are reported
+        self._member = member
+        self._listen_to_cluster(member)
         return member
 
     async def _hold_store(self, store: str | Store) -> tuple[StoreKeeper, Saved]:
@@ -699,6 +776,8 @@ class AioClock:
         state["_listeners"] = Listeners()  # they run in the main process only
         state["_sinks"] = []
         state["_keeper"] = None  # the store's thread stays in the main process
+        state["_member"] = None
+        state["_from_others"] = set()
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:

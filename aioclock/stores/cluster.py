@@ -155,6 +155,12 @@ return {claims, runs}
 """
 
 
+#: The events counted in a node's counts (runs, failures, timeouts, missed).
+_COUNTED = frozenset(
+    ("run_succeeded", "run_failed", "run_timed_out", "run_cancelled", "run_missed")
+)
+
+
 def _fire_name(task: str, due: float, token: int) -> str:
     return f"{task}{_SEP}{due!r}{_SEP}{token}"
 
@@ -192,6 +198,13 @@ class ClusterMember:
         self._owned: dict[tuple[str, float], int] = {}  # fires claimed here, not yet started
         self._started: dict[tuple[str, float], int] = {}  # ... started, not yet ended
         self._running = 0
+        # This node's counts per task (runs, failures, timeouts, missed), and the tasks whose
+        # counts changed since they were last written (`stats` sums every node's).
+        self._counts: dict[str, list[int]] = {}
+        self._counts_changed: set[str] = set()
+        # Control verbs from the other nodes: (verb, task, data), called on the app's loop.
+        self._on_control: Callable[[str, str, bytes], None] | None = None
+        self._listener: threading.Thread | None = None
         self._stopping = False
         self._thread: threading.Thread | None = None
         self._failing: str | None = None  # the outage being lived through, logged once
@@ -250,7 +263,10 @@ class ClusterMember:
         """A sink of the app's events: the runs of this node's claimed fires, as they start,
         end or are skipped, are reported to the cluster (behind, from the thread)."""
         kind = event.kind
-        if event.task is None or event.due is None:
+        if event.task is None:
+            return
+        self._count(event)
+        if event.due is None:
             return
         key = (event.task, event.due)
         with self._cond:
@@ -273,15 +289,111 @@ class ClusterMember:
                 return
             self._cond.notify()
 
+    def _count(self, event: Event) -> None:
+        kind = event.kind
+        if kind not in _COUNTED:
+            return
+        assert event.task is not None
+        with self._cond:
+            counts = self._counts.get(event.task)
+            if counts is None:
+                counts = self._counts[event.task] = [0, 0, 0, 0]
+            if kind == "run_missed":
+                counts[3] += event.count
+            else:
+                counts[0] += 1
+                if kind == "run_failed":
+                    counts[1] += 1
+                elif kind == "run_timed_out":
+                    counts[2] += 1
+            self._counts_changed.add(event.task)
+
+    def listen(self, on_control: Callable[[str, str, bytes], None]) -> None:
+        """Call `on_control(verb, task, data)` for each control verb another node applied
+        (from a thread of its own: the caller passes it to its loop)."""
+        self._on_control = on_control
+        self._listener = threading.Thread(
+            target=self._listen, name="aioclock-cluster-control", daemon=True
+        )
+        self._listener.start()
+
+    def publish(self, verb: str, task: str, data: bytes = b"") -> None:
+        """Tell the other nodes that this one applied a control verb (they apply it too). It
+        is sent at once: a verb is rare, and its caller waits for it anyway."""
+        import pickle
+
+        message = pickle.dumps((self.node, verb, task, data))
+        self._redis.publish(self._key("control"), message)
+
+    async def stats(self) -> dict[str, tuple[int, int, int, int]]:
+        """The counts of every node that served (runs, failures, timeouts, missed), per task."""
+        return await asyncio.to_thread(self._read_stats)
+
+    def _read_stats(self) -> dict[str, tuple[int, int, int, int]]:
+        self._write_counts()  # this node's latest first
+        totals: dict[str, list[int]] = {}
+        for member in self._redis.smembers(self._key("counted")):
+            for task, text in self._redis.hgetall(self._key(f"counts:{member}")).items():
+                values = [int(part) for part in text.split(",")]
+                total = totals.setdefault(task, [0, 0, 0, 0])
+                for index, value in enumerate(values[:4]):
+                    total[index] += value
+        return {task: (t[0], t[1], t[2], t[3]) for task, t in totals.items()}
+
+    def _write_counts(self) -> None:
+        with self._cond:
+            changed = {task: list(self._counts[task]) for task in self._counts_changed}
+            self._counts_changed.clear()
+        if not changed:
+            return
+        try:
+            pipe = self._redis.pipeline(transaction=False)
+            pipe.sadd(self._key("counted"), self.node)
+            mapping = {task: ",".join(map(str, counts)) for task, counts in changed.items()}
+            pipe.hset(self._key(f"counts:{self.node}"), mapping=mapping)
+            pipe.execute()
+        except Exception:
+            with self._cond:  # written at the next heartbeat
+                self._counts_changed.update(changed)
+            raise
+
+    def _listen(self) -> None:
+        import pickle
+
+        failing = False
+        while not self._stopping:
+            pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+            try:
+                pubsub.subscribe(self._key("control"))
+                failing = False
+                while not self._stopping:
+                    message = pubsub.get_message(timeout=0.2)
+                    if message is None:
+                        continue
+                    node, verb, task, data = pickle.loads(message["data"])
+                    if node != self.node and self._on_control is not None:
+                        self._on_control(verb, task, data)
+            except Exception as error:
+                if not failing:
+                    failing = True
+                    logger.warning(
+                        "cluster %s: control verbs of other nodes not received (%r); retrying",
+                        self.prefix,
+                        error,
+                    )
+                time.sleep(0.2)
+            finally:
+                pubsub.close()
+
     async def close(self) -> None:
         """Leave the cluster: last reports, then this node's keys go (nothing is reaped)."""
         with self._cond:
             self._stopping = True
             self._cond.notify()
-        thread = self._thread
-        if thread is not None:
-            await asyncio.to_thread(thread.join, CLOSE_WAIT)
-            self._thread = None
+        for thread in (self._thread, self._listener):
+            if thread is not None:
+                await asyncio.to_thread(thread.join, CLOSE_WAIT)
+        self._thread = self._listener = None
         if self._redis is not None:
             self._redis.close()
 
@@ -333,6 +445,7 @@ class ClusterMember:
                         self._leave()
                         return
                     self._beat()
+                    self._write_counts()
                     self._reap_the_dead()
                 if self._failing is not None:
                     logger.warning("cluster %s: Redis answers again", self.prefix)
@@ -414,6 +527,7 @@ class ClusterMember:
             reports, self._reports = self._reports, []
         if reports:
             self._report(reports)
+        self._write_counts()
         pipe = self._redis.pipeline(transaction=False)
         pipe.srem(self._key("members"), self.node)
         pipe.delete(self._key(f"node:{self.node}"), self._key(f"runs:{self.node}"))
