@@ -3,9 +3,9 @@
 A store keeps each task's progress (where its schedule is, its armed due, pause state, loop
 count, counters), the last run number, and a lease that lets one instance at a time serve the
 schedule it keeps. `MemoryStore` keeps them in this process (today's behaviour; an app without a
-store keeps nothing at all); `SqliteStore` in one SQLite file. Every method is synchronous and
-is called from one background thread (`aioclock.stores.keeper.StoreKeeper`): never on the path
-from a deadline to its fire. A Redis store implements the same methods.
+store keeps nothing at all); `SqliteStore` in one SQLite file; `RedisStore` in a Redis server.
+Every method is synchronous and is called from one background thread
+(`aioclock.stores.keeper.StoreKeeper`): never on the path from a deadline to its fire.
 
     >>> store = open_store("memory://")
     >>> store.acquire("me", ttl=1.5)
@@ -14,19 +14,19 @@ from a deadline to its fire. A Redis store implements the same methods.
     True
     >>> store.load().last_seq
     7
-    >>> open_store("redis://localhost:6379/0")
-    Traceback (most recent call last):
-    ValueError: store 'redis://localhost:6379/0': the Redis store is not available yet; \
-supported: 'memory://', 'sqlite:///PATH'
+    >>> open_store("redis://localhost:6379/0?prefix=myapp")
+    RedisStore('redis://localhost:6379/0?prefix=myapp')
 """
 
 from __future__ import annotations
 
 import abc
+import re
 from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NamedTuple
+from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 from aioclock.exceptions import BaseAioClockException
 
@@ -48,7 +48,10 @@ __all__ = [
 #: The layout this version writes; a store written with a higher one is refused.
 SCHEMA_VERSION = 1
 
-SUPPORTED = "'memory://', 'sqlite:///PATH'"
+SUPPORTED = "'memory://', 'sqlite:///PATH', 'redis://HOST:PORT/DB'"
+
+#: The characters of a Redis key prefix (`?prefix=NAME`): no spaces, braces or glob patterns.
+_PREFIX = re.compile(r"[A-Za-z0-9_.:-]{1,100}")
 
 
 class StoreVersionError(BaseAioClockException, RuntimeError):
@@ -215,10 +218,15 @@ def check_store(value: Any) -> str | Store | None:
 
     >>> check_store("sqlite:///tmp/app.db")
     'sqlite:///tmp/app.db'
+    >>> check_store("redis://:secret@cache:6379/2?prefix=billing")
+    'redis://:secret@cache:6379/2?prefix=billing'
+    >>> check_store("redis://cache:6379/x")
+    Traceback (most recent call last):
+    ValueError: store 'redis://cache:6379/x': the database must be an integer >= 0, got 'x'
     >>> check_store("postgres://db/app")
     Traceback (most recent call last):
     ValueError: store 'postgres://db/app': unknown kind of store; supported: 'memory://', \
-'sqlite:///PATH'
+'sqlite:///PATH', 'redis://HOST:PORT/DB'
     """
     if value is None or isinstance(value, Store):
         return value
@@ -229,9 +237,8 @@ def check_store(value: Any) -> str | Store | None:
     if not sep:
         raise ValueError(f"store must be a URL ({SUPPORTED}), got {value!r}")
     if scheme == "redis" or scheme == "rediss":
-        raise ValueError(
-            f"store {value!r}: the Redis store is not available yet; supported: {SUPPORTED}"
-        )
+        _redis_parts(value, url)
+        return url
     if scheme == "memory":
         return url
     if scheme == "sqlite":
@@ -253,9 +260,66 @@ def open_store(value: str | Store) -> Store:
     scheme, _, rest = checked.partition("://")
     if scheme == "memory":
         return MemoryStore()
-    from aioclock.stores.sqlite import SqliteStore
+    if scheme == "sqlite":
+        from aioclock.stores.sqlite import SqliteStore
 
-    return SqliteStore(rest[1:])
+        return SqliteStore(rest[1:])
+    client_url, prefix = _redis_parts(checked, checked)
+    try:
+        from aioclock.stores.redis import RedisStore
+    except ImportError as error:
+        if (error.name or "").partition(".")[0] != "redis":
+            raise
+        raise ImportError(
+            f"store {_without_password(checked)!r}: the Redis store needs redis-py: "
+            "pip install 'aioclock[redis]'"
+        ) from None
+    return RedisStore(client_url, prefix)
+
+
+def _redis_parts(value: Any, url: str) -> tuple[str, str]:
+    """(the URL for redis-py, the key prefix) of a valid Redis store URL; ValueError naming
+    the part that is wrong."""
+    where = f"store {_without_password(str(value))!r}"
+    parts = urlsplit(url)
+    host = parts.netloc.rpartition("@")[2]
+    name, port = host, ""
+    if host.startswith("["):  # an IPv6 address: [::1]:6379
+        name, _, after = host.partition("]")
+        port = after[1:] if after.startswith(":") else ""
+    elif ":" in host:
+        name, _, port = host.rpartition(":")
+    if not name.strip("["):
+        raise ValueError(
+            f"{where}: a Redis store is 'redis://[[USER]:PASSWORD@]HOST[:PORT][/DB]' "
+            "(or 'rediss://' for TLS): the host is missing"
+        )
+    if ":" in host and not (port.isdigit() and 1 <= int(port) <= 65535):
+        raise ValueError(f"{where}: the port must be an integer from 1 to 65535, got {port!r}")
+    db = parts.path[1:]
+    if db and not db.isdigit():
+        raise ValueError(f"{where}: the database must be an integer >= 0, got {db!r}")
+    prefix = "aioclock"
+    for key, text in parse_qsl(parts.query, keep_blank_values=True):
+        if key != "prefix":
+            raise ValueError(f"{where}: unknown parameter {key!r}; the only one is 'prefix'")
+        if not _PREFIX.fullmatch(text):
+            raise ValueError(
+                f"{where}: prefix must be 1 to 100 letters, digits or '_.:-', got {text!r}"
+            )
+        prefix = text
+    if parts.fragment:
+        raise ValueError(f"{where}: a Redis store URL has no fragment, got {parts.fragment!r}")
+    return urlunsplit(parts._replace(query="")), prefix
+
+
+def _without_password(url: str) -> str:
+    """`url` with its password, if any, shown as '***' (for messages and logs)."""
+    parts = urlsplit(url)
+    user, at, host = parts.netloc.rpartition("@")
+    if not at or ":" not in user:
+        return url
+    return urlunsplit(parts._replace(netloc=f"{user.partition(':')[0]}:***@{host}"))
 
 
 class LeaseLostError(BaseAioClockException, RuntimeError):

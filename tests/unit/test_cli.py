@@ -232,8 +232,11 @@ def test_options_are_parsed_and_validated_like_the_settings():
         ("run m:app --log-level loud", "error, warning, info, debug, got 'loud'"),
         ("run m:app --metrics-address 9100", "argument --metrics-address: metrics_address must"),
         ("run m:app --metrics-port 9100", "unrecognized arguments: --metrics-port"),
-        ("run m:app --store redis://h:6379/0", "argument --store: store 'redis://h:6379/0': the"),
-        ("run m:app --store redis://h:6379/0", "Redis store is not available yet; supported: "),
+        ("run m:app --store redis://h:63x9/0", "argument --store: store 'redis://h:63x9/0': the"),
+        (
+            "run m:app --store redis://h:63x9/0",
+            "port must be an integer from 1 to 65535, got '63x9'",
+        ),
         ("run m:app --store /tmp/x.db", "argument --store: store must be a URL ('memory://', "),
         ("tasks m:app --next 0", "argument --next: next must be an integer >= 1, got '0'"),
         ("run", "the following arguments are required: MODULE:APP"),

@@ -6,13 +6,25 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
+import pytest
+
 from aioclock import AioClock, Every, OnStartUp
 from aioclock._clock import FakeClock
 from aioclock.stores import MemoryStore
+from aioclock.stores.redis import RedisStore
 from tests.fakeclock import fake_time
+from tests.redis_server import LOCAL_URL
 
 T0 = 1_000_000.0
 GUARD = 3600.0  # virtual seconds
+
+
+@pytest.fixture(params=["memory", "redis"])
+def store(request):
+    """The store the app serves from, again and again (the same object each time)."""
+    if request.param == "memory":
+        return MemoryStore()
+    return RedisStore(LOCAL_URL, prefix=request.getfixturevalue("redis_prefix"))
 
 
 async def serve_for(app: AioClock, seconds: float) -> dict:
@@ -51,8 +63,8 @@ def make_app(store, log, clock, limit=None) -> AioClock:
 
 
 @fake_time(start=T0)
-async def test_serving_again_keeps_the_grid_and_counts_the_downtime_missed():
-    store, log, clock = MemoryStore(), [], FakeClock()
+async def test_serving_again_keeps_the_grid_and_counts_the_downtime_missed(store):
+    log, clock = [], FakeClock()
     await serve_for(make_app(store, log, clock), 25)  # ticks at 10, 20; armed for 30
     await asyncio.sleep(40)  # down from 25 to 65: 30, 40, 50, 60 fall due meanwhile
     stats = await serve_for(make_app(store, log, clock), 20)
@@ -78,8 +90,8 @@ async def test_serving_again_keeps_the_grid_and_counts_the_downtime_missed():
 
 
 @fake_time(start=T0)
-async def test_a_paused_task_stays_paused_across_a_restart():
-    store, log, clock = MemoryStore(), [], FakeClock()
+async def test_a_paused_task_stays_paused_across_a_restart(store):
+    log, clock = [], FakeClock()
     first = make_app(store, log, clock)
     serving = asyncio.create_task(serve_for(first, 25))
     await asyncio.sleep(15)
@@ -92,8 +104,8 @@ async def test_a_paused_task_stays_paused_across_a_restart():
 
 
 @fake_time(start=T0)
-async def test_the_loop_count_goes_on_across_a_restart():
-    store, log, clock = MemoryStore(), [], FakeClock()
+async def test_the_loop_count_goes_on_across_a_restart(store):
+    log, clock = [], FakeClock()
     await serve_for(make_app(store, log, clock, limit=3), 25)  # 10, 20; 30 armed
     serving = await started(make_app(store, log, clock, limit=3))
     await asyncio.wait_for(serving, GUARD)  # ends by itself: the third was the last
@@ -112,9 +124,9 @@ async def added_job():
 
 
 @fake_time(start=T0)
-async def test_a_task_added_while_serving_is_added_again_after_a_restart(caplog):
+async def test_a_task_added_while_serving_is_added_again_after_a_restart(store, caplog):
     ADDED_LOG.clear()
-    store, log, clock = MemoryStore(), [], FakeClock()
+    log, clock = [], FakeClock()
     first = make_app(store, log, clock)
     serving = asyncio.create_task(serve_for(first, 25))
     await asyncio.sleep(12)

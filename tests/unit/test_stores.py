@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import doctest
+import re
 import sqlite3
 
 import pytest
@@ -10,8 +11,18 @@ import pytest
 import aioclock.stores
 from aioclock import AioClock
 from aioclock.settings import from_environ
-from aioclock.stores import SCHEMA_VERSION, MemoryStore, StoreVersionError, open_store
+from aioclock.stores import (
+    SCHEMA_VERSION,
+    MemoryStore,
+    Run,
+    Saved,
+    StoreVersionError,
+    check_store,
+    open_store,
+)
+from aioclock.stores.redis import RedisStore
 from aioclock.stores.sqlite import SqliteStore
+from tests.redis_server import LOCAL_URL
 
 
 def test_the_module_examples_hold():
@@ -19,9 +30,14 @@ def test_the_module_examples_hold():
     assert attempted and not failed
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+@pytest.fixture(params=["memory", "sqlite", "redis"])
 def store(request, tmp_path):
-    made = MemoryStore() if request.param == "memory" else SqliteStore(tmp_path / "app.db")
+    if request.param == "memory":
+        made = MemoryStore()
+    elif request.param == "sqlite":
+        made = SqliteStore(tmp_path / "app.db")
+    else:
+        made = RedisStore(LOCAL_URL, prefix=request.getfixturevalue("redis_prefix"))
     yield made
     made.close()
 
@@ -80,9 +96,8 @@ def test_a_store_written_by_a_newer_version_is_refused(tmp_path):
 @pytest.mark.parametrize(
     ("value", "message"),
     [
-        ("redis://localhost:6379/0", "the Redis store is not available yet"),
         ("mysql://db/app", "store 'mysql://db/app': unknown kind of store; supported:"),
-        ("app.db", "store must be a URL ('memory://', 'sqlite:///PATH'), got 'app.db'"),
+        ("app.db", "store must be a URL ('memory://', 'sqlite:///PATH', 'redis://HOST:PORT/DB'"),
         ("sqlite://app.db", "an SQLite store is 'sqlite:///PATH'"),
         (42, "store must be a URL string or a Store, got 42"),
     ],
@@ -96,8 +111,9 @@ def test_the_store_setting_from_the_environment(tmp_path):
     url = f"sqlite:///{tmp_path}/app.db"
     assert from_environ({"AIOCLOCK_STORE": url}) == {"store": url}
     assert from_environ({"AIOCLOCK_STORE": "none"}) == {"store": None}
-    with pytest.raises(ValueError, match="AIOCLOCK_STORE='redis://h': store 'redis://h'"):
-        from_environ({"AIOCLOCK_STORE": "redis://h"})
+    assert from_environ({"AIOCLOCK_STORE": "redis://h"}) == {"store": "redis://h"}
+    with pytest.raises(ValueError, match="AIOCLOCK_STORE='redis://h:x': store 'redis://h:x'"):
+        from_environ({"AIOCLOCK_STORE": "redis://h:x"})
     store = MemoryStore()
     assert AioClock(store=store).store is store
 
@@ -109,6 +125,8 @@ def test_the_run_history_keeps_the_last_runs(store, monkeypatch):
     monkeypatch.setattr(stores, "HISTORY_LIMIT", 3)
     if isinstance(store, SqliteStore):
         monkeypatch.setattr("aioclock.stores.sqlite.HISTORY_LIMIT", 3)
+    elif isinstance(store, RedisStore):
+        monkeypatch.setattr("aioclock.stores.redis.HISTORY_LIMIT", 3)
     else:
         store = MemoryStore()  # (its bound is taken when made)
     token = store.acquire("a", ttl=5)
@@ -120,8 +138,10 @@ def test_the_run_history_keeps_the_last_runs(store, monkeypatch):
     assert store.history("m:0", limit=1) == [runs[4]]
 
 
-def test_serving_from_a_newer_store_or_a_path_that_cannot_open_fails_at_once(tmp_path):
+def test_serving_from_a_newer_store_or_a_path_that_cannot_open_fails_at_once(tmp_path, unused_port):
     import asyncio
+
+    import redis
 
     from aioclock import Every
 
@@ -132,6 +152,7 @@ def test_serving_from_a_newer_store_or_a_path_that_cannot_open_fails_at_once(tmp
     for url, error, message in [
         (f"sqlite:///{path}", StoreVersionError, "schema version 99"),
         (f"sqlite:///{tmp_path}/missing/app.db", sqlite3.OperationalError, "unable to open"),
+        (f"redis://127.0.0.1:{unused_port}/0", redis.ConnectionError, str(unused_port)),
     ]:
         app = AioClock(store=url)
         app.task(trigger=Every(seconds=1))(noop)
@@ -141,3 +162,144 @@ def test_serving_from_a_newer_store_or_a_path_that_cannot_open_fails_at_once(tmp
 
 async def noop():
     pass
+
+
+# -- the Redis store (on 127.0.0.1:6379, under a prefix of each test's own) -----------------
+
+
+def test_a_redis_store_keeps_every_key_under_its_prefix(redis_url, redis_prefix):
+    import redis
+
+    store = open_store(redis_url)
+    assert isinstance(store, RedisStore) and store.prefix == redis_prefix
+    assert not store.cluster
+    token = store.acquire("a", ttl=5)
+    assert store.save(
+        {"m:x": (1,)}, 4, "a", token, {"m:y": b"def"}, [Run("m:x", 1, 1, 2, "ok", None)]
+    )
+    store.close()
+    client = redis.Redis.from_url(LOCAL_URL)
+    keys = {key.decode() for key in client.scan_iter(match=f"{redis_prefix}:*")}
+    client.close()
+    assert keys == {
+        f"{redis_prefix}:{name}"
+        for name in ("version", "progress", "added", "last_seq", "runs", "lease", "token")
+    }
+    again = open_store(redis_url)  # a new connection (another process) reads the same
+    assert again.load() == Saved({"m:x": (1,)}, 4, {"m:y": b"def"})
+    assert again.acquire("b", ttl=5) is None  # the lease outlives the client that took it
+    again.close()
+
+
+def test_a_closed_redis_store_opens_again_on_its_next_call(redis_prefix):
+    store = RedisStore(LOCAL_URL, prefix=redis_prefix)
+    token = store.acquire("a", ttl=5)
+    store.close()
+    assert store.renew("a", token, ttl=5)
+    store.close()
+
+
+def test_a_redis_lease_expires_by_the_servers_clock(redis_prefix):
+    import time
+
+    store = RedisStore(LOCAL_URL, prefix=redis_prefix)
+    first = store.acquire("a", ttl=0.05)
+    assert store.acquire("b", ttl=5) is None
+    time.sleep(0.1)  # (the lease's own length: a few server milliseconds, no wall clock)
+    assert store.acquire("b", ttl=5) == first + 1
+    assert not store.renew("a", first, ttl=5)
+    store.close()
+
+
+def test_the_redis_history_of_one_task_reads_past_other_tasks_runs(redis_prefix, monkeypatch):
+    monkeypatch.setattr("aioclock.stores.redis._HISTORY_CHUNK", 4)  # many steps of the script
+    store = RedisStore(LOCAL_URL, prefix=redis_prefix)
+    token = store.acquire("a", ttl=5)
+    runs = [
+        Run("m:rare" if i % 10 == 0 else "m:busy", float(i), i + 0.5, i + 1.0, "ok", None)
+        for i in range(50)
+    ]
+    runs[-10] = runs[-10]._replace(outcome="failed", error="KeyError: 'é\\x00'")
+    assert store.save({}, 0, "a", token, runs=runs)
+    assert store.history("m:rare", limit=3) == [runs[20], runs[30], runs[40]]
+    assert store.history("m:rare", limit=100) == runs[::10]
+    assert store.history("m:none") == []
+    assert store.history(limit=0) == []
+    assert store.history(limit=2) == runs[-2:]
+    store.close()
+
+
+def test_a_redis_store_written_by_a_newer_version_is_refused(redis_prefix):
+    import redis
+
+    client = redis.Redis.from_url(LOCAL_URL)
+    client.set(f"{redis_prefix}:version", SCHEMA_VERSION + 1)
+    client.close()
+    store = RedisStore(LOCAL_URL, prefix=redis_prefix)
+    with pytest.raises(StoreVersionError, match=f"schema version {SCHEMA_VERSION + 1}, written"):
+        store.load()
+    with pytest.raises(StoreVersionError):  # (checked again: nothing was opened)
+        store.acquire("a", ttl=5)
+
+
+def test_a_redis_server_that_is_not_there_fails_a_call_at_once(unused_port):
+    import time
+
+    import redis
+
+    store = open_store(f"redis://127.0.0.1:{unused_port}/0")
+    began = time.monotonic()
+    with pytest.raises(redis.ConnectionError):
+        store.acquire("a", ttl=5)
+    assert time.monotonic() - began < 10  # (a guard against a hang, not a bound)
+    store.close()
+
+
+@pytest.fixture
+def unused_port():
+    from tests.redis_server import free_port
+
+    return free_port()
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("redis://h:x/0", "store 'redis://h:x/0': the port must be an integer from 1 to 65535"),
+        ("redis://h:70000", "the port must be an integer from 1 to 65535, got '70000'"),
+        ("redis://h:6379/db1", "'redis://h:6379/db1': the database must be an integer >= 0, got"),
+        ("redis://:6379/0", "store 'redis://:6379/0': a Redis store is 'redis://[[USER]:PASSWORD@]HOST"),
+        ("redis://h/0?db=2", "'redis://h/0?db=2': unknown parameter 'db'; the only one is 'pre"),
+        ("redis://h/0?prefix=a*", "prefix must be 1 to 100 letters, digits or '_.:-', got 'a*'"),
+        ("redis://h/0?prefix=", "prefix must be 1 to 100 letters, digits or '_.:-', got ''"),
+        ("rediss://:s3cret@h:x/0", "store 'rediss://:***@h:x/0': the port must be"),
+    ],
+)  # fmt: skip
+def test_a_bad_redis_url_names_the_part_and_its_value(value, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        AioClock(store=value)
+
+
+@pytest.mark.parametrize(
+    ("value", "url", "prefix"),
+    [
+        ("redis://cache", "redis://cache", "aioclock"),
+        ("redis://:pw@cache:6380/3?prefix=a.v2", "redis://:***@cache:6380/3?prefix=a.v2", "a.v2"),
+        ("rediss://user:pw@[::1]:6379/0", "rediss://user:***@[::1]:6379/0", "aioclock"),
+    ],
+)  # fmt: skip
+def test_a_redis_url_opens_a_store_that_hides_its_password(value, url, prefix):
+    store = open_store(value)
+    assert isinstance(store, RedisStore)
+    assert (store.url, store.prefix) == (url, prefix)
+    assert "?" not in store.client_url and ("pw" in store.client_url) == ("pw" in value)
+
+
+def test_without_redis_py_a_redis_url_says_what_to_install(monkeypatch):
+    import sys
+
+    monkeypatch.delitem(sys.modules, "aioclock.stores.redis", raising=False)
+    monkeypatch.setitem(sys.modules, "redis", None)  # (import redis fails, as if missing)
+    with pytest.raises(ImportError, match=re.escape("pip install 'aioclock[redis]'")):
+        open_store("redis://:pw@cache:6379/0")
+    assert check_store("redis://cache:6379/0") == "redis://cache:6379/0"  # (checked without it)
