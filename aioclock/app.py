@@ -442,8 +442,11 @@ class AioClock:
             finally:
                 self._adding.discard(new.name)
             member = self._member
-            if member is not None and new.policy.over(self.policy).rules().overlap != "allow":
-                member.sticky.add(new.name)  # its fires follow an open run of its own
+            if member is not None:
+                if new.policy.over(self.policy).rules().overlap != "allow":
+                    member.sticky.add(new.name)  # its fires follow an open run of its own
+                if not new.is_async:
+                    member.cpu_bound.add(new.name)
             definition = self._keep_added(new.name, func, trigger, timeout, policy)
             if definition is not None:
                 from aioclock.stores import added
@@ -741,7 +744,8 @@ class AioClock:
             for name, task in tasks.items()
             if task.policy.over(self.policy).rules().overlap != "allow"
         ]
-        member = store.cluster_member(max(1, self.workers), sticky)
+        cpu_bound = [name for name, task in tasks.items() if not task.is_async]
+        member = store.cluster_member(max(1, self.workers), sticky, cpu_bound)
         await member.start()
         self._sinks.append(member.record)  # its runs' starts and ends are reported
         self._member = member

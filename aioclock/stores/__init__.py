@@ -138,8 +138,11 @@ class Store(abc.ABC):
     def close(self) -> None:  # noqa: B027  # (nothing to close by default)
         """Free what the store holds (a connection)."""
 
-    def cluster_member(self, workers: int, sticky: Iterable[str]) -> ClusterMember:
-        """This node's member of the cluster the store serves (a `cluster` store only)."""
+    def cluster_member(
+        self, workers: int, sticky: Iterable[str], cpu_bound: Iterable[str] = ()
+    ) -> ClusterMember:
+        """This node's member of the cluster the store serves (a `cluster` store only; see
+        `aioclock.stores.cluster.ClusterMember` for the arguments)."""
         raise TypeError(f"store {self.url!r} does not serve a cluster")
 
 
@@ -264,7 +267,7 @@ def open_store(value: str | Store) -> Store:
         from aioclock.stores.sqlite import SqliteStore
 
         return SqliteStore(rest[1:])
-    client_url, prefix = _redis_parts(checked, checked)
+    client_url, prefix, cluster = _redis_parts(checked, checked)
     try:
         from aioclock.stores.redis import RedisStore
     except ImportError as error:
@@ -274,12 +277,12 @@ def open_store(value: str | Store) -> Store:
             f"store {_without_password(checked)!r}: the Redis store needs redis-py: "
             "pip install 'aioclock[redis]'"
         ) from None
-    return RedisStore(client_url, prefix)
+    return RedisStore(client_url, prefix, cluster=cluster)
 
 
-def _redis_parts(value: Any, url: str) -> tuple[str, str]:
-    """(the URL for redis-py, the key prefix) of a valid Redis store URL; ValueError naming
-    the part that is wrong."""
+def _redis_parts(value: Any, url: str) -> tuple[str, str, bool]:
+    """(the URL for redis-py, the key prefix, whether it serves a cluster) of a valid Redis
+    store URL; ValueError naming the part that is wrong."""
     where = f"store {_without_password(str(value))!r}"
     parts = urlsplit(url)
     host = parts.netloc.rpartition("@")[2]
@@ -300,9 +303,21 @@ def _redis_parts(value: Any, url: str) -> tuple[str, str]:
     if db and not db.isdigit():
         raise ValueError(f"{where}: the database must be an integer >= 0, got {db!r}")
     prefix = "aioclock"
+    cluster = True
     for key, text in parse_qsl(parts.query, keep_blank_values=True):
+        if key == "mode":
+            if text not in _MODES:
+                raise ValueError(
+                    f"{where}: mode must be 'cluster' (every instance serves, each fire runs "
+                    f"once) or 'single' (one instance at a time, the others stand by), "
+                    f"got {text!r}"
+                )
+            cluster = text == "cluster"
+            continue
         if key != "prefix":
-            raise ValueError(f"{where}: unknown parameter {key!r}; the only one is 'prefix'")
+            raise ValueError(
+                f"{where}: unknown parameter {key!r}; the parameters are 'prefix' and 'mode'"
+            )
         if not _PREFIX.fullmatch(text):
             raise ValueError(
                 f"{where}: prefix must be 1 to 100 letters, digits or '_.:-', got {text!r}"
@@ -310,7 +325,10 @@ def _redis_parts(value: Any, url: str) -> tuple[str, str]:
         prefix = text
     if parts.fragment:
         raise ValueError(f"{where}: a Redis store URL has no fragment, got {parts.fragment!r}")
-    return urlunsplit(parts._replace(query="")), prefix
+    return urlunsplit(parts._replace(query="")), prefix, cluster
+
+
+_MODES = ("cluster", "single")
 
 
 def _without_password(url: str) -> str:

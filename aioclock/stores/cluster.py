@@ -8,9 +8,11 @@ batch. The script places a fire that nobody claimed yet:
 
 - on the node that has a run of the same task open, if the task's overlap policy is not
   "allow" (so that its overlap policy, applied by that node, holds across the cluster);
-- else on the live node with the most free workers (as each node says every HEARTBEAT seconds,
-  less the fires placed on it since), ties broken by the fire's hash, so that CPU-bound runs
-  spread across nodes;
+- else, for a sync (CPU-bound) task, on the live node with the most free workers (workers
+  less the sync runs it has going, as each node says every HEARTBEAT seconds, less the sync
+  fires placed on it since), ties broken by the fire's hash, so that CPU-bound runs spread
+  across nodes by free capacity; an async task's fire goes to a live node chosen by its hash
+  (evenly);
 
 and gives it a fencing token, one more than the task's previous one. The answer for a fire
 already placed is its owner's: every node learns the same verdict, so a fire runs at most once.
@@ -85,7 +87,8 @@ end
 local out = {}
 local i = 4
 while i <= #ARGV do
-  local task, due, sticky = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+  local task, due, flags = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+  local cpu = string.find(flags, 'c', 1, true)
   i = i + 3
   local fk = p .. ':fire:' .. task .. ':' .. due
   local held = redis.call('GET', fk)
@@ -102,9 +105,13 @@ while i <= #ARGV do
     local tk = p .. ':task:' .. task
     local ok = p .. ':open:' .. task
     local owner = nil
-    if sticky == '1' and redis.call('ZCARD', ok) > 0 then
+    if string.find(flags, 's', 1, true) and redis.call('ZCARD', ok) > 0 then
       local last = redis.call('HGET', tk, 'owner')
       if last and score[last] ~= nil then owner = last end
+    end
+    local hash = tonumber(string.sub(redis.sha1hex(fk), 1, 7), 16)
+    if owner == nil and not cpu then
+      owner = live[(hash % #live) + 1]
     end
     if owner == nil then
       local best, top = {}, nil
@@ -116,7 +123,7 @@ while i <= #ARGV do
           best[#best + 1] = m
         end
       end
-      owner = best[(tonumber(string.sub(redis.sha1hex(fk), 1, 7), 16) % #best) + 1]
+      owner = best[(hash % #best) + 1]
     end
     local token = redis.call('HINCRBY', tk, 'token', 1)
     redis.call('HSET', tk, 'owner', owner)
@@ -124,8 +131,10 @@ while i <= #ARGV do
     local name = task .. '\\31' .. due .. '\\31' .. token
     redis.call('ZADD', ok, due, name .. '\\31' .. owner)
     redis.call('ZADD', p .. ':claims:' .. owner, due, name)
-    redis.call('HINCRBY', p .. ':placed', owner, 1)
-    score[owner] = score[owner] - 1
+    if cpu then
+      redis.call('HINCRBY', p .. ':placed', owner, 1)
+      score[owner] = score[owner] - 1
+    end
     if owner == me then out[#out + 1] = token else out[#out + 1] = 0 end
   end
 end
@@ -173,9 +182,10 @@ def _parse_name(name: str) -> tuple[str, float, int]:
 class ClusterMember:
     """This node in the cluster whose keys are under `prefix` on the Redis server at `url`.
 
-    `workers`: how many runs this node takes at once (its free capacity is that less its runs
-    in flight); `sticky`: the tasks whose overlap policy is not "allow" (their fires follow an
-    open run of theirs). Use `start` on the app's loop, then `ask` and `record` from anywhere.
+    `workers`: how many sync runs this node takes at once (its free capacity is that less its
+    sync runs in flight); `sticky`: the tasks whose overlap policy is not "allow" (their fires
+    follow an open run of theirs); `cpu_bound`: the sync tasks (placed by free capacity). Use
+    `start` on the app's loop, then `ask` and `record` from anywhere.
     """
 
     def __init__(
@@ -185,12 +195,14 @@ class ClusterMember:
         *,
         workers: int,
         sticky: Iterable[str] = (),
+        cpu_bound: Iterable[str] = (),
         node: str | None = None,
     ) -> None:
         self.url = url
         self.prefix = prefix
         self.workers = max(1, workers)
         self.sticky = set(sticky)
+        self.cpu_bound = set(cpu_bound)
         self.node = node or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self._cond = threading.Condition()
         self._asks: list[tuple[list[tuple[str, float]], Callable[[list[Verdict]], None]]] = []
@@ -208,6 +220,7 @@ class ClusterMember:
         self._stopping = False
         self._thread: threading.Thread | None = None
         self._failing: str | None = None  # the outage being lived through, logged once
+        self._reap_from = 0.0  # (monotonic) when this node may reap others
         #: Runs of other nodes reported lost here, and fires of theirs missed (counts).
         self.reaped_lost = 0
         self.reaped_missed = 0
@@ -272,7 +285,8 @@ class ClusterMember:
         with self._cond:
             if kind == "run_started":
                 token = self._owned.pop(key, None)
-                self._running += 1
+                if event.task in self.cpu_bound:
+                    self._running += 1
                 if token is not None:
                     self._started[key] = token
                     self._reports.append(("start", event.task, event.due, token))
@@ -281,7 +295,8 @@ class ClusterMember:
                 if token is not None:
                     self._reports.append(("end", event.task, event.due, token))
             elif kind in ("run_succeeded", "run_failed", "run_timed_out", "run_cancelled"):
-                self._running = max(0, self._running - 1)
+                if event.task in self.cpu_bound:
+                    self._running = max(0, self._running - 1)
                 token = self._started.pop(key, None)
                 if token is not None:
                     self._reports.append(("end", event.task, event.due, token))
@@ -424,6 +439,9 @@ class ClusterMember:
 
     def _run(self) -> None:
         beat_at = time.monotonic() + HEARTBEAT
+        # No node is reaped before the others had the time to say they are alive: at the
+        # start, and after an outage of Redis (when every node's heartbeat lapsed).
+        self._reap_from = time.monotonic() + NODE_TTL
         while True:
             with self._cond:
                 if not (self._asks or self._reports or self._stopping):
@@ -446,10 +464,12 @@ class ClusterMember:
                         return
                     self._beat()
                     self._write_counts()
-                    self._reap_the_dead()
+                    if time.monotonic() >= self._reap_from:
+                        self._reap_the_dead()
                 if self._failing is not None:
                     logger.warning("cluster %s: Redis answers again", self.prefix)
                     self._failing = None
+                    self._reap_from = time.monotonic() + NODE_TTL
             except Exception as error:  # Redis down, failing over, or too slow: fail closed
                 self._fail(error, asks, reports)
                 if stopping:
@@ -480,9 +500,11 @@ class ClusterMember:
         self, asks: list[tuple[list[tuple[str, float]], Callable[[list[Verdict]], None]]]
     ) -> None:
         args: list[Any] = [self.prefix, self.node, int(CLAIM_TTL * 1000)]
+        cpu = self.cpu_bound
         for fires, _ in asks:
             for task, due in fires:
-                args += (task, repr(due), "1" if task in self.sticky else "0")
+                flags = ("s" if task in self.sticky else "") + ("c" if task in cpu else "")
+                args += (task, repr(due), flags or "-")
         tokens = self._claim(args=args)
         index = 0
         for fires, answer in asks:

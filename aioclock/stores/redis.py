@@ -26,8 +26,8 @@ from __future__ import annotations
 
 import json
 import pickle
-from collections.abc import Mapping, Sequence
-from typing import Any, cast
+from collections.abc import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, cast
 
 import redis
 from redis.backoff import NoBackoff
@@ -42,6 +42,9 @@ from aioclock.stores import (
     StoreVersionError,
     _without_password,
 )
+
+if TYPE_CHECKING:
+    from aioclock.stores.cluster import ClusterMember
 
 __all__ = ["TIMEOUT", "RedisStore"]
 
@@ -93,7 +96,7 @@ return 0
 # ARGV: holder, last_seq, history limit, #progress, #added, #removed, #runs, then the
 # progress pairs, the added pairs, the removed ids, the runs.
 _SAVE = """
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then
+if ARGV[1] ~= '' and redis.call('GET', KEYS[1]) ~= ARGV[1] then
     return 0
 end
 local last_seq = tonumber(ARGV[2])
@@ -171,14 +174,24 @@ class RedisStore(Store):
 
     The connection pool is made on first use and closed by `close` (a later call opens it
     again), so one object serves several `serve()` in turn, as `MemoryStore` does.
+
+    `cluster` (the URL's `?mode=cluster`, the default): every instance that serves the same
+    app on this store and prefix serves with the others, and each fire runs on one of them
+    (`aioclock.stores.cluster`); there is no lease. `cluster=False` (`?mode=single`): one
+    instance at a time holds the lease and serves; the others stand by, as on SQLite.
     """
 
-    cluster = False
-
-    def __init__(self, url: str, prefix: str = "aioclock", **options: Any) -> None:
+    def __init__(
+        self, url: str, prefix: str = "aioclock", *, cluster: bool = True, **options: Any
+    ) -> None:
         self.client_url = url
         self.prefix = prefix
-        self.url = _without_password(url) + ("" if prefix == "aioclock" else f"?prefix={prefix}")
+        self.cluster = cluster
+        query = "&".join(
+            ([] if prefix == "aioclock" else [f"prefix={prefix}"])
+            + ([] if cluster else ["mode=single"])
+        )
+        self.url = _without_password(url) + (f"?{query}" if query else "")
         self._options: dict[str, Any] = {
             "socket_connect_timeout": TIMEOUT,
             "socket_timeout": TIMEOUT,
@@ -224,7 +237,7 @@ class RedisStore(Store):
         return self._client
 
     def _holder(self, owner: str, token: int) -> str:
-        return f"{token}:{owner}"
+        return "" if self.cluster else f"{token}:{owner}"  # (a cluster has no lease)
 
     def load(self) -> Saved:
         pipe = self._redis().pipeline(transaction=True)
@@ -282,17 +295,34 @@ class RedisStore(Store):
 
     def acquire(self, owner: str, ttl: float) -> int | None:
         client = self._redis()
+        if self.cluster:  # every node serves: the fires are claimed one by one instead
+            return 1
         token = self._scripts["acquire"]([self._lease, self._token], [owner, _ms(ttl)], client)
         return None if token is None else int(token)
 
     def renew(self, owner: str, token: int, ttl: float) -> bool:
+        if self.cluster:
+            return True
         client = self._redis()
         holder = self._holder(owner, token)
         return bool(self._scripts["renew"]([self._lease], [holder, _ms(ttl)], client))
 
     def release(self, owner: str, token: int) -> None:
+        if self.cluster:
+            return
         client = self._redis()
         self._scripts["release"]([self._lease], [self._holder(owner, token)], client)
+
+    def cluster_member(
+        self, workers: int, sticky: Iterable[str], cpu_bound: Iterable[str] = ()
+    ) -> ClusterMember:
+        if not self.cluster:
+            return super().cluster_member(workers, sticky, cpu_bound)
+        from aioclock.stores.cluster import ClusterMember
+
+        return ClusterMember(
+            self.client_url, self.prefix, workers=workers, sticky=sticky, cpu_bound=cpu_bound
+        )
 
     def close(self) -> None:
         client, self._client = self._client, None

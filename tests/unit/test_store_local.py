@@ -24,7 +24,7 @@ def store(request):
     """The store the app serves from, again and again (the same object each time)."""
     if request.param == "memory":
         return MemoryStore()
-    return RedisStore(LOCAL_URL, prefix=request.getfixturevalue("redis_prefix"))
+    return RedisStore(LOCAL_URL, prefix=request.getfixturevalue("redis_prefix"), cluster=False)
 
 
 async def serve_for(app: AioClock, seconds: float) -> dict:

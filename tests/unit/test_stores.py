@@ -37,7 +37,7 @@ def store(request, tmp_path):
     elif request.param == "sqlite":
         made = SqliteStore(tmp_path / "app.db")
     else:
-        made = RedisStore(LOCAL_URL, prefix=request.getfixturevalue("redis_prefix"))
+        made = RedisStore(LOCAL_URL, prefix=request.getfixturevalue("redis_prefix"), cluster=False)
     yield made
     made.close()
 
@@ -170,7 +170,7 @@ async def noop():
 def test_a_redis_store_keeps_every_key_under_its_prefix(redis_url, redis_prefix):
     import redis
 
-    store = open_store(redis_url)
+    store = open_store(redis_url + "&mode=single")
     assert isinstance(store, RedisStore) and store.prefix == redis_prefix
     assert not store.cluster
     token = store.acquire("a", ttl=5)
@@ -185,14 +185,16 @@ def test_a_redis_store_keeps_every_key_under_its_prefix(redis_url, redis_prefix)
         f"{redis_prefix}:{name}"
         for name in ("version", "progress", "added", "last_seq", "runs", "lease", "token")
     }
-    again = open_store(redis_url)  # a new connection (another process) reads the same
+    again = open_store(
+        redis_url + "&mode=single"
+    )  # a new connection (another process) reads the same
     assert again.load() == Saved({"m:x": (1,)}, 4, {"m:y": b"def"})
     assert again.acquire("b", ttl=5) is None  # the lease outlives the client that took it
     again.close()
 
 
 def test_a_closed_redis_store_opens_again_on_its_next_call(redis_prefix):
-    store = RedisStore(LOCAL_URL, prefix=redis_prefix)
+    store = RedisStore(LOCAL_URL, prefix=redis_prefix, cluster=False)
     token = store.acquire("a", ttl=5)
     store.close()
     assert store.renew("a", token, ttl=5)
@@ -202,7 +204,7 @@ def test_a_closed_redis_store_opens_again_on_its_next_call(redis_prefix):
 def test_a_redis_lease_expires_by_the_servers_clock(redis_prefix):
     import time
 
-    store = RedisStore(LOCAL_URL, prefix=redis_prefix)
+    store = RedisStore(LOCAL_URL, prefix=redis_prefix, cluster=False)
     first = store.acquire("a", ttl=0.05)
     assert store.acquire("b", ttl=5) is None
     time.sleep(0.1)  # (the lease's own length: a few server milliseconds, no wall clock)
@@ -213,7 +215,7 @@ def test_a_redis_lease_expires_by_the_servers_clock(redis_prefix):
 
 def test_the_redis_history_of_one_task_reads_past_other_tasks_runs(redis_prefix, monkeypatch):
     monkeypatch.setattr("aioclock.stores.redis._HISTORY_CHUNK", 4)  # many steps of the script
-    store = RedisStore(LOCAL_URL, prefix=redis_prefix)
+    store = RedisStore(LOCAL_URL, prefix=redis_prefix, cluster=False)
     token = store.acquire("a", ttl=5)
     runs = [
         Run("m:rare" if i % 10 == 0 else "m:busy", float(i), i + 0.5, i + 1.0, "ok", None)
@@ -235,7 +237,7 @@ def test_a_redis_store_written_by_a_newer_version_is_refused(redis_prefix):
     client = redis.Redis.from_url(LOCAL_URL)
     client.set(f"{redis_prefix}:version", SCHEMA_VERSION + 1)
     client.close()
-    store = RedisStore(LOCAL_URL, prefix=redis_prefix)
+    store = RedisStore(LOCAL_URL, prefix=redis_prefix, cluster=False)
     with pytest.raises(StoreVersionError, match=f"schema version {SCHEMA_VERSION + 1}, written"):
         store.load()
     with pytest.raises(StoreVersionError):  # (checked again: nothing was opened)
@@ -269,7 +271,8 @@ def unused_port():
         ("redis://h:70000", "the port must be an integer from 1 to 65535, got '70000'"),
         ("redis://h:6379/db1", "'redis://h:6379/db1': the database must be an integer >= 0, got"),
         ("redis://:6379/0", "store 'redis://:6379/0': a Redis store is 'redis://[[USER]:PASSWORD@]HOST"),
-        ("redis://h/0?db=2", "'redis://h/0?db=2': unknown parameter 'db'; the only one is 'pre"),
+        ("redis://h/0?db=2", "'redis://h/0?db=2': unknown parameter 'db'; the parameters are"),
+        ("redis://h/0?mode=x", "mode must be 'cluster' (every instance serves, each fire runs"),
         ("redis://h/0?prefix=a*", "prefix must be 1 to 100 letters, digits or '_.:-', got 'a*'"),
         ("redis://h/0?prefix=", "prefix must be 1 to 100 letters, digits or '_.:-', got ''"),
         ("rediss://:s3cret@h:x/0", "store 'rediss://:***@h:x/0': the port must be"),
@@ -303,3 +306,20 @@ def test_without_redis_py_a_redis_url_says_what_to_install(monkeypatch):
     with pytest.raises(ImportError, match=re.escape("pip install 'aioclock[redis]'")):
         open_store("redis://:pw@cache:6379/0")
     assert check_store("redis://cache:6379/0") == "redis://cache:6379/0"  # (checked without it)
+
+
+def test_a_redis_url_serves_a_cluster_unless_its_mode_is_single(redis_url, redis_prefix):
+    store = open_store(redis_url)
+    assert isinstance(store, RedisStore) and store.cluster
+    # No lease: every node serves (and claims each fire); every node writes its progress.
+    assert store.acquire("a", ttl=5) == store.acquire("b", ttl=5) == 1
+    assert store.save({"m:x": (1,)}, 4, "b", 1)
+    assert store.load().progress == {"m:x": (1,)}
+    member = store.cluster_member(workers=2, sticky=["m:x"])
+    assert (member.prefix, member.workers, member.sticky) == (redis_prefix, 2, {"m:x"})
+    store.close()
+    single = open_store(redis_url + "&mode=single")
+    assert not single.cluster and single.url.endswith("mode=single")
+    with pytest.raises(TypeError, match="does not serve a cluster"):
+        single.cluster_member(workers=2, sticky=())
+    single.close()

@@ -1,0 +1,137 @@
+"""Cluster members on the Redis server at 127.0.0.1:6379 (a prefix of each test's own): how
+fires are placed, and what a dead node leaves behind. No app runs: each member is asked for
+claims as a node's dispatcher would ask."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import pytest
+import redis
+
+from aioclock.events import Event
+from aioclock.stores import cluster
+from aioclock.stores.cluster import ClusterMember
+from tests.redis_server import LOCAL_URL
+
+pytestmark = pytest.mark.integration
+
+CPU, LIGHT = "m:cpu", "m:light"
+
+
+def claim(member: ClusterMember, fires: list[tuple[str, float]]) -> list[int]:
+    answered = threading.Event()
+    verdicts: list[tuple[str, float, int]] = []
+
+    def answer(given: list[tuple[str, float, int]]) -> None:
+        verdicts.extend(given)
+        answered.set()
+
+    member.ask(fires, answer)
+    assert answered.wait(10), "no answer (a guard against hangs)"
+    return [verdict for _, _, verdict in verdicts]
+
+
+def started(member: ClusterMember, task: str, due: float) -> None:
+    member.record(Event("run_started", task, due=due, start=due))
+
+
+async def members(prefix: str, count: int, workers: int = 2) -> list[ClusterMember]:
+    made = [
+        ClusterMember(
+            LOCAL_URL,
+            prefix,
+            workers=workers,
+            sticky=[LIGHT],
+            cpu_bound=[CPU],
+            node=f"node{index}",
+        )
+        for index in range(count)
+    ]
+    for member in made:
+        await member.start()
+    return made
+
+
+async def test_each_fire_has_one_owner_and_tokens_grow_per_task(redis_prefix):
+    nodes = await members(redis_prefix, 3)
+    try:
+        fires = [(CPU, 100.0 + step) for step in range(30)]
+        answers = [claim(node, fires) for node in nodes]
+        for index in range(len(fires)):
+            tokens = [answer[index] for answer in answers]
+            assert sum(token > 0 for token in tokens) == 1  # one node runs it ...
+            assert tokens.count(0) == 2  # ... and the others know it is not theirs
+        owned = [max(answer[index] for answer in answers) for index in range(len(fires))]
+        assert owned == list(range(1, 31))  # the fencing token grows with the fires
+    finally:
+        for node in nodes:
+            await node.close()
+
+
+async def test_cpu_bound_fires_go_to_free_workers(redis_prefix, monkeypatch):
+    busy, free = await members(redis_prefix, 2, workers=2)
+    try:
+        for due in (1.0, 2.0):  # busy runs two sync runs: no worker free
+            busy._owned[(CPU, due)] = 1
+            started(busy, CPU, due)
+        busy._beat()
+        tokens = claim(free, [(CPU, 10.0), (CPU, 11.0)])
+        assert all(token > 0 for token in tokens)  # both to the node with free workers
+    finally:
+        await busy.close()
+        await free.close()
+
+
+async def test_a_task_that_must_not_overlap_follows_its_open_run(redis_prefix):
+    first, second = await members(redis_prefix, 2)
+    try:
+        tokens = [claim(node, [(LIGHT, 5.0)])[0] for node in (first, second)]
+        owner = first if tokens[0] > 0 else second
+        other = second if owner is first else first
+        started(owner, LIGHT, 5.0)
+        # Its run is open: the next fires go to the same node, whichever asks first.
+        assert claim(other, [(LIGHT, 6.0), (LIGHT, 7.0)]) == [0, 0]
+        assert all(token > 0 for token in claim(owner, [(LIGHT, 6.0), (LIGHT, 7.0)]))
+    finally:
+        await first.close()
+        await second.close()
+
+
+async def test_a_dead_nodes_runs_are_reported_lost_and_its_fires_missed(redis_prefix, monkeypatch):
+    monkeypatch.setattr(cluster, "NODE_TTL", 0.3)
+    survivor, dying = await members(redis_prefix, 2)
+    try:
+        fires = [(CPU, 20.0 + step) for step in range(6)]
+        verdicts = claim(dying, fires)
+        mine = [due for (_, due), token in zip(fires, verdicts, strict=True) if token > 0]
+        assert mine, "some fires were placed on the node that dies"
+        started(dying, CPU, mine[0])
+        for _ in range(50):  # its start reaches Redis (written behind)
+            await asyncio.sleep(0.02)
+            client = redis.Redis.from_url(LOCAL_URL, decode_responses=True)
+            going = client.hkeys(f"{redis_prefix}:runs:node1")
+            client.close()
+            if going:
+                break
+        dying._leave = lambda: None  # its thread ends without leaving: as after a SIGKILL
+        with dying._cond:
+            dying._stopping = True
+            dying._cond.notify()
+        dying._thread.join(5)
+        await asyncio.sleep(0.5)  # its heartbeat key expires
+        survivor._reap_the_dead()
+        assert (survivor.reaped_lost, survivor.reaped_missed) == (1, len(mine) - 1)
+        client = redis.Redis.from_url(LOCAL_URL, decode_responses=True)
+        try:
+            reaped = client.lrange(f"{redis_prefix}:reaped", 0, -1)
+            assert len(reaped) == len(mine)
+            assert not client.sismember(f"{redis_prefix}:members", "node1")
+        finally:
+            client.close()
+        # No fire is placed on it any more.
+        assert all(token > 0 for token in claim(survivor, [(CPU, 30.0), (CPU, 31.0)]))
+    finally:
+        await survivor.close()
+        dying._redis.close()
