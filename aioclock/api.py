@@ -47,6 +47,7 @@ class TaskMetadata(BaseModel):
     failures: int = 0
     timeouts: int = 0
     missed: int = 0
+    lost: int = 0  # runs whose worker (or, in a cluster, whose node) died under them
     last_error: Union[str, None] = None
     lateness_p50: Union[float, None] = None
     lateness_p99: Union[float, None] = None
@@ -154,8 +155,8 @@ async def _of_the_cluster(
     member: ClusterMember, stats: dict[str, TaskStats]
 ) -> dict[str, TaskStats]:
     """In a cluster: the counts of runs, failures, timeouts and missed occurrences are the
-    sums over every node that served (the lateness percentiles and the next due stay this
-    node's)."""
+    sums over every node that served, and `lost` the runs lost with nodes that died (the
+    lateness percentiles and the next due stay this node's)."""
     try:
         totals = await member.stats()
     except Exception as error:
@@ -165,9 +166,9 @@ async def _of_the_cluster(
     for name, entry in stats.items():
         total = totals.get(name)
         if total is not None:
-            runs, failures, timeouts, missed = total
+            runs, failures, timeouts, missed, lost = total
             entry = msgspec.structs.replace(
-                entry, runs=runs, failures=failures, timeouts=timeouts, missed=missed
+                entry, runs=runs, failures=failures, timeouts=timeouts, missed=missed, lost=lost
             )
         summed[name] = entry
     return summed
@@ -193,6 +194,7 @@ def _metadata(task: Task, stats: TaskStats | None, paused: set[str]) -> TaskMeta
             "failures": stats.failures,
             "timeouts": stats.timeouts,
             "missed": stats.missed,
+            "lost": stats.lost,
             "last_error": stats.last_error,
             "lateness_p50": stats.lateness_p50,
             "lateness_p99": stats.lateness_p99,

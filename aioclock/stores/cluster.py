@@ -340,20 +340,23 @@ class ClusterMember:
         message = pickle.dumps((self.node, verb, task, data))
         self._redis.publish(self._key("control"), message)
 
-    async def stats(self) -> dict[str, tuple[int, int, int, int]]:
-        """The counts of every node that served (runs, failures, timeouts, missed), per task."""
+    async def stats(self) -> dict[str, tuple[int, int, int, int, int]]:
+        """The counts of every node that served, per task: runs, failures, timeouts, missed,
+        and the runs lost with a node that died."""
         return await asyncio.to_thread(self._read_stats)
 
-    def _read_stats(self) -> dict[str, tuple[int, int, int, int]]:
+    def _read_stats(self) -> dict[str, tuple[int, int, int, int, int]]:
         self._write_counts()  # this node's latest first
         totals: dict[str, list[int]] = {}
         for member in self._redis.smembers(self._key("counted")):
             for task, text in self._redis.hgetall(self._key(f"counts:{member}")).items():
                 values = [int(part) for part in text.split(",")]
-                total = totals.setdefault(task, [0, 0, 0, 0])
+                total = totals.setdefault(task, [0, 0, 0, 0, 0])
                 for index, value in enumerate(values[:4]):
                     total[index] += value
-        return {task: (t[0], t[1], t[2], t[3]) for task, t in totals.items()}
+        for task, lost in self._redis.hgetall(self._key("lost")).items():
+            totals.setdefault(task, [0, 0, 0, 0, 0])[4] = int(lost)
+        return {task: (t[0], t[1], t[2], t[3], t[4]) for task, t in totals.items()}
 
     def _write_counts(self) -> None:
         with self._cond:

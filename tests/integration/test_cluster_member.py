@@ -135,3 +135,16 @@ async def test_a_dead_nodes_runs_are_reported_lost_and_its_fires_missed(redis_pr
     finally:
         await survivor.close()
         dying._redis.close()
+
+
+async def test_the_counts_of_every_node_add_up(redis_prefix):
+    first, second = await members(redis_prefix, 2)
+    try:
+        first.record(Event("run_succeeded", CPU, due=1.0, start=1.0, end=1.1, outcome="ok"))
+        second.record(Event("run_failed", CPU, due=2.0, start=2.0, end=2.1, outcome="failed"))
+        second.record(Event("run_missed", CPU, due=3.0, start=3.0, end=3.0, count=4))
+        await asyncio.to_thread(second._write_counts)  # (at its heartbeat, else)
+        assert (await first.stats())[CPU] == (2, 1, 0, 4, 0)  # runs, failures, ..., missed
+    finally:
+        await first.close()
+        await second.close()

@@ -126,3 +126,17 @@ def test_a_clock_set_leaves_the_clusters_grid_where_it_is() -> None:
     core = started(node())
     core.handle(100.1, ClockSet(3600.0))
     assert core.next_wakeup() == 100.25
+
+
+def test_nodes_whose_clocks_are_30_s_apart_name_the_same_fires() -> None:
+    # Claims are by fire (task + nominal due), not by windows of wall-clock time: a node whose
+    # clock runs 30 s ahead (started at the same moment) is on the same grid, so it asks for
+    # the same fires as the others, each 30 s earlier; the claim decides who runs it.
+    on_time, ahead = started(node(), at=100.0), started(node(), at=130.0)
+    assert asked(on_time.tick(100.25)) == [("m:tick", 100.5)]
+    assert asked(ahead.tick(130.25)) == [("m:tick", 130.5)]
+    on_time.handle(100.3, ClaimVerdicts([("m:tick", 100.5, 0)]))
+    for second in range(101, 131):  # 30 s later, on its own clock
+        on_time.tick(second - 0.5)
+        on_time.handle(second - 0.5, ClaimVerdicts([("m:tick", second - 0.5, 0)]))
+    assert asked(on_time.tick(130.25)) == [("m:tick", 130.5)]
