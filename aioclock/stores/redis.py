@@ -202,6 +202,12 @@ class RedisStore(Store):
     def __repr__(self) -> str:
         return f"RedisStore({self.url!r})"
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Without its connections (an app, and its store, may be pickled for a worker)."""
+        state = self.__dict__.copy()
+        state["_client"], state["_scripts"] = None, {}
+        return state
+
     def _redis(self) -> redis.Redis:
         """The client, the schema version checked (and written, for a new store) once."""
         if self._client is None:
