@@ -128,7 +128,8 @@ class AioClock:
     `metrics_address` ("HOST:PORT", port 0 for any free one): serve Prometheus metrics there
     while the app serves (needs `pip install 'aioclock[prometheus]'`; see
     `aioclock.ext.prometheus`). `app.on(...)` registers listeners of the app's events.
-    `store` ("sqlite:///PATH", "memory://", or a `aioclock.stores.Store`): keep each task's
+    `store` ("sqlite:///PATH", "redis://HOST:PORT/DB", "memory://", or a
+    `aioclock.stores.Store`): keep each task's
     schedule position, pause state, loop count and counters across restarts, and serve with
     one instance at a time per store (a second one stands by and takes over within 2 s when
     the first dies). None (default): nothing outlives the process.

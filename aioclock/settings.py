@@ -280,6 +280,7 @@ OPTIONS: tuple[Option, ...] = (
         _address,
         "URL",
         "keep the schedule's state across restarts, one instance at a time: "
-        "'sqlite:///PATH' or 'memory://'; 'none': keep nothing",
+        "'sqlite:///PATH', 'redis://HOST:PORT/DB[?prefix=NAME]' or 'memory://'; "
+        "'none': keep nothing",
     ),
 )

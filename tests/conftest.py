@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -15,7 +17,18 @@ def redis_prefix() -> Iterator[str]:
     key under it is deleted at teardown."""
     prefix = unique_prefix()
     yield prefix
+    alive = store_threads_alive()  # (one that still writes would put keys back)
     delete_prefix(prefix, LOCAL_URL)
+    assert not alive, f"a store's thread outlived the test: {alive}"
+
+
+def store_threads_alive(timeout: float = 5.0) -> list[str]:
+    """The store threads (`StoreKeeper`'s) still running after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    for thread in threading.enumerate():
+        if thread.name == "aioclock-store":
+            thread.join(max(0.0, deadline - time.monotonic()))
+    return [t.name for t in threading.enumerate() if t.name == "aioclock-store" and t.is_alive()]
 
 
 @pytest.fixture

@@ -255,7 +255,8 @@ def check_store(value: Any) -> str | Store | None:
 
 
 def open_store(value: str | Store) -> Store:
-    """The store a `store` setting names (a `Store` is used as it is)."""
+    """The store a `store` setting names (a `Store` is used as it is): a `MemoryStore`, a
+    `SqliteStore` or a `RedisStore` (its module imported only then: it needs redis-py)."""
     checked = check_store(value)
     if isinstance(checked, Store):
         return checked
@@ -284,7 +285,10 @@ def _redis_parts(value: Any, url: str) -> tuple[str, str, bool]:
     """(the URL for redis-py, the key prefix, whether it serves a cluster) of a valid Redis
     store URL; ValueError naming the part that is wrong."""
     where = f"store {_without_password(str(value))!r}"
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError as error:  # an unclosed '[' of an IPv6 address
+        raise ValueError(f"{where}: {error}") from None
     host = parts.netloc.rpartition("@")[2]
     name, port = host, ""
     if host.startswith("["):  # an IPv6 address: [::1]:6379
@@ -333,7 +337,11 @@ _MODES = ("cluster", "single")
 
 def _without_password(url: str) -> str:
     """`url` with its password, if any, shown as '***' (for messages and logs)."""
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # (not a URL that parses: hide all that comes before a '@')
+        scheme, sep, rest = url.partition("://")
+        return f"{scheme}{sep}***@{rest.rpartition('@')[2]}" if "@" in rest else url
     user, at, host = parts.netloc.rpartition("@")
     if not at or ":" not in user:
         return url

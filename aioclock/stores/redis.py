@@ -3,8 +3,8 @@
 It uses redis-py's synchronous client on purpose: every method of a `Store` is called from the
 store's own thread (`aioclock.stores.keeper.StoreKeeper`), never on the event loop, so a blocking
 call with a short socket timeout is the simplest correct thing there; the keeper retries what
-fails. A dead server fails a call within `TIMEOUT` (connection refused: at once), a paused one
-within `TIMEOUT` of the read, and nothing is retried inside redis-py.
+fails. A dead server fails a call at once (connection refused), one that does not answer (paused,
+or cut off) within `TIMEOUT`, and nothing is retried inside redis-py.
 
 Keys, all under `PREFIX:` (`aioclock` unless told; `?prefix=NAME` in the URL):
 
@@ -48,8 +48,11 @@ if TYPE_CHECKING:
 
 __all__ = ["TIMEOUT", "RedisStore"]
 
-#: Seconds to connect, and to wait for an answer, before a call fails.
-TIMEOUT = 0.5
+#: Seconds to connect, and to wait for an answer, before a call fails. Short: the keeper
+#: renews the lease every 0.5 s and gives up 1.2 s after its last renewal (1.5 s before the lease
+#: ends), and it only looks at the time between two calls; with 0.25 s, a server that stopped
+#: answering is noticed ~1.25 s after the last renewal, before the lease can pass to another.
+TIMEOUT = 0.25
 
 #: How many history entries the history script reads per step (from the newest).
 _HISTORY_CHUNK = 500
@@ -62,6 +65,7 @@ if held then
         return false
     end
 end
+redis.call('SET', KEYS[3], ARGV[3], 'NX')  -- (a server that restarted empty)
 local token = redis.call('INCR', KEYS[2])
 local ttl = tonumber(ARGV[2])
 if ttl > 0 then
@@ -211,6 +215,12 @@ class RedisStore(Store):
     def __repr__(self) -> str:
         return f"RedisStore({self.url!r})"
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Without its connections (an app, and its store, may be pickled for a worker)."""
+        state = self.__dict__.copy()
+        state["_client"], state["_scripts"] = None, {}
+        return state
+
     def _redis(self) -> redis.Redis:
         """The client, the schema version checked (and written, for a new store) once."""
         if self._client is None:
@@ -297,7 +307,8 @@ class RedisStore(Store):
         client = self._redis()
         if self.cluster:  # every node serves: the fires are claimed one by one instead
             return 1
-        token = self._scripts["acquire"]([self._lease, self._token], [owner, _ms(ttl)], client)
+        keys = [self._lease, self._token, self._version]
+        token = self._scripts["acquire"](keys, [owner, _ms(ttl), SCHEMA_VERSION], client)
         return None if token is None else int(token)
 
     def renew(self, owner: str, token: int, ttl: float) -> bool:

@@ -22,12 +22,16 @@ import _common  # noqa: E402  (a sibling file: the script's folder is on sys.pat
 from aioclock import AioClock, Every, Forever, Once  # noqa: E402
 
 CONFIG = _common.CONFIG
-# AIOCLOCK_BENCH_STORE=sqlite: this project serves with a fresh SQLite store (its checkpoints
-# written behind the fires), to compare the lateness with and without one.
+# AIOCLOCK_BENCH_STORE=sqlite (or redis: the server at 127.0.0.1:6379): this project serves with
+# a fresh store (its checkpoints written behind the fires), to compare the lateness with and
+# without one. (Its file, or its keys under aioclock-bench-*, are left behind: a few kB.)
 _STORE: dict[str, Any] = {}
-if os.environ.get("AIOCLOCK_BENCH_STORE") == "sqlite" and CONFIG["workers"] is not None:
-    _folder = tempfile.gettempdir()
-    _STORE["store"] = f"sqlite:///{_folder}/aioclock-bench-{os.getpid()}-{time.time_ns()}.db"
+_KIND = os.environ.get("AIOCLOCK_BENCH_STORE")
+_NAME = f"aioclock-bench-{os.getpid()}-{time.time_ns()}"
+if _KIND == "sqlite" and CONFIG["workers"] is not None:
+    _STORE["store"] = f"sqlite:///{tempfile.gettempdir()}/{_NAME}.db"
+elif _KIND == "redis" and CONFIG["workers"] is not None:
+    _STORE["store"] = f"redis://127.0.0.1:6379/0?prefix={_NAME}"
 if CONFIG["workers"] is None:  # aioclock 0.3: no multi-process runtime
     app = AioClock()
 elif CONFIG["workers"] == 0:

@@ -1,11 +1,10 @@
-"""Stores across real processes: two instances on one SQLite file never both fire, the standby
-takes over after a SIGKILL, an instance that loses its lease stops firing; a restart through the
-supervisor (`workers=1`) keeps the grid and counts the downtime."""
+"""Stores across real processes, each test on SQLite and on Redis: two instances on one store
+never both fire, the standby takes over after a SIGKILL, an instance that loses its lease stops
+firing; a restart through the supervisor (`workers=1`) keeps the grid and counts the downtime."""
 
 from __future__ import annotations
 
 import os
-import pickle
 import signal
 import sqlite3
 import subprocess
@@ -15,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from aioclock.stores.sqlite import SqliteStore
+from aioclock.stores import open_store
+from tests.redis_server import LOCAL_URL
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
@@ -24,14 +24,25 @@ HANG_GUARD = 20.0
 TAKEOVER_BOUND = 3.0  # the target is 2 s (lease 1.5 s + a poll); this only guards a hang
 
 
-def start(tmp_path: Path, tag: str, workers: int = 0) -> subprocess.Popen:
+@pytest.fixture(params=["sqlite", "redis"])
+def store_url(request, tmp_path) -> str:
+    """The store the instances of a test share: an SQLite file, or a prefix on Redis."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'app.db'}"
+    return request.getfixturevalue("redis_url") + "&mode=single"  # (one at a time)
+
+
+def start(
+    store_url: str, tmp_path: Path, tag: str, workers: int = 0, **env_vars: str
+) -> subprocess.Popen:
     env = dict(os.environ)
     env.update(
         PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
-        STORE_TEST_URL=f"sqlite:///{tmp_path / 'app.db'}",
+        STORE_TEST_URL=store_url,
         STORE_TEST_LOG=str(tmp_path / "beats.log"),
         STORE_TEST_WORKERS=str(workers),
         STORE_TEST_TAG=tag,
+        **env_vars,
     )
     process = subprocess.Popen(
         [sys.executable, "-m", "tests.integration.store_app"],
@@ -76,19 +87,37 @@ def finish(process: subprocess.Popen, signum: int = signal.SIGTERM) -> tuple[int
     return process.returncode, err
 
 
-def saved(tmp_path: Path) -> tuple:
+def saved(store_url: str) -> tuple:
     """The beat task's TaskProgress fields as the store keeps them."""
-    with sqlite3.connect(tmp_path / "app.db") as db:
-        ((data,),) = db.execute("SELECT data FROM aioclock_progress WHERE task LIKE '%beat'")
-    return pickle.loads(data)
+    store = open_store(store_url)
+    try:
+        (fields,) = [f for task, f in store.load().progress.items() if task.endswith("beat")]
+        return fields
+    finally:
+        store.close()
 
 
-def test_a_standby_takes_over_after_a_sigkill_and_the_two_never_both_fire(tmp_path):
-    first = start(tmp_path, "first")
+def steal_the_lease(store_url: str) -> None:
+    """Do what another instance taking the lease does, behind the holder's back."""
+    if store_url.startswith("sqlite:"):
+        with sqlite3.connect(store_url.removeprefix("sqlite:///")) as db:
+            db.execute("UPDATE aioclock_lease SET owner = 'thief', token = token + 1")
+        return
+    import redis
+
+    prefix = store_url.partition("?prefix=")[2].partition("&")[0]
+    client = redis.Redis.from_url(LOCAL_URL)
+    token = client.incr(f"{prefix}:token")
+    client.set(f"{prefix}:lease", f"{token}:thief", px=60_000)
+    client.close()
+
+
+def test_a_standby_takes_over_after_a_sigkill_and_the_two_never_both_fire(tmp_path, store_url):
+    first = start(store_url, tmp_path, "first")
     second = None
     try:
         wait_for_beats(tmp_path, first, 3)
-        second = start(tmp_path, "second")
+        second = start(store_url, tmp_path, "second")
         time.sleep(1.0)  # it stands by meanwhile
         assert second.poll() is None
         assert not [at for tag, at in beats(tmp_path) if tag == second.tag]
@@ -111,12 +140,11 @@ def test_a_standby_takes_over_after_a_sigkill_and_the_two_never_both_fire(tmp_pa
 
 
 @pytest.mark.parametrize("workers", [0, 1])
-def test_an_instance_that_loses_its_lease_stops_firing(tmp_path, workers):
-    process = start(tmp_path, "only", workers=workers)
+def test_an_instance_that_loses_its_lease_stops_firing(tmp_path, store_url, workers):
+    process = start(store_url, tmp_path, "only", workers=workers)
     try:
         wait_for_beats(tmp_path, process, 3)
-        with sqlite3.connect(tmp_path / "app.db") as db:  # another instance took it
-            db.execute("UPDATE aioclock_lease SET owner = 'thief', token = token + 1")
+        steal_the_lease(store_url)  # another instance took it
         stolen_at = time.time()
         code, err = finish(process, signal.SIGCONT)  # (no signal: it must end by itself)
         assert code != 0
@@ -130,8 +158,8 @@ def test_an_instance_that_loses_its_lease_stops_firing(tmp_path, workers):
             process.communicate(timeout=HANG_GUARD)
 
 
-def test_a_restart_with_workers_keeps_the_grid_and_counts_the_downtime(tmp_path):
-    first = start(tmp_path, "first", workers=1)
+def test_a_restart_with_workers_keeps_the_grid_and_counts_the_downtime(tmp_path, store_url):
+    first = start(store_url, tmp_path, "first", workers=1)
     try:
         wait_for_beats(tmp_path, first, 5)
         code, err = finish(first)
@@ -140,10 +168,10 @@ def test_a_restart_with_workers_keeps_the_grid_and_counts_the_downtime(tmp_path)
         if first.poll() is None:
             first.kill()
             first.communicate(timeout=HANG_GUARD)
-    before = saved(tmp_path)
+    before = saved(store_url)
     anchor = before[0][3]  # FixedRate's progress: (previous, count, ended, anchor, step)
     time.sleep(0.5)  # ~5 occurrences fall due while nothing serves
-    second = start(tmp_path, "second", workers=1)
+    second = start(store_url, tmp_path, "second", workers=1)
     try:
         wait_for_beats(tmp_path, second, 3)
         code, err = finish(second)
@@ -152,13 +180,13 @@ def test_a_restart_with_workers_keeps_the_grid_and_counts_the_downtime(tmp_path)
         if second.poll() is None:
             second.kill()
             second.communicate(timeout=HANG_GUARD)
-    after = saved(tmp_path)
+    after = saved(store_url)
     assert after[0][3] == anchor  # the grid of the first start
     runs, missed = after[5], after[8]
     assert runs == len(beats(tmp_path))
     assert missed >= 3  # the downtime (0.5 s and the start-up: ~5 or more occurrences)
     assert after[0][1] > before[0][1]  # the loop count went on
-    store = SqliteStore(tmp_path / "app.db")
+    store = open_store(store_url)
     history = store.history(limit=1000)  # every run of both instances, ended "ok"
     store.close()
     assert len(history) == runs

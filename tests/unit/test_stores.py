@@ -201,6 +201,17 @@ def test_a_closed_redis_store_opens_again_on_its_next_call(redis_prefix):
     store.close()
 
 
+def test_a_redis_store_in_use_pickles_without_its_connections(redis_prefix):
+    import pickle
+
+    store = RedisStore(LOCAL_URL, prefix=redis_prefix)
+    token = store.acquire("a", ttl=5)
+    copy = pickle.loads(pickle.dumps(store))
+    assert copy.url == store.url and copy.renew("a", token, ttl=5)
+    store.close()
+    copy.close()
+
+
 def test_a_redis_lease_expires_by_the_servers_clock(redis_prefix):
     import time
 
@@ -276,6 +287,8 @@ def unused_port():
         ("redis://h/0?prefix=a*", "prefix must be 1 to 100 letters, digits or '_.:-', got 'a*'"),
         ("redis://h/0?prefix=", "prefix must be 1 to 100 letters, digits or '_.:-', got ''"),
         ("rediss://:s3cret@h:x/0", "store 'rediss://:***@h:x/0': the port must be"),
+        ("redis://:s3cret@[::1/0", "store 'redis://***@[::1/0': Invalid IPv6 URL"),
+        ("redis://h/0#x", "store 'redis://h/0#x': a Redis store URL has no fragment, got 'x'"),
     ],
 )  # fmt: skip
 def test_a_bad_redis_url_names_the_part_and_its_value(value, message):
