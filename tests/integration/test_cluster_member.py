@@ -5,11 +5,13 @@ claims as a node's dispatcher would ask."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 
 import pytest
 import redis
 
+from aioclock import AioClock, CurrentRun, Depends, Every, current_run
 from aioclock.events import Event
 from aioclock.stores import cluster
 from aioclock.stores.cluster import ClusterMember
@@ -148,3 +150,49 @@ async def test_the_counts_of_every_node_add_up(redis_prefix):
     finally:
         await first.close()
         await second.close()
+
+
+async def serve_for(app, seconds: float, then=None) -> None:
+    serving = asyncio.create_task(app.serve())
+    await asyncio.sleep(seconds)
+    if then is not None:
+        await then()
+        await asyncio.sleep(0.3)
+    serving.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await asyncio.wait_for(serving, 10)
+
+
+async def test_a_cluster_that_serves_again_keeps_its_grid_and_its_pauses(redis_url):
+    dues: list[float] = []
+    this_run = Depends(current_run)
+
+    def node() -> tuple[AioClock, object]:
+        app = AioClock(store=redis_url, shutdown_timeout=0.5)
+
+        @app.task(trigger=Every(seconds=0.1))
+        async def tick(run: CurrentRun = this_run) -> None:
+            dues.append(run.due)
+
+        @app.task(trigger=Every(seconds=0.1))
+        async def other() -> None:
+            pass
+
+        return app, other
+
+    first, other = node()
+    await serve_for(first, 0.6, then=lambda: first.pause(other))
+    served_first = len(dues)
+    await asyncio.sleep(0.25)  # (not on the grid)
+    second, _ = node()
+    paused: list[bool] = []
+
+    async def look() -> None:
+        stats = await second._runtime.stats()
+        paused.extend(entry.paused for entry in stats if entry.task.endswith("other"))
+
+    await serve_for(second, 0.6, then=look)
+    assert served_first >= 2 and len(dues) > served_first + 2
+    steps = [(due - dues[0]) / 0.1 for due in dues]
+    assert all(abs(step - round(step)) < 1e-3 for step in steps), steps  # one grid
+    assert paused == [True]  # paused while the first served: still paused
