@@ -84,6 +84,10 @@ for _, m in ipairs(redis.call('SMEMBERS', p .. ':members')) do
     score[m] = free - placed
   end
 end
+-- A task's first token is the server's time in microseconds: the tokens of a cluster whose
+-- Redis restarted empty go on growing (as long as the server's clock does).
+local now = redis.call('TIME')
+local first_token = string.format('%.0f', tonumber(now[1]) * 1000000 + tonumber(now[2]))
 local out = {}
 local i = 4
 while i <= #ARGV do
@@ -125,10 +129,12 @@ while i <= #ARGV do
       end
       owner = best[(hash % #best) + 1]
     end
+    redis.call('HSETNX', tk, 'token', first_token)
     local token = redis.call('HINCRBY', tk, 'token', 1)
+    local text = string.format('%.0f', token)  -- (concatenated, a number loses digits)
     redis.call('HSET', tk, 'owner', owner)
-    redis.call('SET', fk, owner .. '|' .. token, 'PX', ttl)
-    local name = task .. '\\31' .. due .. '\\31' .. token
+    redis.call('SET', fk, owner .. '|' .. text, 'PX', ttl)
+    local name = task .. '\\31' .. due .. '\\31' .. text
     redis.call('ZADD', ok, due, name .. '\\31' .. owner)
     redis.call('ZADD', p .. ':claims:' .. owner, due, name)
     if cpu then
