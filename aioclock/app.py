@@ -746,7 +746,8 @@ class AioClock:
             if task.policy.over(self.policy).rules().overlap != "allow"
         ]
         cpu_bound = [name for name, task in tasks.items() if not task.is_async]
-        member = store.cluster_member(max(1, self.workers), sticky, cpu_bound)
+        node = None if self._keeper is None else self._keeper.owner  # one name per instance
+        member = store.cluster_member(max(1, self.workers), sticky, cpu_bound, node)
         await member.start()
         self._sinks.append(member.record)  # its runs' starts and ends are reported
         self._member = member

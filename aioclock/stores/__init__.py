@@ -46,7 +46,7 @@ __all__ = [
 ]
 
 #: The layout this version writes; a store written with a higher one is refused.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: the run history names each run's node and worker
 
 SUPPORTED = "'memory://', 'sqlite:///PATH', 'redis://HOST:PORT/DB'"
 
@@ -78,6 +78,8 @@ class Run(NamedTuple):
     end: float | None
     outcome: str  # "ok", "failed", "timeout", "crashed", "cancelled"
     error: str | None
+    node: str | None = None  # the instance that ran it (host:pid:id); None if written by 1.0
+    worker: int | None = None  # the index of its worker process (None in process)
 
 
 @dataclass
@@ -139,7 +141,11 @@ class Store(abc.ABC):
         """Free what the store holds (a connection)."""
 
     def cluster_member(
-        self, workers: int, sticky: Iterable[str], cpu_bound: Iterable[str] = ()
+        self,
+        workers: int,
+        sticky: Iterable[str],
+        cpu_bound: Iterable[str] = (),
+        node: str | None = None,
     ) -> ClusterMember:
         """This node's member of the cluster the store serves (a `cluster` store only; see
         `aioclock.stores.cluster.ClusterMember` for the arguments)."""

@@ -101,7 +101,16 @@ class StoreKeeper:
         """A sink of the app's events: each run's end goes to the run history (behind)."""
         if event.kind not in _RUN_ENDS or event.task is None:
             return
-        run = Run(event.task, event.due, event.start, event.end, event.outcome or "", event.error)
+        run = Run(
+            event.task,
+            event.due,
+            event.start,
+            event.end,
+            event.outcome or "",
+            event.error,
+            self.owner,
+            event.worker,
+        )
         with self._cond:
             self._runs.append(run)
             self._cond.notify()

@@ -157,14 +157,13 @@ return found
 
 
 def _encode(run: Run) -> bytes:
-    fields = json.dumps([run.due, run.start, run.end, run.outcome, run.error])
+    fields = json.dumps([*run[1:]])  # due, start, end, outcome, error, node, worker
     return run.task.encode() + b"\0" + fields.encode()
 
 
 def _decode(entry: bytes) -> Run:
     task, _, fields = entry.partition(b"\0")
-    due, start, end, outcome, error = json.loads(fields)
-    return Run(task.decode(), due, start, end, outcome, error)
+    return Run(task.decode(), *json.loads(fields))  # (5 fields if written by version 1)
 
 
 def _ms(ttl: float) -> int:
@@ -230,6 +229,8 @@ class RedisStore(Store):
                 found = int(cast(bytes, client.get(self._version)) or SCHEMA_VERSION)
                 if found > SCHEMA_VERSION:
                     raise StoreVersionError(self.url, found)
+                if found < SCHEMA_VERSION:  # 1: its history entries are read as they are
+                    client.set(self._version, SCHEMA_VERSION)
             except BaseException:
                 client.close()
                 raise
@@ -325,14 +326,23 @@ class RedisStore(Store):
         self._scripts["release"]([self._lease], [self._holder(owner, token)], client)
 
     def cluster_member(
-        self, workers: int, sticky: Iterable[str], cpu_bound: Iterable[str] = ()
+        self,
+        workers: int,
+        sticky: Iterable[str],
+        cpu_bound: Iterable[str] = (),
+        node: str | None = None,
     ) -> ClusterMember:
         if not self.cluster:
-            return super().cluster_member(workers, sticky, cpu_bound)
+            return super().cluster_member(workers, sticky, cpu_bound, node)
         from aioclock.stores.cluster import ClusterMember
 
         return ClusterMember(
-            self.client_url, self.prefix, workers=workers, sticky=sticky, cpu_bound=cpu_bound
+            self.client_url,
+            self.prefix,
+            workers=workers,
+            sticky=sticky,
+            cpu_bound=cpu_bound,
+            node=node,
         )
 
     def close(self) -> None:

@@ -33,7 +33,9 @@ CREATE TABLE IF NOT EXISTS aioclock_runs (
     start REAL,
     "end" REAL,
     outcome TEXT NOT NULL,
-    error TEXT
+    error TEXT,
+    node TEXT,
+    worker INTEGER
 );
 CREATE INDEX IF NOT EXISTS aioclock_runs_task ON aioclock_runs (task, id);
 CREATE TABLE IF NOT EXISTS aioclock_lease (
@@ -83,10 +85,22 @@ class SqliteStore(Store):
                 )
             elif int(row[0]) > SCHEMA_VERSION:
                 raise StoreVersionError(self.url, int(row[0]))
+            elif int(row[0]) < SCHEMA_VERSION:
+                self._upgrade(db)
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
             raise
+
+    def _upgrade(self, db: sqlite3.Connection) -> None:
+        """From version 1: the run history gains each run's node and worker."""
+        columns = {row[1] for row in db.execute("PRAGMA table_info(aioclock_runs)")}
+        for column, kind in (("node", "TEXT"), ("worker", "INTEGER")):
+            if column not in columns:
+                db.execute(f"ALTER TABLE aioclock_runs ADD COLUMN {column} {kind}")
+        db.execute(
+            "UPDATE aioclock_meta SET value = ? WHERE key = 'schema_version'", (SCHEMA_VERSION,)
+        )
 
     def load(self) -> Saved:
         db = self._connection()
@@ -135,8 +149,8 @@ class SqliteStore(Store):
                     )
             if runs:
                 db.executemany(
-                    'INSERT INTO aioclock_runs (task, due, start, "end", outcome, error) '
-                    "VALUES (?, ?, ?, ?, ?, ?)",
+                    'INSERT INTO aioclock_runs (task, due, start, "end", outcome, error, node, '
+                    "worker) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                     runs,
                 )
                 db.execute(
@@ -151,7 +165,7 @@ class SqliteStore(Store):
 
     def history(self, task: str | None = None, limit: int = 100) -> list[Run]:
         db = self._connection()
-        columns = 'task, due, start, "end", outcome, error'
+        columns = 'task, due, start, "end", outcome, error, node, worker'
         if task is None:
             rows = db.execute(
                 f"SELECT {columns} FROM aioclock_runs ORDER BY id DESC LIMIT ?", (limit,)

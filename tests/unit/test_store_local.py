@@ -87,6 +87,9 @@ async def test_serving_again_keeps_the_grid_and_counts_the_downtime_missed(store
         (70, 70, "ok"),
         (80, 80, "ok"),
     ]
+    assert {run.worker for run in history} == {None}  # (no worker process in process)
+    assert len({run.node for run in history}) == 2  # two instances served, one after the other
+    assert all(run.node.count(":") == 2 for run in history)  # host:pid:id
 
 
 @fake_time(start=T0)

@@ -130,8 +130,8 @@ def test_the_run_history_keeps_the_last_runs(store, monkeypatch):
     else:
         store = MemoryStore()  # (its bound is taken when made)
     token = store.acquire("a", ttl=5)
-    runs = [Run(f"m:{i % 2}", float(i), i + 0.1, i + 0.5, "ok", None) for i in range(5)]
-    runs[4] = runs[4]._replace(outcome="failed", error="ValueError: boom")
+    runs = [Run(f"m:{i % 2}", float(i), i + 0.1, i + 0.5, "ok", None, "h:1:a", i) for i in range(5)]
+    runs[4] = runs[4]._replace(outcome="failed", error="ValueError: boom", worker=None)
     assert store.save({}, 0, "a", token, runs=runs[:2])
     assert store.save({}, 0, "a", token, runs=runs[2:])
     assert store.history() == runs[2:]  # oldest first, the last 3
@@ -336,3 +336,48 @@ def test_a_redis_url_serves_a_cluster_unless_its_mode_is_single(redis_url, redis
     with pytest.raises(TypeError, match="does not serve a cluster"):
         single.cluster_member(workers=2, sticky=())
     single.close()
+
+
+def test_a_version_1_sqlite_store_is_upgraded_and_its_history_kept(tmp_path):
+    import sqlite3
+
+    path = tmp_path / "v1.db"
+    with sqlite3.connect(path) as db:  # what version 1 wrote
+        db.executescript(
+            """
+            CREATE TABLE aioclock_meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+            INSERT INTO aioclock_meta VALUES ('schema_version', 1);
+            CREATE TABLE aioclock_runs (id INTEGER PRIMARY KEY AUTOINCREMENT, task TEXT NOT NULL,
+                due REAL, start REAL, "end" REAL, outcome TEXT NOT NULL, error TEXT);
+            INSERT INTO aioclock_runs (task, due, start, "end", outcome)
+                VALUES ('m:x', 1, 1, 2, 'ok');
+            """
+        )
+    db.close()
+    store = SqliteStore(path)
+    token = store.acquire("a", ttl=5)
+    new = Run("m:x", 3.0, 3.0, 4.0, "ok", None, "h:1:a", 2)
+    assert store.save({}, 0, "a", token, runs=[new])
+    assert store.history() == [Run("m:x", 1.0, 1.0, 2.0, "ok", None), new]
+    store.close()
+    with sqlite3.connect(path) as db:
+        assert db.execute(
+            "SELECT value FROM aioclock_meta WHERE key = 'schema_version'"
+        ).fetchone() == (SCHEMA_VERSION,)
+    db.close()
+
+
+def test_a_version_1_redis_store_is_upgraded_and_its_history_kept(redis_prefix):
+    import redis
+
+    client = redis.Redis.from_url(LOCAL_URL)
+    client.set(f"{redis_prefix}:version", 1)
+    client.rpush(f"{redis_prefix}:runs", b'm:x\0[1.0, 1.0, 2.0, "ok", null]')  # version 1's
+    store = RedisStore(LOCAL_URL, prefix=redis_prefix, cluster=False)
+    token = store.acquire("a", ttl=5)
+    new = Run("m:x", 3.0, 3.0, 4.0, "failed", "E: x", "h:1:a", None)
+    assert store.save({}, 0, "a", token, runs=[new])
+    assert store.history("m:x") == [Run("m:x", 1.0, 1.0, 2.0, "ok", None), new]
+    assert int(client.get(f"{redis_prefix}:version")) == SCHEMA_VERSION
+    store.close()
+    client.close()
