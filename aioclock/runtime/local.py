@@ -98,7 +98,6 @@ class LocalRuntime(ControlVerbs):
             resume = Resume(saved.progress, saved.last_seq, takeover=False)
         # In a cluster: the fires this node runs are those it claims through `cluster`.
         self._cluster = cluster
-        self._ask_claims: Callable[[list[tuple[str, float]]], None] | None = None
         self._core = ControlCore(
             schedule_of(self._tasks, app._paused, app.policy),
             workers=[LOCAL_WORKER],
@@ -266,8 +265,8 @@ class LocalRuntime(ControlVerbs):
                     self._requests.answer(frame)
                 elif isinstance(frame, Checkpoint) and self._keeper is not None:
                     self._keeper.save(frame.progress, frame.seq)
-                elif isinstance(frame, Claims):
-                    self._claim(frame.fires)
+                elif isinstance(frame, Claims) and self._cluster is not None:
+                    self._cluster.claim(frame.fires, self._post)
             elif isinstance(send.frame, Fire):
                 self._runner.start(send.frame)
             elif isinstance(send.frame, Cancel):
@@ -277,14 +276,6 @@ class LocalRuntime(ControlVerbs):
                 # After the first steps of the runs started above, as a worker answers it.
                 passed = BarrierPassed(LOCAL_WORKER, send.frame.token)
                 asyncio.get_running_loop().call_soon(self._post, passed)
-
-    def _claim(self, fires: list[tuple[str, float]]) -> None:
-        ask = self._ask_claims
-        if ask is None:
-            assert self._cluster is not None  # the core asks for claims only in a cluster
-            loop = asyncio.get_running_loop()
-            ask = self._ask_claims = self._cluster.answer_on(loop, self._post)
-        ask(fires)
 
     def _on_done(self, done: Done) -> None:
         self._post(done)

@@ -230,7 +230,6 @@ class Supervisor(ControlVerbs):
             self._restart = Resume(dict(saved.progress), saved.last_seq, takeover=False)
         # In a cluster: each dispatcher's claims are asked through this node's member.
         self._cluster = cluster
-        self._ask_claims: Callable[[list[tuple[str, float]]], None] | None = None
         self._schedule_running = False
         self._triggers: dict[str, BaseTrigger[Any]] = {}
         self._dispatcher_deaths: deque[float] = deque()
@@ -642,17 +641,8 @@ class Supervisor(ControlVerbs):
             self._control = None
         self._requests.fail_all("the dispatcher died before it answered; ask again")
 
-    def _claim(self, fires: list[tuple[str, float]]) -> None:
-        """Ask this node's cluster member for the claims a dispatcher wants; the answer goes
-        to whichever dispatcher serves when it comes."""
-        ask = self._ask_claims
-        if ask is None:
-            assert self._cluster is not None  # a dispatcher asks for claims only in a cluster
-            loop = asyncio.get_running_loop()
-            ask = self._ask_claims = self._cluster.answer_on(loop, self._send_to_dispatcher)
-        ask(fires)
-
     def _send_to_dispatcher(self, frame: Frame) -> None:
+        """(A claim's answer goes to whichever dispatcher serves when it comes.)"""
         control = self._control
         if control is not None:
             control.send(frame)
@@ -715,8 +705,8 @@ class Supervisor(ControlVerbs):
         if isinstance(frame, Finished):
             self._dispatcher_done = True
             self._finish()
-        elif isinstance(frame, Claims):
-            self._claim(frame.fires)
+        elif isinstance(frame, Claims) and self._cluster is not None:
+            self._cluster.claim(frame.fires, self._send_to_dispatcher)
         elif isinstance(frame, Checkpoint):
             progress = pickle.loads(frame.progress)
             self._progress.update(progress)

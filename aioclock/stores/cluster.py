@@ -231,6 +231,7 @@ class ClusterMember:
         self.reaped_lost = 0
         self.reaped_missed = 0
         self.plan: ClusterPlan | None = None  # once started
+        self._loop: asyncio.AbstractEventLoop | None = None  # the app's, once started
         self._redis: Any = None
         self._claim: Any = None
         self._reap: Any = None
@@ -247,6 +248,7 @@ class ClusterMember:
         )
         self._claim = self._redis.register_script(_CLAIM)
         self._reap = self._redis.register_script(_REAP)
+        self._loop = asyncio.get_running_loop()
         plan = self.plan = await asyncio.to_thread(self._join)
         self._thread = threading.Thread(target=self._run, name="aioclock-cluster", daemon=True)
         self._thread.start()
@@ -265,18 +267,18 @@ class ClusterMember:
             self._asks.append((fires, answer))
             self._cond.notify()
 
-    def answer_on(
-        self, loop: asyncio.AbstractEventLoop, deliver: Callable[[ClaimVerdicts], None]
-    ) -> Callable[[list[tuple[str, float]]], None]:
-        """A way to ask for claims whose answers are delivered on `loop` (as one frame)."""
+    def claim(
+        self, fires: list[tuple[str, float]], deliver: Callable[[ClaimVerdicts], None]
+    ) -> None:
+        """Claim `fires` for a runtime: `deliver(ClaimVerdicts)` is called on the loop that
+        started this member."""
+        loop = self._loop
+        assert loop is not None, "start() first"
 
         def answer(verdicts: list[Verdict]) -> None:
             loop.call_soon_threadsafe(deliver, ClaimVerdicts(verdicts))
 
-        def ask(fires: list[tuple[str, float]]) -> None:
-            self.ask(fires, answer)
-
-        return ask
+        self.ask(fires, answer)
 
     def record(self, event: Event) -> None:
         """A sink of the app's events: the runs of this node's claimed fires, as they start,
