@@ -174,6 +174,7 @@ async def test_stats_report_runs_and_next_due(events, workers):
     [
         (tasks.unpicklable_result, "its result \\(function\\) cannot be sent"),
         (tasks.huge_result, "its result \\(bytes\\) is \\d+ bytes pickled"),
+        (tasks.huge_exception, "its exception \\(ValueError\\) is \\d+ bytes pickled"),
     ],
 )
 async def test_a_run_now_result_that_cannot_travel_back_says_why(events, func, message):

@@ -164,4 +164,8 @@ async def unpicklable_result():
 
 
 async def huge_result() -> bytes:
-    return b"x" * 2_000_000
+    return b"x" * 50_000_000  # 50 MB
+
+
+async def huge_exception() -> None:
+    raise ValueError("x" * 50_000_000)
