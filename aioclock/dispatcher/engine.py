@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from aioclock._policy import DEFAULT_RULES, Policy, Rules, jitter_offset
 from aioclock._protocol import Done, Fire, TaskStats
-from aioclock._schedule import COINCIDENT, FixedRate, Schedule
+from aioclock._schedule import COINCIDENT, Earliest, FixedRate, Schedule
 from aioclock.dispatcher.claims import ClaimBook, ClusterPlan
 from aioclock.triggers import BaseTrigger, OnShutDown, OnStartUp
 
@@ -353,8 +353,14 @@ class DeadlineEngine:
             schedule = state.schedule
             if isinstance(schedule, FixedRate) and schedule.period > 0:
                 schedule.shift(seconds)
+                moves = True
+            elif isinstance(schedule, Earliest):
+                moves = _shift_inner_grids(schedule, state.next_due, seconds)
+            else:
+                continue
+            self._changed.add(task_id)
+            if moves:
                 shifted.add(task_id)
-                self._changed.add(task_id)
                 if state.next_due is not None:
                     state.next_due += seconds
                     if self._publish_due_times:
@@ -1106,6 +1112,28 @@ class DeadlineEngine:
     def flight(self, seq: int) -> tuple[str, float] | None:
         """(task id, due time) of run `seq` while it is in flight, else None."""
         return self._in_flight.get(seq)
+
+
+def _shift_inner_grids(schedule: Earliest, armed: float | None, seconds: float) -> bool:
+    """The wall clock was set: move the grids of the `Every` inside an `OrTrigger` (and the
+    dues they have pending) with it; whether the armed due, if it came from one, moves too."""
+    moves = False
+    for index, inner in enumerate(schedule.inners):
+        if not isinstance(inner, FixedRate) or inner.period <= 0:
+            continue
+        if (
+            armed is not None
+            and inner.previous is not None
+            and abs(inner.previous - armed) <= COINCIDENT
+        ):
+            moves = True  # the armed occurrence is this grid's
+        inner.shift(seconds)
+        pending = schedule.pending[index]
+        if pending is not None:
+            schedule.pending[index] = pending + seconds
+    if moves and schedule.previous is not None:
+        schedule.previous += seconds
+    return moves
 
 
 def joining_progress(progress: Mapping[str, tuple[Any, ...]]) -> dict[str, tuple[Any, ...]]:

@@ -501,3 +501,21 @@ def test_a_wall_clock_set_moves_every_grid_with_it_and_leaves_calendar_dues(jump
     core.handle(102.1 + jump, Stop(grace=2.0))  # run 2 is in flight: its grace is 2 s
     assert core.handle(102.2 + jump, ClockSet(-jump)) == []
     assert core.next_wakeup() == pytest.approx(104.1)
+
+
+@pytest.mark.parametrize("jump", [-3600.0, 3600.0], ids=["set back 1 h", "set forward 1 h"])
+def test_a_wall_clock_set_moves_the_grid_of_an_every_inside_an_or_trigger(jump):
+    from aioclock import At, OrTrigger
+    from aioclock.dispatcher.core import ClockSet
+
+    either = OrTrigger(triggers=[Every(seconds=1), At(hour=0, minute=0, second=0, tz="UTC")])
+    core = core_with(ScheduledTask("m:either", either))
+    core.handle(100.0, Ready(0, 1))
+    (first,) = fires(core.tick(101.0))
+    core.handle(101.2, done(first, 101.2))
+    assert core.handle(101.5 + jump, ClockSet(jump)) == []
+    assert core.next_wakeup() == 102.0 + jump  # neither a stall nor a burst
+    (second,) = fires(core.tick(102.0 + jump))
+    core.handle(102.1 + jump, done(second, 102.1 + jump))
+    assert core.next_wakeup() == 103.0 + jump  # the grid goes on from there
+    assert core.engine.stats()[0].missed == 0
