@@ -97,6 +97,13 @@ LEGEND = (
     "process and the Redis server"
 )
 
+INFERRED = (
+    "* the system did not say its runs' nominal dues (a revision before the cluster's "
+    "current_run): each node's starts of a task are laid on that node's fixed-rate grid, so "
+    "lateness is against its best phase (a constant delay does not show), and fires are matched "
+    "across nodes by the nearest grid point"
+)
+
 
 @dataclass(frozen=True)
 class Case:
@@ -153,6 +160,10 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     p.add_argument("--capacity-period", type=float, default=0.5, help="their period, s (0.5)")
     p.add_argument("--capacity-duration", type=float, default=10.0, help="s per step (10)")
+    p.add_argument(
+        "--arq-poll-delay", type=float, default=0.5,
+        help="arq Worker(poll_delay=): how often it polls its queue, s (0.5, arq's default)",
+    )  # fmt: skip
     p.add_argument(
         "--no-store", action="store_true",
         help="the cluster and capacity nodes run without a store (before the cluster exists)",
@@ -304,7 +315,8 @@ def run_case(case: Case, args: argparse.Namespace, cpu_loops: int) -> dict[str, 
             config = {
                 "out_dir": tmp, "workers": args.workers, "cpu_loops": cpu_loops,
                 "store": None if case.script == "arq_node.py" else store,
-                "redis_port": redis.port if redis else None, **tasks,
+                "redis_port": redis.port if redis else None,
+                "arq_poll_delay": args.arq_poll_delay, **tasks,
             }  # fmt: skip
             (folder / "config.json").write_text(json.dumps(config), encoding="utf-8")
             fleet = _fleet.Fleet(
@@ -377,6 +389,8 @@ def _row(run: dict[str, Any], baseline_p99: float | None) -> dict[str, Any]:
     }
     if run["case"] == "arq":
         row["nodes_desc"] = f"{run['nodes']} workers"
+    if metrics.get("dues_inferred"):
+        row["nodes_desc"] += " *"
     spread = metrics.get("cpu_runs_by_slot")
     row["spread"] = "/".join(str(n) for n in spread.values()) if spread else None
     p99 = metrics.get("light_p99_ms")
@@ -418,7 +432,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"cluster {args.nodes} nodes x workers={args.workers}"
         + (" without a store" if args.no_store else " on one Redis server of its own")
         + "; faults (cluster, arq): a node SIGKILLed at 1/3 and restarted "
-        f"{args.restart_after:g} s later, Redis SIGSTOPped {args.pause:g} s at 2/3; "
+        f"{args.restart_after:g} s later, Redis SIGSTOPped {args.pause:g} s at 2/3; arq "
+        f"poll_delay {args.arq_poll_delay:g} s; "
         f"capacity: {args.capacity_tasks} no-op tasks every {args.capacity_period:g} s, "
         f"{args.capacity_duration:g} s each",
     ]
@@ -430,16 +445,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     main_rows = [r for r in rows if not r["case"].startswith("capacity")]
     capacity_rows = [r for r in rows if r["case"].startswith("capacity")]
     legend = LEGEND
+    if any(run["metrics"].get("dues_inferred") for run in runs):
+        legend += "\n" + INFERRED
     if capacity_rows:
-        legend = "\n".join(
-            [
-                "",
-                _report.table(CAPACITY_COLUMNS, capacity_rows),
-                capacity_line(capacity_rows),
-                "",
-                LEGEND,
-            ]
-        )
+        capacity = _report.table(CAPACITY_COLUMNS, capacity_rows)
+        legend = "\n".join(["", capacity, capacity_line(capacity_rows), "", legend])
     report = _report.Report(
         benchmark="cluster",
         machine=machine,

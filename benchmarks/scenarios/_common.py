@@ -99,15 +99,26 @@ def mark_started() -> None:
     RECORDER.write(f"o {time.time():.6f}\n")
 
 
-def fire_began(task: str, due: float, start: float, slot: str, node: str, token: int) -> None:
+def fire_began(task: str, due: float, start: float, slot: str, node: Any, token: Any) -> None:
     """Record that a run of fire (``task``, ``due``) began at ``start`` (a CPU-bound job, which
     may be in flight when its node is killed)."""
-    RECORDER.write(f"b {task} {due:.6f} {start:.6f} {slot} {node} {token}\n")
+    RECORDER.write(f"b {task} {due:.6f} {start:.6f} {slot} {_word(node)} {_token(token)}\n")
 
 
-def fire_ended(task: str, due: float, start: float, slot: str, node: str, token: int) -> None:
+def fire_ended(task: str, due: float, start: float, slot: str, node: Any, token: Any) -> None:
     """Record a run of fire (``task``, ``due``) that began at ``start`` and ends now."""
-    RECORDER.write(f"r {task} {due:.6f} {start:.6f} {time.time():.6f} {slot} {node} {token}\n")
+    end = time.time()
+    RECORDER.write(
+        f"r {task} {due:.6f} {start:.6f} {end:.6f} {slot} {_word(node)} {_token(token)}\n"
+    )
+
+
+def _word(value: Any) -> str:
+    return "".join(str(value).split()) or "-"
+
+
+def _token(value: Any) -> int:
+    return -1 if value is None else int(value)
 
 
 async def measure() -> None:

@@ -109,6 +109,7 @@ async def _serve_until_stopped() -> None:
         on_startup=_startup,
         on_shutdown=_shutdown,
         handle_signals=False,
+        poll_delay=CONFIG["arq_poll_delay"],
     )
     stop = os.path.join(CONFIG["out_dir"], "stop")
     serving = asyncio.ensure_future(worker.async_run())
