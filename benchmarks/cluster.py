@@ -42,9 +42,10 @@ from ._report import Column
 from ._runner import TAIL_CHARS
 
 CASES = ("single", "cluster", "arq", "capacity")
-#: HOOK: how a node logs a run lost with it (a killed node's in-flight run, found by another
-#: node once its claim expired). Check it against the cluster's log line when it lands.
-LOST_LINE = re.compile(r"\brun\b.*\blost\b", re.IGNORECASE)
+#: How a node reports a run lost with another node (found dead once it stopped answering) and a
+#: fire placed on a dead node that never started (aioclock/stores/cluster.py logs them).
+LOST_LINE = re.compile(r"run of (\S+) due ([\d.]+) lost with node (\S+) \(fencing token (-?\d+)\)")
+MISSED_LINE = re.compile(r"fire of (\S+) due ([\d.]+) missed: its node (\S+) died")
 EXPLAIN_BEFORE_S = 1.0  # a fault explains misses of fires due this long before it, too
 SUSTAINED_SHARE = 0.99
 
@@ -58,7 +59,9 @@ COLUMNS = (
     Column("explained", "missing_explained", "{:.0f}"),
     Column("other", "missing_other", "{:.0f}"),
     Column("unfinished", "unfinished", "{:.0f}"),
+    Column("reported", "unfinished_reported", "{:.0f}"),
     Column("lost logged", "lost_logged", "{:.0f}"),
+    Column("missed logged", "missed_logged", "{:.0f}"),
     Column("light p50 ms", "light_p50_ms", "{:.2f}"),
     Column("p99 ms", "light_p99_ms", "{:.2f}"),
     Column("+p99 vs single", "light_p99_added_ms", "{:+.2f}"),
@@ -88,8 +91,10 @@ LEGEND = (
     "them; dup: runs beyond the first of a fire (must be 0); missing: fires that never ran, "
     "explained when due within a fault's window (from 1 s before the kill or pause until "
     "--grace s after the restart or resume), other otherwise; unfinished: runs that began and "
-    "never ended (the killed node's in-flight runs, by the records); lost logged: node log "
-    "lines reporting a lost run; lateness: start - nominal due, outside the fault windows "
+    "never ended (the killed node's in-flight runs, by the records); reported: those of them "
+    "a node logged as lost; lost logged / missed logged: node log lines reporting a run lost "
+    "with a dead node / a fire placed on it that never started; lateness: start - nominal due, "
+    "outside the fault windows "
     "(light: async tasks; CPU: sync jobs); +p99 vs single: light p99 minus the single node's "
     "in this invocation; max all: largest lateness including the fault windows; CPU runs/node: "
     "CPU-bound runs per node slot (a restarted node keeps its slot); token viol.: fencing "
@@ -170,7 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     p.add_argument(
         "--quick", action="store_true",
-        help="a smoke run: 3 s cases, short faults, one capacity step of 60 tasks",
+        help="a smoke run: 6 s cases, short faults, one capacity step of 60 tasks",
     )  # fmt: skip
     p.add_argument("--timeout", type=float, default=60.0, help="seconds allowed for start-up")
     p.add_argument("--out", type=Path, default=_report.RESULTS, help="folder for the outputs")
@@ -178,7 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _quick(args: argparse.Namespace) -> None:
-    args.duration, args.warmup, args.restart_after, args.pause, args.grace = 3.0, 0.5, 0.8, 1.0, 1.0
+    args.duration, args.warmup, args.restart_after, args.pause, args.grace = 6.0, 0.5, 0.5, 1.0, 0.5
     args.cpu_ms = min(args.cpu_ms, 30.0)
     args.capacity_tasks, args.capacity_duration = [60], 2.0
 
@@ -337,22 +342,30 @@ def run_case(case: Case, args: argparse.Namespace, cpu_loops: int) -> dict[str, 
             crashed = fleet.crashed()
             fleet.stop(timeout=15.0)
             record["events"] = events
-            if crashed:
-                raise RuntimeError(f"node {crashed[0]} exited before the end of the window")
             records = parse_records(folder)
             metrics, raw = account(records.fires, records.began, plan, window, explained)
             output = fleet.output()
-            metrics["lost_logged"] = sum(
-                1 for line in output.splitlines() if LOST_LINE.search(line)
+            lost = [m.groups() for m in LOST_LINE.finditer(output)]
+            metrics["lost_logged"] = len(lost)
+            metrics["missed_logged"] = len(MISSED_LINE.findall(output))
+            reported = {(_task_name(task), round(float(due), 3)) for task, due, _, _ in lost}
+            metrics["unfinished_reported"] = sum(
+                1 for task, due, *_ in raw["unfinished"] if (task, round(due, 3)) in reported
             )
+            raw["lost_logged"] = lost
             metrics["node_stats"] = _node_stats(folder)
             metrics["fires_per_s"] = metrics["fires_run"] / duration
             metrics["offered_per_s"] = len(plan) / args.capacity_period if case.noop_tasks else None
             record["metrics"], record["raw"] = metrics, raw
             record["stderr_tail"] = output[-TAIL_CHARS:]
+            if crashed:  # the accounting stands; the case fails
+                codes = {slot: fleet.nodes[slot].exit_codes[-1] for slot in crashed}
+                log = fleet.nodes[crashed[0]].log.read_text(encoding="utf-8", errors="replace")
+                record["stderr_tail"] = log[-TAIL_CHARS:]
+                raise RuntimeError(f"node(s) exited by themselves during the window: {codes}")
         except Exception as exc:  # a failed case must not end the others
             record["status"], record["error"] = "failed", str(exc) or repr(exc)
-            if fleet is not None:
+            if fleet is not None and not record["stderr_tail"]:
                 record["stderr_tail"] = fleet.output()[-TAIL_CHARS:]
         finally:
             if fleet is not None:
@@ -364,6 +377,11 @@ def run_case(case: Case, args: argparse.Namespace, cpu_loops: int) -> dict[str, 
     print(f"  {case.name:<16} nodes={len(case.slots)} {record['status']}"
           + (f" ({record['error']})" if record["error"] else ""), flush=True)  # fmt: skip
     return record
+
+
+def _task_name(task_id: str) -> str:
+    """The benchmark's name of a task from the app's id (``module:qualname``)."""
+    return re.split(r"[:.]", task_id)[-1]
 
 
 def _node_stats(folder: Path) -> list[dict[str, Any]]:

@@ -4,9 +4,10 @@ The harness starts one process per node, by path, with the node's name (its "slo
 across a restart) in ``AIOCLOCK_BENCH_NODE``. Nodes given the same store URL form a cluster.
 Worker processes import this file again, so tasks are built at module level from the config.
 Each run records one line (``_common.fire_ended``; CPU-bound jobs also one when they begin)
-with the fire's task, nominal due, start, end, node and fencing token, read through the
-``current_run`` dependency. Without it (a revision before the cluster) the line says ``nan``
-for the due and -1 for the token, and the harness lays the starts on each node's grid.
+with the fire's task, nominal due, start, end, node and fencing token, the due and token read
+through the ``current_run`` dependency. Without it (a revision before the cluster) the line
+says ``nan`` for the due and -1 for the token, and the harness lays the starts on each node's
+grid.
 
 It serves until the harness creates the file ``stop`` in the run's folder, then writes what the
 node counted (``stats.<slot>.<pid>.json``) and cancels ``serve()``.
@@ -48,6 +49,15 @@ def _fallback_node() -> str:
     return f"{SLOT}/{os.getppid()}"
 
 
+def _due(run: Any) -> float:
+    return NO_DUE if run.due is None else float(run.due)
+
+
+def _node(run: Any) -> str:
+    """The node's own name where the run says it, else slot and incarnation."""
+    return getattr(run, "node", None) or _fallback_node()
+
+
 def _light(name: str) -> Callable[..., Any]:
     if CurrentRun is None:
 
@@ -57,7 +67,7 @@ def _light(name: str) -> Callable[..., Any]:
         return fallback
 
     async def run(run: CurrentRun = RUN) -> None:
-        _common.fire_ended(name, run.due, time.time(), SLOT, run.node, run.token)
+        _common.fire_ended(name, _due(run), time.time(), SLOT, _node(run), run.token)
 
     return run
 
@@ -75,10 +85,10 @@ def _cpu(name: str) -> Callable[..., Any]:
         return fallback
 
     def run(run: CurrentRun = RUN) -> None:
-        start = time.time()
-        _common.fire_began(name, run.due, start, SLOT, run.node, run.token)
+        start, due, node = time.time(), _due(run), _node(run)
+        _common.fire_began(name, due, start, SLOT, node, run.token)
         _common.burn(loops)
-        _common.fire_ended(name, run.due, start, SLOT, run.node, run.token)
+        _common.fire_ended(name, due, start, SLOT, node, run.token)
 
     return run
 
