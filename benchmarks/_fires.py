@@ -23,6 +23,7 @@ from ._records import FireRun
 from ._stats import lay_on_grid, percentile
 
 Window = tuple[float, float]
+MISSING_KEPT = 2000  # missing fires listed in the raw samples (task, due, explained), at most
 
 
 @dataclass(frozen=True)
@@ -109,6 +110,7 @@ def account(
     counts = Counter((run.task, fire(run.task, run.due)) for run in inside)
     expected = 0
     missing_explained = missing_other = 0
+    missed: list[tuple[str, float, bool]] = []  # task, due, explained
     for task, planned in plan.items():
         if task not in first_due:  # never ran: every fire in the window is missing
             count = math.ceil((end - start) / planned.period)
@@ -122,7 +124,10 @@ def account(
         expected += len(ks)
         for k in ks:
             if (task, k) not in counts:
-                if _inside(origin + k * period, explained):
+                due = origin + k * period
+                why = _inside(due, explained)
+                missed.append((task, round(due, 6), why))
+                if why:
                     missing_explained += 1
                 else:
                     missing_other += 1
@@ -166,5 +171,6 @@ def account(
         "light_lateness_ms": [round(x, 4) for x in late["light"]],
         "cpu_lateness_ms": [round(x, 4) for x in late["cpu"]],
         "unfinished": [[r.task, r.due, r.start, r.slot, r.node, r.token] for r in lost],
+        "missing": sorted(missed, key=lambda m: m[1])[:MISSING_KEPT],
     }
     return metrics, raw
