@@ -314,9 +314,10 @@ def run_case(case: Case, args: argparse.Namespace, cpu_loops: int) -> dict[str, 
     }
     with tempfile.TemporaryDirectory(prefix="aioclock-cluster-") as tmp:
         folder = Path(tmp)
-        redis = _fleet.RedisServer(folder) if case.store or case.faults else None
+        redis: _fleet.RedisServer | None = None
         fleet = None
         try:
+            redis = _fleet.RedisServer(folder) if case.store or case.faults else None
             store = (
                 redis.url(f"bench-{case.name}-{time.time_ns()}") if redis and case.store else None
             )
