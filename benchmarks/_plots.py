@@ -118,3 +118,58 @@ def _finish(fig: Any, plt: Any, path: Path, title: str) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def cluster(path: Path, runs: Sequence[Mapping[str, Any]], title: str) -> bool:
+    """The cluster benchmark: start lateness CDFs (light tasks, CPU-bound jobs) per case, the
+    CPU-bound runs per node of each case, and the capacity steps (offered and run fires/s)."""
+    if not available():
+        return False
+    plt = _pyplot()
+    ok = [run for run in runs if run["status"] == "ok"]
+    cases = [run for run in ok if not run["case"].startswith("capacity")]
+    steps = [run for run in ok if run["case"].startswith("capacity")]
+    panels = 3 + bool(steps)
+    fig, axes = plt.subplots(1, panels, figsize=(5.6 * panels, 4.6), squeeze=False)
+    for ax, key, what in (
+        (axes[0][0], "light_lateness_ms", "light async tasks"),
+        (axes[0][1], "cpu_lateness_ms", "CPU-bound sync jobs"),
+    ):
+        for run in cases:
+            values = run["raw"].get(key) or []
+            if values:
+                xs = sorted(max(v, FLOOR_MS) for v in values)
+                ys = [(i + 1) / len(xs) for i in range(len(xs))]
+                ax.step(xs, ys, where="post", label=f"{run['case']} (n={len(xs)})")
+        ax.set_xscale("log")
+        ax.set_xlabel("start - nominal due (ms, log), outside fault windows")
+        ax.set_ylabel("fraction of runs")
+        ax.set_title(f"lateness: {what}")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize="small", loc="upper left")
+    ax = axes[0][2]
+    for i, run in enumerate(cases):
+        spread = run["metrics"].get("cpu_runs_by_slot") or {}
+        width = 0.8 / max(1, len(spread))
+        for j, (slot, count) in enumerate(spread.items()):
+            x = i - 0.4 + width * (j + 0.5)
+            ax.bar(x, count, width=width * 0.9, color=f"C{i}", alpha=0.5 + 0.5 * j / len(spread))
+            ax.annotate(slot, (x, count), ha="center", va="bottom", fontsize="x-small")
+    ax.set_xticks(range(len(cases)))
+    ax.set_xticklabels([run["case"] for run in cases], fontsize="small")
+    ax.set_ylabel("CPU-bound runs in the window")
+    ax.set_title("CPU-bound runs per node")
+    ax.grid(True, axis="y", alpha=0.3)
+    if steps:
+        ax = axes[0][3]
+        offered = [run["metrics"]["offered_per_s"] for run in steps]
+        done = [run["metrics"]["fires_per_s"] for run in steps]
+        ax.plot(offered, offered, "k:", label="offered")
+        ax.plot(offered, done, "o-", label="fires run / s")
+        ax.set_xlabel("offered fires/s (no-op tasks / period)")
+        ax.set_ylabel("fires run per second, cluster-wide")
+        ax.set_title("capacity")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize="small")
+    _finish(fig, plt, path, title)
+    return True

@@ -9,6 +9,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 
+@dataclass(frozen=True)
+class FireRun:
+    """One run of a fire (cluster benchmark): ``due`` is nan where the system did not say it,
+    ``end`` is None for a run that began (``b`` line), ``token`` -1 where there is none."""
+
+    task: str
+    due: float
+    start: float
+    end: float | None
+    slot: str
+    node: str
+    token: int
+    pid: int
+
+
 @dataclass
 class Records:
     """What the scenario's processes wrote, merged."""
@@ -17,6 +32,8 @@ class Records:
     cpu_jobs: list[tuple[int, float, float, float]] = field(default_factory=list)
     counters: dict[int, list[tuple[float, int]]] = field(default_factory=dict)
     markers: list[float] = field(default_factory=list)
+    fires: list[FireRun] = field(default_factory=list)
+    began: list[FireRun] = field(default_factory=list)
 
 
 def parse_records(folder: Path) -> Records:
@@ -36,6 +53,16 @@ def parse_records(folder: Path) -> Records:
                         records.counters.setdefault(pid, []).append((float(t), int(count)))
                     case ["o", t]:
                         records.markers.append(float(t))
+                    case ["r", task, due, start, end, slot, node, token]:
+                        run = FireRun(
+                            task, float(due), float(start), float(end), slot, node, int(token), pid
+                        )
+                        records.fires.append(run)
+                    case ["b", task, due, start, slot, node, token]:
+                        run = FireRun(
+                            task, float(due), float(start), None, slot, node, int(token), pid
+                        )
+                        records.began.append(run)
             except ValueError:
                 continue
     for times in records.probes.values():

@@ -10,6 +10,11 @@ Record lines, one ``os.write`` each, appended to ``rec.<pid>.log`` in the run's 
 - ``c <job> <start> <end> <cpu>``   a CPU-bound job ran (cpu: its thread's CPU seconds)
 - ``n <t> <count>``                 cumulative no-op runs in this process at ``t``
 - ``o <t>``                         the start-up marker ran
+- ``b <task> <due> <start> <slot> <node> <token>``        a fire's run began (cluster)
+- ``r <task> <due> <start> <end> <slot> <node> <token>``  a fire's run ended (cluster); ``due``
+  is the nominal due (``nan`` where the system does not say), ``slot`` the harness's name for
+  the node process (kept across a restart), ``node`` the system's, ``token`` the fencing token
+  (-1 where there is none)
 """
 
 from __future__ import annotations
@@ -39,13 +44,15 @@ class Recorder:
     """Appends short lines to one file per process, opened lazily (and again after a fork).
 
     The first record of the run also creates a flag file: the scenario's main process waits
-    for it before it starts counting the measured seconds.
+    for it before it starts counting the measured seconds (the cluster benchmark names one
+    flag per node, ``flag``, and waits for all of them).
     """
 
     def __init__(self, folder: str) -> None:
         self._folder = folder
         self._pid = -1
         self._fd = -1
+        self.flag = STARTED_FILE
 
     def write(self, line: str) -> None:
         pid = os.getpid()
@@ -53,7 +60,7 @@ class Recorder:
             path = os.path.join(self._folder, f"rec.{pid}.log")
             self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
             self._pid = pid
-            flag = os.open(os.path.join(self._folder, STARTED_FILE), os.O_CREAT | os.O_WRONLY)
+            flag = os.open(os.path.join(self._folder, self.flag), os.O_CREAT | os.O_WRONLY)
             os.close(flag)
         os.write(self._fd, line.encode())
 
@@ -90,6 +97,28 @@ def tick() -> None:
 def mark_started() -> None:
     """Record the start-up marker (the first run of the scale scenario)."""
     RECORDER.write(f"o {time.time():.6f}\n")
+
+
+def fire_began(task: str, due: float, start: float, slot: str, node: Any, token: Any) -> None:
+    """Record that a run of fire (``task``, ``due``) began at ``start`` (a CPU-bound job, which
+    may be in flight when its node is killed)."""
+    RECORDER.write(f"b {task} {due:.6f} {start:.6f} {slot} {_word(node)} {_token(token)}\n")
+
+
+def fire_ended(task: str, due: float, start: float, slot: str, node: Any, token: Any) -> None:
+    """Record a run of fire (``task``, ``due``) that began at ``start`` and ends now."""
+    end = time.time()
+    RECORDER.write(
+        f"r {task} {due:.6f} {start:.6f} {end:.6f} {slot} {_word(node)} {_token(token)}\n"
+    )
+
+
+def _word(value: Any) -> str:
+    return "".join(str(value).split()) or "-"
+
+
+def _token(value: Any) -> int:
+    return -1 if value is None else int(value)
 
 
 async def measure() -> None:
