@@ -223,6 +223,7 @@ class ClusterMember:
         # Control verbs from the other nodes: (verb, task, data), called on the app's loop.
         self._on_control: Callable[[str, str, bytes], None] | None = None
         self._listener: threading.Thread | None = None
+        self._beating: threading.Thread | None = None
         self._stopping = False
         self._thread: threading.Thread | None = None
         self._failing: str | None = None  # the outage being lived through, logged once
@@ -252,6 +253,10 @@ class ClusterMember:
         plan = self.plan = await asyncio.to_thread(self._join)
         self._thread = threading.Thread(target=self._run, name="aioclock-cluster", daemon=True)
         self._thread.start()
+        self._beating = threading.Thread(
+            target=self._keep_alive, name="aioclock-cluster-heartbeat", daemon=True
+        )
+        self._beating.start()
         logger.info(
             "node %s joined the cluster %s (%s; epoch %.3f)",
             self.node,
@@ -265,7 +270,7 @@ class ClusterMember:
         """Claim `fires`; `answer(verdicts)` is called from the cluster's thread."""
         with self._cond:
             self._asks.append((fires, answer))
-            self._cond.notify()
+            self._cond.notify_all()
 
     def claim(
         self, fires: list[tuple[str, float]], deliver: Callable[[ClaimVerdicts], None]
@@ -310,7 +315,7 @@ class ClusterMember:
                     self._reports.append(("end", event.task, event.due, token))
             else:
                 return
-            self._cond.notify()
+            self._cond.notify_all()
 
     def _count(self, event: Event) -> None:
         kind = event.kind
@@ -415,11 +420,11 @@ class ClusterMember:
         """Leave the cluster: last reports, then this node's keys go (nothing is reaped)."""
         with self._cond:
             self._stopping = True
-            self._cond.notify()
-        for thread in (self._thread, self._listener):
+            self._cond.notify_all()
+        for thread in (self._beating, self._thread, self._listener):
             if thread is not None:
                 await asyncio.to_thread(thread.join, CLOSE_WAIT)
-        self._thread = self._listener = None
+        self._thread = self._listener = self._beating = None
         if self._redis is not None:
             self._redis.close()
 
@@ -449,14 +454,11 @@ class ClusterMember:
         pipe.execute()
 
     def _run(self) -> None:
-        beat_at = time.monotonic() + HEARTBEAT
-        # No node is reaped before the others had the time to say they are alive: at the
-        # start, and after an outage of Redis (when every node's heartbeat lapsed).
-        self._reap_from = time.monotonic() + NODE_TTL
+        """The claims thread: answers the claims asked, writes the reports of runs."""
         while True:
             with self._cond:
                 if not (self._asks or self._reports or self._stopping):
-                    self._cond.wait(max(0.0, beat_at - time.monotonic()))
+                    self._cond.wait()
                 asks, self._asks = self._asks, []
                 reports, self._reports = self._reports, []
                 stopping = self._stopping
@@ -467,25 +469,53 @@ class ClusterMember:
                 if reports:
                     self._report(reports)
                     reports = []
-                if time.monotonic() >= beat_at or stopping:
-                    beat_at = time.monotonic() + HEARTBEAT
-                    self._close_unstarted()
-                    if stopping:
-                        self._leave()
-                        return
-                    self._beat()
-                    self._write_counts()
-                    if time.monotonic() >= self._reap_from:
-                        self._reap_the_dead()
-                if self._failing is not None:
-                    logger.warning("cluster %s: Redis answers again", self.prefix)
-                    self._failing = None
-                    self._reap_from = time.monotonic() + NODE_TTL
+                if stopping:
+                    beating = self._beating
+                    if beating is not None:  # its last beat must not come after the leave
+                        beating.join(CLOSE_WAIT)
+                    self._close_unstarted(everything=True)
+                    self._leave()
+                    return
+                self._answered()
             except Exception as error:  # Redis down, failing over, or too slow: fail closed
                 self._fail(error, asks, reports)
                 if stopping:
                     return
-                beat_at = time.monotonic() + HEARTBEAT
+
+    def _keep_alive(self) -> None:
+        """The heartbeat thread: says this node is alive (a thread of its own, so that a
+        flood of claims never delays it), writes its counts, reaps the nodes that died."""
+        # No node is reaped before the others had the time to say they are alive: at the
+        # start, and after an outage of Redis (when every node's heartbeat lapsed).
+        self._reap_from = time.monotonic() + NODE_TTL
+        while True:
+            with self._cond:
+                if self._stopping:
+                    return
+            beat_at = time.monotonic() + HEARTBEAT
+            try:
+                self._close_unstarted()
+                self._beat()
+                self._write_counts()
+                if time.monotonic() >= self._reap_from:
+                    self._reap_the_dead()
+                self._answered()
+            except Exception as error:
+                self._fail(error, [], [])
+            with self._cond:
+                if not self._stopping:
+                    self._cond.wait(max(0.0, beat_at - time.monotonic()))
+
+    def _answered(self) -> None:
+        """Redis answered: an outage, if there was one, is over."""
+        if self._failing is None:
+            return
+        with self._cond:
+            if self._failing is None:
+                return
+            self._failing = None
+            self._reap_from = time.monotonic() + NODE_TTL
+        logger.warning("cluster %s: Redis answers again", self.prefix)
 
     def _fail(
         self,
@@ -493,8 +523,11 @@ class ClusterMember:
         asks: list[tuple[list[tuple[str, float]], Callable[[list[Verdict]], None]]],
         reports: list[tuple[str, str, float, int]],
     ) -> None:
-        if self._failing is None:
-            self._failing = f"{type(error).__name__}: {error}"
+        with self._cond:
+            first = self._failing is None
+            if first:
+                self._failing = f"{type(error).__name__}: {error}"
+        if first:
             logger.error(
                 "cluster %s: Redis does not answer (%s): this node runs no fire it cannot "
                 "claim until it does (logged once per outage)",
@@ -544,10 +577,11 @@ class ClusterMember:
                 pipe.zrem(self._key(f"open:{task}"), f"{name}{_SEP}{self.node}")
         pipe.execute()
 
-    def _close_unstarted(self) -> None:
+    def _close_unstarted(self, everything: bool = False) -> None:
         """Fires claimed here that never started (skipped by a catch-up, or their task was
-        paused meanwhile) are closed, so that they hold no task's runs to this node."""
-        limit = time.time() - UNSTARTED_CLOSE
+        paused meanwhile) are closed, so that they hold no task's runs to this node; on the way
+        out (`everything`), all of them."""
+        limit = float("inf") if everything else time.time() - UNSTARTED_CLOSE
         with self._cond:
             stale = [(key, token) for key, token in self._owned.items() if key[1] < limit]
             for key, token in stale:

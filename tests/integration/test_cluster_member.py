@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
+import time
 
 import pytest
 import redis
@@ -106,7 +107,8 @@ async def test_a_dead_nodes_runs_are_reported_lost_and_its_fires_missed(redis_pr
     monkeypatch.setattr(cluster, "NODE_TTL", 0.3)
     survivor, dying = await members(redis_prefix, 2)
     try:
-        fires = [(CPU, 20.0 + step) for step in range(6)]
+        soon = round(time.time()) + 10.0  # (fires long past due are closed as not started)
+        fires = [(CPU, soon + step) for step in range(6)]
         verdicts = claim(dying, fires)
         mine = [due for (_, due), token in zip(fires, verdicts, strict=True) if token > 0]
         assert mine, "some fires were placed on the node that dies"
@@ -121,7 +123,7 @@ async def test_a_dead_nodes_runs_are_reported_lost_and_its_fires_missed(redis_pr
         dying._leave = lambda: None  # its thread ends without leaving: as after a SIGKILL
         with dying._cond:
             dying._stopping = True
-            dying._cond.notify()
+            dying._cond.notify_all()
         dying._thread.join(5)
         await asyncio.sleep(0.5)  # its heartbeat key expires
         survivor._reap_the_dead()
