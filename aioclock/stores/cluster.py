@@ -11,8 +11,9 @@ batch. The script places a fire that nobody claimed yet:
 - else, for a sync (CPU-bound) task, on the live node with the most free workers (workers
   less the sync runs it has going, as each node says every HEARTBEAT seconds, less the sync
   fires placed on it since), ties broken by the fire's hash, so that CPU-bound runs spread
-  across nodes by free capacity; an async task's fire goes to a live node chosen by its hash
-  (evenly);
+  across nodes by free capacity; an async task's fires go to its own node (rendezvous
+  hashing of the task over the live nodes: tasks spread evenly, and few move when a node joins
+  or leaves), or, if its overlap policy is "allow", each to a node chosen by the fire's hash;
 
 and gives it a fencing token, one more than the task's previous one. The answer for a fire
 already placed is its owner's: every node learns the same verdict, so a fire runs at most once.
@@ -109,12 +110,21 @@ while i <= #ARGV do
     local tk = p .. ':task:' .. task
     local ok = p .. ':open:' .. task
     local owner = nil
-    if string.find(flags, 's', 1, true) and redis.call('ZCARD', ok) > 0 then
+    local sticky = string.find(flags, 's', 1, true)
+    if sticky and redis.call('ZCARD', ok) > 0 then
       local last = redis.call('HGET', tk, 'owner')
       if last and score[last] ~= nil then owner = last end
     end
     local hash = tonumber(string.sub(redis.sha1hex(fk), 1, 7), 16)
-    if owner == nil and not cpu then
+    if owner == nil and not cpu and sticky then
+      -- the task's own node (rendezvous hashing): its fires stay there, so no run of it
+      -- overlaps another on another node, and few tasks move when a node joins or leaves
+      local top = nil
+      for _, m in ipairs(live) do
+        local weight = redis.sha1hex(task .. '\\31' .. m)
+        if top == nil or weight > top then owner, top = m, weight end
+      end
+    elseif owner == nil and not cpu then
       owner = live[(hash % #live) + 1]
     end
     if owner == nil then
