@@ -248,6 +248,9 @@ class DeadlineEngine:
         # every node anchors the grids of its fixed-rate tasks.
         self._claims: ClaimBook | None = None
         self._epoch: float | None = None
+        # ... and the tasks whose last fire another node claimed: that node writes their
+        # progress (all nodes would write the same place in the schedule).
+        self._elsewhere: set[str] = set()
         #: Told of every skipped occurrence: (task, count, now, first skipped due, why).
         self.on_missed: Callable[[str, int, float, float | None, str], None] | None = None
 
@@ -473,7 +476,8 @@ class DeadlineEngine:
 
     def _push(self, state: _TaskState, due: float | None) -> None:
         """Arm the task for `due` (its planned time goes on the heap), or end it."""
-        self._changed.add(state.spec.task_id)
+        if state.spec.task_id not in self._elsewhere:  # (else the node that ran it writes it)
+            self._changed.add(state.spec.task_id)
         if due is None:
             state.ended = True
             state.next_due = None
@@ -938,7 +942,9 @@ class DeadlineEngine:
     ) -> Fire | None:
         if verdict == 0:  # another node runs it: not one of this node's dues
             state.dues -= 1
+            self._elsewhere.add(state.spec.task_id)
             return None
+        self._elsewhere.discard(state.spec.task_id)
         if verdict < 0:
             self._count_missed(state, 1, now, why, due)
             return None

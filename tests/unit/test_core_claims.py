@@ -3,6 +3,8 @@ asks for each claim ahead of its deadline, and names the same fires as every oth
 
 from __future__ import annotations
 
+import pickle
+
 from aioclock import Every
 from aioclock._policy import Policy
 from aioclock._protocol import Claims, ClaimVerdicts, Done, Fire, PauseTask, Ready
@@ -140,3 +142,17 @@ def test_nodes_whose_clocks_are_30_s_apart_name_the_same_fires() -> None:
         on_time.tick(second - 0.5)
         on_time.handle(second - 0.5, ClaimVerdicts([("m:tick", second - 0.5, 0)]))
     assert asked(on_time.tick(130.25)) == [("m:tick", 130.5)]
+
+
+def test_the_node_that_ran_a_fire_writes_the_progress_of_its_task() -> None:
+    core = started(node())
+    core.checkpoints()  # (the start's)
+    core.tick(100.25)
+    core.handle(100.3, ClaimVerdicts([("m:tick", 100.5, 0)]))
+    core.tick(100.5)
+    assert core.checkpoints() == []  # another node ran it: that node writes where it is
+    core.tick(101.25)
+    core.handle(101.3, ClaimVerdicts([("m:tick", 101.5, 9)]))
+    core.tick(101.5)
+    (checkpoint,) = core.checkpoints()
+    assert list(pickle.loads(checkpoint.progress)) == ["m:tick"]
