@@ -243,7 +243,8 @@ class ClusterMember:
         self.reaped_missed = 0
         self.plan: ClusterPlan | None = None  # once started
         self._loop: asyncio.AbstractEventLoop | None = None  # the app's, once started
-        self._redis: Any = None
+        self._redis: Any = None  # answers text
+        self._bytes: Any = None  # answers bytes (the control verbs, pickled)
         self._claim: Any = None
         self._reap: Any = None
 
@@ -254,9 +255,9 @@ class ClusterMember:
         nodes serve already."""
         import redis
 
-        self._redis = redis.Redis.from_url(
-            self.url, socket_timeout=0.5, socket_connect_timeout=0.5, decode_responses=True
-        )
+        timeouts = {"socket_timeout": 0.5, "socket_connect_timeout": 0.5}
+        self._redis = redis.Redis.from_url(self.url, decode_responses=True, **timeouts)
+        self._bytes = redis.Redis.from_url(self.url, **timeouts)
         self._claim = self._redis.register_script(_CLAIM)
         self._reap = self._redis.register_script(_REAP)
         self._loop = asyncio.get_running_loop()
@@ -361,7 +362,7 @@ class ClusterMember:
         import pickle
 
         message = pickle.dumps((self.node, verb, task, data))
-        self._redis.publish(self._key("control"), message)
+        self._bytes.publish(self._key("control"), message)
 
     async def stats(self) -> dict[str, tuple[int, int, int, int, int]]:
         """The counts of every node that served, per task: runs, failures, timeouts, missed,
@@ -403,7 +404,7 @@ class ClusterMember:
 
         failing = False
         while not self._stopping:
-            pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+            pubsub = self._bytes.pubsub(ignore_subscribe_messages=True)
             try:
                 pubsub.subscribe(self._key("control"))
                 failing = False
@@ -437,6 +438,7 @@ class ClusterMember:
         self._thread = self._listener = self._beating = None
         if self._redis is not None:
             self._redis.close()
+            self._bytes.close()
 
     # -- the thread -------------------------------------------------------------------------
 

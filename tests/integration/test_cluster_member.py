@@ -199,3 +199,38 @@ async def test_a_cluster_that_serves_again_keeps_its_grid_and_its_pauses(redis_u
     steps = [(due - dues[0]) / 0.1 for due in dues]
     assert all(abs(step - round(step)) < 1e-3 for step in steps), steps  # one grid
     assert paused == [True]  # paused while the first served: still paused
+
+
+async def test_a_pause_on_one_node_pauses_the_task_on_every_node(redis_url):
+    def node() -> tuple[AioClock, object]:
+        app = AioClock(store=redis_url, shutdown_timeout=0.5)
+
+        @app.task(trigger=Every(seconds=0.1))
+        async def beat() -> None:
+            pass
+
+        return app, beat
+
+    (first, beat), (second, _) = node(), node()
+    serving = [asyncio.create_task(app.serve()) for app in (first, second)]
+    try:
+        while first._runtime is None or second._runtime is None:  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
+        await first.pause(beat)
+        for _ in range(100):  # the other node hears of it (Redis pub/sub)
+            (entry,) = await second._runtime.stats()
+            if entry.paused:
+                break
+            await asyncio.sleep(0.02)
+        assert entry.paused
+        await second.resume(entry.task)  # (by its name: another function object there)
+        for _ in range(100):
+            (entry,) = await first._runtime.stats()
+            if not entry.paused:
+                break
+            await asyncio.sleep(0.02)
+        assert not entry.paused
+    finally:
+        for task in serving:
+            task.cancel()
+        await asyncio.gather(*serving, return_exceptions=True)
