@@ -234,3 +234,39 @@ async def test_a_pause_on_one_node_pauses_the_task_on_every_node(redis_url):
         for task in serving:
             task.cancel()
         await asyncio.gather(*serving, return_exceptions=True)
+
+
+async def added_job() -> None:
+    """Added while serving, by reference: every node can import it."""
+
+
+async def idle() -> None:
+    """Something to serve."""
+
+
+async def test_a_task_added_on_one_node_is_added_on_every_node(redis_url):
+    first, second = AioClock(store=redis_url), AioClock(store=redis_url)
+    for app in (first, second):
+        app.task(trigger=Every(seconds=10))(idle)
+    serving = [asyncio.create_task(app.serve()) for app in (first, second)]
+    try:
+        while first._runtime is None or second._runtime is None:  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
+        await first.add_task(added_job, trigger=Every(seconds=5))
+        for _ in range(100):
+            names = [entry.task for entry in await second._runtime.stats()]
+            if any(name.endswith(":added_job") for name in names):
+                break
+            await asyncio.sleep(0.02)
+        assert any(name.endswith(":added_job") for name in names), names
+        await second.remove(added_job.__module__ + ":added_job")
+        for _ in range(100):
+            (entry,) = [e for e in await first._runtime.stats() if e.task.endswith(":added_job")]
+            if entry.removed:
+                break
+            await asyncio.sleep(0.02)
+        assert entry.removed
+    finally:
+        for task in serving:
+            task.cancel()
+        await asyncio.gather(*serving, return_exceptions=True)
