@@ -207,7 +207,7 @@ class Supervisor(ControlVerbs):
             beats=self._beats,
             loop_stall_timeout=stall_timeout,
         )
-        self._dispatcher: DispatcherProcess | None = None
+        self._dispatcher: DispatcherProcess | ForkedWorker | None = None
         self._workers: dict[int, Worker] = {}
         self._lifelines: dict[int, int] = {}
         # The dispatcher's ends of each worker's pipes (fire write, done read), kept here too:
@@ -284,7 +284,9 @@ class Supervisor(ControlVerbs):
     async def _start(self, loop: asyncio.AbstractEventLoop) -> None:
         # May fail (a trigger that does not pickle): before the dispatcher and the workers start
         # (a template forked already is let go on the way out, by `_reap`).
-        schedule = pack_tasks(self._tasks, self._app._paused, self._app.policy)
+        schedule = None  # forked from the template: it has the tasks, nothing to pickle
+        if self._template is None:
+            schedule = pack_tasks(self._tasks, self._app._paused, self._app.policy)
         if self._template is not None:
             self._template.attach(loop)
         child_end = self._new_control(loop)  # questions asked from now on wait there
@@ -332,9 +334,9 @@ class Supervisor(ControlVerbs):
         self,
         loop: asyncio.AbstractEventLoop,
         child_end: socket.socket,
-        schedule: bytes,
+        schedule: bytes | None,
         resume: bytes | None,
-    ) -> DispatcherProcess:
+    ) -> DispatcherProcess | ForkedWorker:
         """Start a dispatcher over the workers' pipes and `child_end` of the control channel;
         `resume`: where the one that died left the schedule."""
         try:
@@ -349,7 +351,12 @@ class Supervisor(ControlVerbs):
                 schedule=schedule,
                 resume=resume,
             )
-            dispatcher = DispatcherProcess(payload)
+            if self._template is not None:
+                dispatcher: DispatcherProcess | ForkedWorker = self._template.start_dispatcher(
+                    payload
+                )
+            else:
+                dispatcher = DispatcherProcess(payload)
         finally:  # the dispatcher holds its own copy now (or never will)
             child_end.close()
         self._dispatcher = dispatcher
@@ -616,7 +623,7 @@ class Supervisor(ControlVerbs):
             delay,
         )
         self._drop_control()
-        if isinstance(process, DispatcherProcess):
+        if isinstance(process, (DispatcherProcess, ForkedWorker)):
             process.close()
         loop = asyncio.get_running_loop()
         child_end = self._new_control(loop)  # questions asked meanwhile wait for the new one
