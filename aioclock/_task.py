@@ -56,14 +56,18 @@ class Task:
     name: str = ""
     limiter: Any = field(default=None, repr=False, compare=False)
     policy: Policy = field(default_factory=Policy)
-    id: uuid.UUID = field(init=False)
     is_async: bool = field(init=False)  # read for every run: computed once
 
     def __post_init__(self) -> None:
         if not self.name:
             self.name = qualified_name(self.func)
-        self.id = uuid.uuid5(TASK_NAMESPACE, self.name)
         self.is_async = inspect.iscoroutinefunction(self.func)
+
+    @property
+    def id(self) -> uuid.UUID:
+        """The name as a UUID (upstream's type), derived when asked: registering 100,000 tasks
+        would otherwise spend a quarter of a second on hashes that nobody reads."""
+        return uuid.uuid5(TASK_NAMESPACE, self.name)
 
     def __getstate__(self) -> dict[str, Any]:
         # A limiter bounds threads of one process: a worker process runs without it.

@@ -31,7 +31,7 @@ class DispatcherPayload:
     logs: ChildLogging  # its sink is sent as a descriptor number, inherited
     control_fd: int
     links: list[tuple[int, int, int]]  # (worker index, fire write fd, done read fd)
-    sync_tasks: frozenset[str]
+    sync_tasks: frozenset[str]  # with `schedule` None, found where the schedule is
     cpus: CpuPlan  # it runs on `cpus.scheduling`, with the workers' event loops
     # `pack_schedule`, unpacked once sys.path is in place; a dispatcher forked from the worker
     # template is given None, and builds the schedule itself from the tasks of the app it

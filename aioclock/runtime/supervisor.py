@@ -346,7 +346,11 @@ class Supervisor(ControlVerbs):
                 logs=self._settings.logs,
                 control_fd=child_end.fileno(),
                 links=[(index, *ends) for index, ends in sorted(self._links.items())],
-                sync_tasks=frozenset(n for n, task in self._tasks.items() if not task.is_async),
+                # With no schedule, the forked dispatcher finds them in the tasks it inherited:
+                # reading every task here would copy this process's share of their pages.
+                sync_tasks=frozenset()
+                if schedule is None
+                else frozenset(n for n, task in self._tasks.items() if not task.is_async),
                 cpus=self._settings.cpus,
                 schedule=schedule,
                 resume=resume,

@@ -77,6 +77,9 @@ class WorkerTemplate:
             ours.close()
             _serve_as_template(app, prepared, theirs, beats)
         theirs.close()
+        # Kept, unused: freed here it would be written to, copying the pages that this process
+        # shares with the template and its workers (tens of MB for 100,000 tasks).
+        self._prepared = prepared
         self.pid = pid
         self._socket = ours
         self._numbers = 0
@@ -412,7 +415,11 @@ def _fork_dispatcher(
         )
         if payload.schedule is None:  # the first: the tasks of serve(), which the app holds
             table = app._task_table() if prepared is None else prepared.tasks
-            payload = replace(payload, schedule=schedule_of_tasks(table, app._paused, app.policy))
+            payload = replace(
+                payload,
+                schedule=schedule_of_tasks(table, app._paused, app.policy),
+                sync_tasks=frozenset(name for name, task in table.items() if not task.is_async),
+            )
         # The dispatcher keeps `_sentinel` open: the kernel closes it when the dispatcher exits.
         run_from_payload(payload)
         code = 0
