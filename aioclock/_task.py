@@ -6,6 +6,7 @@ import functools
 import importlib
 import inspect
 import sys
+import types
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -85,6 +86,12 @@ class Task:
         `python -c`), which has no file for a new process to import.
         """
         func = self.func
+        if type(func) is types.FunctionType and start_method != "spawn":
+            # The common case, asked for every task at start-up: a module-level function that
+            # its module names (a nested one's qualified name has "<locals>", not found there).
+            found = getattr(sys.modules.get(func.__module__), func.__qualname__, None)
+            if found is func:
+                return
         _refuse_what_has_no_name(self.name, func)
         qualname: str = func.__qualname__
         module: str = func.__module__
