@@ -51,6 +51,7 @@ def task_policy(trigger: BaseTrigger[Any], defaults: Policy | None, **given: Any
 
 
 _NO_POLICY = Policy()
+_NO_POLICY_LIMIT = _NO_POLICY.rules().limit
 
 
 def check_int(name: str, value: Any, minimum: int) -> int:
@@ -133,6 +134,8 @@ class Group:
             jitter=jitter,
         )
 
+        limit = _NO_POLICY_LIMIT if policy is _NO_POLICY else policy.rules().limit
+
         def register(func: F) -> F:
             if not callable(func):
                 raise TypeError(f"@task decorates a function, got {func!r}")
@@ -141,7 +144,7 @@ class Group:
                     func=func,
                     trigger=trigger,
                     timeout=own_timeout if own_timeout is not None else self.timeout,
-                    max_instances=policy.rules().limit,
+                    max_instances=limit,
                     limiter=self._limiter,
                     policy=policy,
                 )
