@@ -127,9 +127,12 @@ class BaseTrigger(BaseModel, Generic[TriggerTypeT]):
     def _refuse_unknown_fields(cls, data: Any) -> Any:
         """Name a misspelt field and the field meant (pydantic only says "extra input")."""
         if isinstance(data, dict) and cls.model_config.get("extra") == "forbid":
-            fields = list(cls.model_fields)
+            # A dict, asked for every trigger made (`model_fields` is a slower property since
+            # pydantic 2.10, which added this; before it, `model_fields` is the dict itself).
+            known = getattr(cls, "__pydantic_fields__", None) or cls.model_fields
             for key in data:
-                if key not in fields:
+                if key not in known:
+                    fields = list(known)
                     close = difflib.get_close_matches(str(key), fields, n=1)
                     hint = f" (did you mean {close[0]!r}?)" if close else ""
                     raise ValueError(
@@ -437,7 +440,8 @@ class Every(LoopController[Literal[Triggers.EVERY]]):
 
     def _new_schedule(self) -> Schedule:
         """Run k at anchor + k * period, the anchor being the start: no error accumulates."""
-        if _owner(type(self), "next_due") is not Every or self._gate() is not None:
+        cls = type(self)
+        if cls is not Every and (_owner(cls, "next_due") is not Every or self._gate() is not None):
             return super()._new_schedule()  # a subclass changed the maths: ask it
         immediate = self.first_run_strategy == "immediate"
         return FixedRate(self, self.max_loop_count, self.to_seconds, immediate)
