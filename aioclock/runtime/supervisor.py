@@ -282,12 +282,13 @@ class Supervisor(ControlVerbs):
             raise self._fatal
 
     async def _start(self, loop: asyncio.AbstractEventLoop) -> None:
-        # May fail (a trigger that does not pickle): before the dispatcher and the workers start
-        # (a template forked already is let go on the way out, by `_reap`).
-        schedule = None  # forked from the template: it has the tasks, nothing to pickle
+        # A dispatcher forked from the template has the tasks: nothing to pickle (a trigger that
+        # does not pickle fails only a dispatcher's replacement). A spawned one's schedule may
+        # fail to pickle here, before the dispatcher and the workers start.
+        schedule = None
         if self._template is None:
             schedule = pack_tasks(self._tasks, self._app._paused, self._app.policy)
-        if self._template is not None:
+        else:
             self._template.attach(loop)
         child_end = self._new_control(loop)  # questions asked from now on wait there
         # The dispatcher starts first: its fresh interpreter takes the longest to be ready. Each
