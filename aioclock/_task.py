@@ -38,7 +38,7 @@ def module_name(func: Callable[..., Any]) -> str:
     return name if isinstance(name, str) and name else module
 
 
-@dataclass
+@dataclass(slots=True)  # no __dict__: 100,000 tasks hold 100,000 fewer objects to collect
 class Task:
     """A function registered with `@app.task` or `@group.task`.
 
@@ -72,9 +72,13 @@ class Task:
 
     def __getstate__(self) -> dict[str, Any]:
         # A limiter bounds threads of one process: a worker process runs without it.
-        state = self.__dict__.copy()
+        state = {name: getattr(self, name) for name in self.__slots__}
         state["limiter"] = None
         return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        for name, value in state.items():
+            object.__setattr__(self, name, value)
 
     def check_reachable(self, start_method: str = "spawn") -> None:
         """Raise `TaskNotReachableError` unless a worker process can find this function by name.
