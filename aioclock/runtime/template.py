@@ -1,4 +1,5 @@
-"""`start_method="forkserver"`: workers forked from a template of the main process.
+"""`start_method="forkserver"`: workers and the dispatcher forked from a template of the main
+process.
 
 When `serve()` starts, before the supervisor starts any thread, the main process forks once: the
 copy (the *template*) already holds the imported app and its registered tasks, does nothing else,
@@ -8,12 +9,20 @@ script again, which registers every task again). A replacement after a crash sta
 the tasks added while serving reach it as `LearnTask` frames when it joins, as they reach any
 worker.
 
+The dispatcher is forked from it too (`WorkerTemplate.start_dispatcher`): it imports nothing
+(a fresh interpreter spent 0.3 s of CPU importing pydantic and the triggers), runs no code of the
+app's, and builds its first schedule from the tasks it inherited, so that nothing is pickled at
+the start. A dispatcher that replaces one that died is sent the schedule as it is then.
+
 The template is single-threaded, so forking it is safe whatever threads the main process starts
 later. It talks to the supervisor over one `SOCK_SEQPACKET` socket: the supervisor sends
 `(number, index, settings)` with the worker's descriptors attached; the template answers
 `("started", number, pid)` (or `("failed", number, why)`), and `("exited", pid, exit code)`
-once it has reaped a worker (the workers are its children). It exits when that socket closes
-and it has no child left; it dies with the main process (PDEATHSIG), and so do its workers.
+once it has reaped a worker (the workers are its children). A dispatcher is asked for with
+`("dispatcher", number, count, worker indices)` and its `count` descriptors, in messages of at
+most `_FDS_PER_REQUEST`; the rest of its payload comes through a pipe. The template exits when
+that socket closes and it has no child left; it dies with the main process (PDEATHSIG), and so
+do its workers and the dispatcher.
 """
 
 from __future__ import annotations
@@ -71,17 +80,17 @@ class WorkerTemplate:
         `beats`: the shared memory where the workers' loops beat (inherited, as the app is)."""
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         _flush_std_streams()  # what is buffered now would be written again by every fork
-        # What exists now (modules, the app, its tasks) is shared with the template, its workers
-        # and the dispatcher until someone writes to it, and a full collection here would write
-        # to every object (its GC header): 80 MB more in PSS for 100,000 tasks. Out of the
-        # collector's reach while serving (as in the template), given back by `close`.
-        gc.freeze()
         with stop_signals_held():  # INT and TERM stay blocked in the template until it ignores them
             pid = os.fork()
         if pid == 0:  # the template
             ours.close()
             _serve_as_template(app, prepared, theirs, beats)
         theirs.close()
+        # What exists now (modules, the app, its tasks) is shared with the template, its workers
+        # and the dispatcher until someone writes to it, and a full collection here would write
+        # to every object (its GC header): 80 MB more in PSS for 100,000 tasks. Out of the
+        # collector's reach while serving (as in the template), given back by `close`.
+        gc.freeze()
         # Kept, unused: freed here it would be written to, copying the pages that this process
         # shares with the template and its workers (tens of MB for 100,000 tasks).
         self._prepared = prepared
