@@ -35,7 +35,6 @@ from pydantic import (
     ConfigDict,
     Field,
     PositiveInt,
-    PrivateAttr,
     SerializeAsAny,
     TypeAdapter,
     ValidationInfo,
@@ -123,16 +122,17 @@ class BaseTrigger(BaseModel, Generic[TriggerTypeT]):
     type_: TriggerTypeT
     expected_trigger_time: datetime | None = None
 
-    _own: Schedule | None = PrivateAttr(None)  # the schedule of the upstream-compat methods
-
     @model_validator(mode="before")
     @classmethod
     def _refuse_unknown_fields(cls, data: Any) -> Any:
         """Name a misspelt field and the field meant (pydantic only says "extra input")."""
         if isinstance(data, dict) and cls.model_config.get("extra") == "forbid":
-            fields = list(cls.model_fields)
+            # A dict, asked for every trigger made (`model_fields` is a slower property since
+            # pydantic 2.10, which added this; before it, `model_fields` is the dict itself).
+            known = getattr(cls, "__pydantic_fields__", None) or cls.model_fields
             for key in data:
-                if key not in fields:
+                if key not in known:
+                    fields = list(known)
                     close = difflib.get_close_matches(str(key), fields, n=1)
                     hint = f" (did you mean {close[0]!r}?)" if close else ""
                     raise ValueError(
@@ -185,9 +185,13 @@ class BaseTrigger(BaseModel, Generic[TriggerTypeT]):
 
     def _schedule(self) -> Schedule:
         """The trigger's own schedule, made on first use (and for a copy, its own afresh)."""
-        own = self._own
+        # Kept in the instance's __dict__ by hand, not as a pydantic private attribute: that
+        # would cost every trigger made ~1.5 us (a quarter of `Every(...)`), for methods that
+        # serving never calls. pydantic's equality, dumps and repr read the fields only.
+        own: Schedule | None = self.__dict__.get("_own")
         if own is None or own.trigger is not self:
-            own = self._own = self._new_schedule()
+            own = self._new_schedule()
+            object.__setattr__(self, "_own", own)
         own.limit = self._limit()  # upstream code may change max_loop_count as it goes
         return own
 
@@ -201,7 +205,7 @@ class BaseTrigger(BaseModel, Generic[TriggerTypeT]):
 
     def _reset(self) -> None:
         """Forget the trigger's own consumed occurrences: a fresh copy of its schedule."""
-        self._own = None
+        self.__dict__.pop("_own", None)
 
     async def trigger_next(self) -> None:
         """Consume the next occurrence (counting it) and sleep until it is due."""
@@ -395,11 +399,11 @@ class Every(LoopController[Literal[Triggers.EVERY]]):
 
     @model_validator(mode="after")
     def _check_period(self) -> "Every":
-        if all(getattr(self, unit) is None for unit in _UNIT_SECONDS):
-            raise ValueError("Every needs at least one of seconds, minutes, hours, days or weeks")
-        if not math.isfinite(self.to_seconds):
-            raise ValueError(f"the period of Every must be finite, got {self.to_seconds} seconds")
         period = self.to_seconds
+        if period == 0 and all(getattr(self, unit) is None for unit in _UNIT_SECONDS):
+            raise ValueError("Every needs at least one of seconds, minutes, hours, days or weeks")
+        if not math.isfinite(period):
+            raise ValueError(f"the period of Every must be finite, got {period} seconds")
         bound = None
         if 0 < period < MIN_PERIOD:
             bound = f"at least {MIN_PERIOD:g} s (or 0)"
@@ -436,7 +440,8 @@ class Every(LoopController[Literal[Triggers.EVERY]]):
 
     def _new_schedule(self) -> Schedule:
         """Run k at anchor + k * period, the anchor being the start: no error accumulates."""
-        if _owner(type(self), "next_due") is not Every or self._gate() is not None:
+        cls = type(self)
+        if cls is not Every and (_owner(cls, "next_due") is not Every or self._gate() is not None):
             return super()._new_schedule()  # a subclass changed the maths: ask it
         immediate = self.first_run_strategy == "immediate"
         return FixedRate(self, self.max_loop_count, self.to_seconds, immediate)

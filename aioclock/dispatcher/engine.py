@@ -26,7 +26,7 @@ import logging
 import math
 from collections import deque
 from collections.abc import Callable, Collection, Iterable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -169,7 +169,8 @@ class _TaskState:
     dues: int = 0  # occurrences that fell due: fired, or skipped and counted in `missed`
     lost: int = 0  # runs whose worker died under them (also in `failures`)
     last_error: str | None = None
-    lateness: deque[float] = field(default_factory=lambda: deque(maxlen=LATENESS_WINDOW))
+    # Made at the first run: an empty deque is ~600 bytes, 60 MB for 100,000 idle tasks.
+    lateness: deque[float] | None = None
     lateness_max: float | None = None
     missed_logged_at: float | None = None
     missed_unlogged: int = 0
@@ -694,6 +695,8 @@ class DeadlineEngine:
         if due is None:  # its due is not known here
             return
         lateness = done.started - due
+        if state.lateness is None:
+            state.lateness = deque(maxlen=LATENESS_WINDOW)
         state.lateness.append(lateness)
         if state.lateness_max is None or lateness > state.lateness_max:
             state.lateness_max = lateness
@@ -1190,7 +1193,7 @@ def _progress_of(state: _TaskState, last_seq: int, in_flight: tuple[int, ...]) -
 
 
 def _snapshot(state: _TaskState) -> TaskStats:
-    samples = sorted(state.lateness)
+    samples = sorted(state.lateness or ())
     return TaskStats(
         task=state.spec.task_id,
         next_due=state.next_due,

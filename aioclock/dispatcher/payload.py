@@ -32,9 +32,12 @@ class DispatcherPayload:
     logs: ChildLogging  # its sink is sent as a descriptor number, inherited
     control_fd: int
     links: list[tuple[int, int, int]]  # (worker index, fire write fd, done read fd)
-    sync_tasks: frozenset[str]
+    sync_tasks: frozenset[str]  # with `schedule` None, found where the schedule is
     cpus: CpuPlan  # it runs on `cpus.scheduling`, with the workers' event loops
-    schedule: bytes  # `pack_schedule`, unpacked once sys.path is in place
+    # `pack_schedule`, unpacked once sys.path is in place; a dispatcher forked from the worker
+    # template is given None, and builds the schedule itself from the tasks of the app it
+    # inherited (`schedule_of_tasks`): nothing to pickle, nothing to unpickle.
+    schedule: bytes | list[ScheduledTask] | None
     # Pickled `Resume`: where a dispatcher that died left the schedule; None at the start.
     resume: bytes | None = None
     # In a cluster: how this node's schedule joins it (it runs only the fires it claims).
@@ -54,6 +57,34 @@ def pack_tasks(
     `ScheduledTask`s."""
     rows = ((n, t.trigger, t.policy.over(defaults).rules(), n in paused) for n, t in tasks.items())
     return _pack((n, trigger, rules.limit, paused, rules) for n, trigger, rules, paused in rows)
+
+
+def schedule_of_tasks(
+    tasks: Mapping[str, Task],
+    paused: Collection[str] = frozenset(),
+    defaults: Policy | None = None,
+) -> list[ScheduledTask]:
+    """`engine.schedule_of(tasks, paused, defaults)`, with equal policies resolved once and their
+    rules shared (100,000 tasks declared alike hold one `Rules`, not 100,000)."""
+    resolved: dict[Policy, Rules] = {}
+    by_identity: dict[int, Rules] = {}  # tasks declared alike share one `Policy` object
+    schedule = []
+    collecting = gc.isenabled()
+    gc.disable()  # a collection would walk the whole app for each batch of rows made here
+    try:
+        for name, task in tasks.items():
+            policy = task.policy
+            rules = by_identity.get(id(policy))
+            if rules is None:
+                rules = resolved.get(policy)
+                if rules is None:
+                    rules = resolved[policy] = policy.over(defaults).rules()
+                by_identity[id(policy)] = rules
+            schedule.append(ScheduledTask(name, task.trigger, rules.limit, name in paused, rules))
+        return schedule
+    finally:
+        if collecting:
+            gc.enable()
 
 
 def pack_schedule(schedule: Iterable[ScheduledTask]) -> bytes:
@@ -88,10 +119,15 @@ def _pack(rows: Iterable[tuple[str, BaseTrigger[Any], int, bool, Rules]]) -> byt
 
 
 def unpack_schedule(
-    data: bytes, load: Callable[[bytes], Any] = pickle.loads
+    data: bytes | list[ScheduledTask] | None, load: Callable[[bytes], Any] = pickle.loads
 ) -> list[ScheduledTask]:
     """The schedule `pack_schedule` made; `load` unpickles (the dispatcher's may import the
-    main script, where a trigger class can be defined)."""
+    main script, where a trigger class can be defined). A schedule built in this process
+    (`schedule_of_tasks`) is returned as it is."""
+    if isinstance(data, list):
+        return data
+    if data is None:
+        raise ValueError("no schedule: only a dispatcher forked from the worker template has one")
     return [ScheduledTask(*row) for row in load(data)]
 
 

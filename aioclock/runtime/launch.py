@@ -1,9 +1,12 @@
 """Starting the dispatcher in a fresh interpreter that imports only what the triggers need.
 
-A multiprocessing "spawn" child re-imports the user's main script (its module-level code runs
-again). Workers need that, since task functions live there; the dispatcher does not, so it is a
-plain `python -m aioclock.dispatcher` subprocess that reads its schedule from stdin. Only when a
-trigger's class is defined in the main script is that script imported, to unpickle it.
+With `start_method="spawn"` (or "fork"): a multiprocessing "spawn" child re-imports the user's
+main script (its module-level code runs again). Workers need that, since task functions live
+there; the dispatcher does not, so it is a plain `python -m aioclock.dispatcher` subprocess that
+reads its schedule from stdin. Only when a trigger's class is defined in the main script is that
+script imported, to unpickle it. With "forkserver" (the default) the dispatcher is forked from
+the worker template instead (`template.WorkerTemplate.start_dispatcher`), which is faster still:
+it imports nothing at all.
 """
 
 from __future__ import annotations
@@ -51,9 +54,7 @@ class DispatcherProcess:
         assert stdin is not None
         # A large schedule is megabytes, which the pipe takes only as fast as the child starts
         # and reads: a thread writes it, so that the caller's event loop never waits for that.
-        threading.Thread(
-            target=_write_and_close, args=(stdin, pickle.dumps(payload)), daemon=True
-        ).start()
+        write_in_thread(stdin, pickle.dumps(payload))
 
     @property
     def pid(self) -> int:
@@ -95,6 +96,12 @@ def stop_signals_held() -> Iterator[None]:
         yield
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+def write_in_thread(stream: IO[bytes], data: bytes) -> None:
+    """Write `data` to `stream` and close it, from a thread of its own: a pipe takes megabytes
+    only as fast as the reader reads, and the caller's event loop must not wait for that."""
+    threading.Thread(target=_write_and_close, args=(stream, data), daemon=True).start()
 
 
 def _write_and_close(stream: IO[bytes], data: bytes) -> None:

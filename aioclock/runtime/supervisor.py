@@ -210,7 +210,7 @@ class Supervisor(ControlVerbs):
             beats=self._beats,
             loop_stall_timeout=stall_timeout,
         )
-        self._dispatcher: DispatcherProcess | None = None
+        self._dispatcher: DispatcherProcess | ForkedWorker | None = None
         self._workers: dict[int, Worker] = {}
         self._lifelines: dict[int, int] = {}
         # The dispatcher's ends of each worker's pipes (fire write, done read), kept here too:
@@ -287,10 +287,13 @@ class Supervisor(ControlVerbs):
             raise self._fatal
 
     async def _start(self, loop: asyncio.AbstractEventLoop) -> None:
-        # May fail (a trigger that does not pickle): before the dispatcher and the workers start
-        # (a template forked already is let go on the way out, by `_reap`).
-        schedule = pack_tasks(self._tasks, self._app._paused, self._app.policy)
-        if self._template is not None:
+        # A dispatcher forked from the template has the tasks: nothing to pickle (a trigger that
+        # does not pickle fails only a dispatcher's replacement). A spawned one's schedule may
+        # fail to pickle here, before the dispatcher and the workers start.
+        schedule = None
+        if self._template is None:
+            schedule = pack_tasks(self._tasks, self._app._paused, self._app.policy)
+        else:
             self._template.attach(loop)
         child_end = self._new_control(loop)  # questions asked from now on wait there
         # The dispatcher starts first: its fresh interpreter takes the longest to be ready. Each
@@ -337,9 +340,9 @@ class Supervisor(ControlVerbs):
         self,
         loop: asyncio.AbstractEventLoop,
         child_end: socket.socket,
-        schedule: bytes,
+        schedule: bytes | None,
         resume: bytes | None,
-    ) -> DispatcherProcess:
+    ) -> DispatcherProcess | ForkedWorker:
         """Start a dispatcher over the workers' pipes and `child_end` of the control channel;
         `resume`: where the one that died left the schedule."""
         try:
@@ -349,13 +352,22 @@ class Supervisor(ControlVerbs):
                 logs=self._settings.logs,
                 control_fd=child_end.fileno(),
                 links=[(index, *ends) for index, ends in sorted(self._links.items())],
-                sync_tasks=frozenset(n for n, task in self._tasks.items() if not task.is_async),
+                # With no schedule, the forked dispatcher finds them in the tasks it inherited:
+                # reading every task here would copy this process's share of their pages.
+                sync_tasks=frozenset()
+                if schedule is None
+                else frozenset(n for n, task in self._tasks.items() if not task.is_async),
                 cpus=self._settings.cpus,
                 schedule=schedule,
                 resume=resume,
                 cluster=None if self._cluster is None else self._cluster.plan,
             )
-            dispatcher = DispatcherProcess(payload)
+            if self._template is not None:
+                dispatcher: DispatcherProcess | ForkedWorker = self._template.start_dispatcher(
+                    payload
+                )
+            else:
+                dispatcher = DispatcherProcess(payload)
         finally:  # the dispatcher holds its own copy now (or never will)
             child_end.close()
         self._dispatcher = dispatcher
@@ -622,7 +634,7 @@ class Supervisor(ControlVerbs):
             delay,
         )
         self._drop_control()
-        if isinstance(process, DispatcherProcess):
+        if isinstance(process, (DispatcherProcess, ForkedWorker)):
             process.close()
         loop = asyncio.get_running_loop()
         child_end = self._new_control(loop)  # questions asked meanwhile wait for the new one

@@ -1,4 +1,5 @@
-"""`start_method="forkserver"`: workers forked from a template of the main process.
+"""`start_method="forkserver"`: workers and the dispatcher forked from a template of the main
+process.
 
 When `serve()` starts, before the supervisor starts any thread, the main process forks once: the
 copy (the *template*) already holds the imported app and its registered tasks, does nothing else,
@@ -8,12 +9,20 @@ script again, which registers every task again). A replacement after a crash sta
 the tasks added while serving reach it as `LearnTask` frames when it joins, as they reach any
 worker.
 
+The dispatcher is forked from it too (`WorkerTemplate.start_dispatcher`): it imports nothing
+(a fresh interpreter spent 0.3 s of CPU importing pydantic and the triggers), runs no code of the
+app's, and builds its first schedule from the tasks it inherited, so that nothing is pickled at
+the start. A dispatcher that replaces one that died is sent the schedule as it is then.
+
 The template is single-threaded, so forking it is safe whatever threads the main process starts
 later. It talks to the supervisor over one `SOCK_SEQPACKET` socket: the supervisor sends
 `(number, index, settings)` with the worker's descriptors attached; the template answers
 `("started", number, pid)` (or `("failed", number, why)`), and `("exited", pid, exit code)`
-once it has reaped a worker (the workers are its children). It exits when that socket closes
-and it has no child left; it dies with the main process (PDEATHSIG), and so do its workers.
+once it has reaped a worker (the workers are its children). A dispatcher is asked for with
+`("dispatcher", number, count, worker indices)` and its `count` descriptors, in messages of at
+most `_FDS_PER_REQUEST`; the rest of its payload comes through a pipe. The template exits when
+that socket closes and it has no child left; it dies with the main process (PDEATHSIG), and so
+do its workers and the dispatcher.
 """
 
 from __future__ import annotations
@@ -34,7 +43,13 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 from aioclock._child import CHILD_IGNORES, die_with_parent
 from aioclock._heartbeat import LoopBeats
-from aioclock.runtime.launch import stop_signals_held
+from aioclock.dispatcher.payload import (
+    DISPATCHER_NAME,
+    DispatcherPayload,
+    schedule_of_tasks,
+)
+from aioclock.dispatcher.process import run_from_payload
+from aioclock.runtime.launch import stop_signals_held, write_in_thread
 from aioclock.workers.process import PreparedTasks, WorkerSettings, serve_worker
 
 if TYPE_CHECKING:
@@ -42,9 +57,12 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-#: The most descriptors one request carries: fire, done, lifeline, stacks, sentinel, log sink.
-_FDS_PER_REQUEST = 6
+#: The most descriptors one message carries (a worker's request: fire, done, lifeline, stacks,
+#: sentinel, log sink; a dispatcher's sends its many in messages of this many).
+_FDS_PER_REQUEST = 250
 _MESSAGE_SIZE = 65536
+#: How long the main process waits for the template to say that it forked the dispatcher.
+DISPATCHER_FORK_PATIENCE = 30.0
 #: Once its socket is closed, how long the template gets to exit (it has no worker left), and
 #: how often that is checked without blocking the event loop.
 EXIT_PATIENCE = 2.0
@@ -68,14 +86,24 @@ class WorkerTemplate:
             ours.close()
             _serve_as_template(app, prepared, theirs, beats)
         theirs.close()
+        # What exists now (modules, the app, its tasks) is shared with the template, its workers
+        # and the dispatcher until someone writes to it, and a full collection here would write
+        # to every object (its GC header): 80 MB more in PSS for 100,000 tasks. Out of the
+        # collector's reach while serving (as in the template), given back by `close`.
+        gc.freeze()
+        # Kept, unused: freed here it would be written to, copying the pages that this process
+        # shares with the template and its workers (tens of MB for 100,000 tasks).
+        self._prepared = prepared
         self.pid = pid
         self._socket = ours
         self._numbers = 0
         self._started: dict[int, asyncio.Future[int]] = {}
+        self._answers: dict[int, tuple[str, Any]] = {}  # for the dispatcher's start, waited on
         self._exit_codes: dict[int, int] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         #: Set once the template has exited: it exits only after its last worker has.
         self.closed = False
+        self._template_gone = False
 
     def attach(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
@@ -108,6 +136,67 @@ class WorkerTemplate:
             self._started.pop(number, None)
         return ForkedWorker(f"aioclock-worker-{index}", pid, sentinel_read, self)
 
+    def start_dispatcher(self, payload: DispatcherPayload) -> ForkedWorker:
+        """Fork the dispatcher from the template, with `payload`'s descriptors (sent along, the
+        template has none of them) and the rest of it written to a pipe it reads.
+
+        Waits (blocking, a few milliseconds: the template forks at once) for its pid, so that
+        the dispatcher is started as synchronously as a spawned one. With `payload.schedule`
+        None, the dispatcher builds its schedule from the tasks the template holds (those of
+        `serve()`), so nothing is pickled: a replacement gets the schedule as it is now.
+        """
+        self._numbers += 1
+        number = self._numbers
+        sentinel_read, sentinel_write = os.pipe()
+        payload_read, payload_write = os.pipe()
+        sink = payload.logs.sink
+        fds = [
+            payload.control_fd,
+            sentinel_write,
+            payload_read,
+            sink if isinstance(sink, int) else sink.fileno(),
+        ]
+        for _, fire_fd, done_fd in payload.links:
+            fds += [fire_fd, done_fd]
+        # Descriptor numbers mean nothing in the dispatcher: it gets them in this order.
+        bare = replace(payload, logs=replace(payload.logs, sink=-1), control_fd=-1, links=[])
+        indices = [index for index, _, _ in payload.links]
+        self._answers[number] = ("", None)
+        try:
+            message = pickle.dumps(("dispatcher", number, len(fds), indices))
+            for start in range(0, len(fds), _FDS_PER_REQUEST):
+                socket.send_fds(self._socket, [message], fds[start : start + _FDS_PER_REQUEST])
+                message = b"fds"
+            os.close(payload_read)
+            payload_read = -1
+            write_in_thread(os.fdopen(payload_write, "wb"), pickle.dumps(bare))
+            payload_write = -1
+            kind, answer = self._wait_answer(number)
+        except BaseException:
+            os.close(sentinel_read)
+            raise
+        finally:
+            self._answers.pop(number, None)
+            for fd in (sentinel_write, payload_read, payload_write):
+                if fd >= 0:
+                    os.close(fd)
+        if kind != "started":
+            os.close(sentinel_read)
+            raise OSError(f"the dispatcher could not be forked: {answer}")
+        return ForkedWorker(DISPATCHER_NAME, answer, sentinel_read, self)
+
+    def _wait_answer(self, number: int) -> tuple[str, Any]:
+        waited = 0.0
+        while self._answers[number][0] == "":
+            readable, _, _ = select.select([self._socket], [], [], 0.5)
+            waited += 0.5 if not readable else 0.0
+            if self._socket.fileno() < 0 or waited > DISPATCHER_FORK_PATIENCE:
+                raise OSError("the worker template did not fork the dispatcher")
+            self._read()
+            if self.closed or self._template_gone:
+                raise OSError("the worker template process has exited")
+        return self._answers[number]
+
     def exit_code(self, pid: int) -> int | None:
         if not self.closed:
             self._read()
@@ -122,10 +211,13 @@ class WorkerTemplate:
             except OSError:
                 data = b""
             if not data:  # the template is gone: no worker can start any more
+                self._template_gone = True
                 self._fail_waiting(OSError("the worker template process has exited"))
                 return
             message = pickle.loads(data)
-            if message[0] == "started":
+            if message[0] in ("started", "failed") and message[1] in self._answers:
+                self._answers[message[1]] = (message[0], message[2])
+            elif message[0] == "started":
                 waiting = self._started.get(message[1])
                 if waiting is not None and not waiting.done():
                     waiting.set_result(message[2])
@@ -151,6 +243,7 @@ class WorkerTemplate:
                 self._loop.remove_reader(self._socket.fileno())
         self._socket.close()
         self._fail_waiting(OSError("the worker template is closed"))
+        gc.unfreeze()
         waited = 0.0
         while not self._reaped():  # a killed process is reaped a moment later
             if waited >= EXIT_PATIENCE:
@@ -261,10 +354,16 @@ def _template_loop(
             if not data:
                 open_channel = False
                 continue
-            number = pickle.loads(data)[0]
+            request = pickle.loads(data)
             template_fds = [channel.fileno(), wake_read, wake_write]
             try:
-                pid = _fork_worker(app, prepared, data, fds, template_fds, beats)
+                if request[0] == "dispatcher":
+                    _, number, count, indices = request
+                    fds += _more_fds(channel, count - len(fds))
+                    pid = _fork_dispatcher(app, prepared, fds, indices, template_fds)
+                else:
+                    number = request[0]
+                    pid = _fork_worker(app, prepared, data, fds, template_fds, beats)
             except OSError as error:  # no process could be made (EAGAIN, ENOMEM)
                 for fd in fds:
                     os.close(fd)
@@ -289,6 +388,65 @@ def _reap(children: set[int], channel: socket.socket | None) -> None:
 def _tell(channel: socket.socket, message: tuple[Any, ...]) -> None:
     with contextlib.suppress(OSError):
         channel.send(pickle.dumps(message))
+
+
+def _more_fds(channel: socket.socket, count: int) -> list[int]:
+    """The rest of a dispatcher's descriptors: the main process sent them right behind."""
+    fds: list[int] = []
+    while len(fds) < count:
+        _, more, _, _ = socket.recv_fds(channel, _MESSAGE_SIZE, _FDS_PER_REQUEST)
+        if not more:
+            raise OSError("the descriptors of the dispatcher did not all arrive")
+        fds += more
+    return fds
+
+
+def _fork_dispatcher(
+    app: AioClock,
+    prepared: PreparedTasks | None,
+    fds: list[int],
+    indices: list[int],
+    template_fds: list[int],
+) -> int:
+    """Fork the dispatcher: it holds the modules the app imported already (it imports none),
+    runs no code of the app's, and reads the rest of its payload from a pipe."""
+    pid = os.fork()
+    if pid != 0:
+        for fd in fds:  # the dispatcher holds them now; the sentinel must close when it exits
+            os.close(fd)
+        return pid
+    code = 1
+    try:
+        for fd in template_fds:
+            os.close(fd)
+        signal.set_wakeup_fd(-1)
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        control, _sentinel, payload_fd, sink, *ends = fds
+        with os.fdopen(payload_fd, "rb") as stream:
+            payload: DispatcherPayload = pickle.loads(stream.read())
+        links = [(index, ends[2 * k], ends[2 * k + 1]) for k, index in enumerate(indices)]
+        payload = replace(
+            payload, control_fd=control, logs=replace(payload.logs, sink=sink), links=links
+        )
+        if payload.schedule is None:  # the first: the tasks of serve(), which the app holds
+            table = app._task_table() if prepared is None else prepared.tasks
+            payload = replace(
+                payload,
+                schedule=schedule_of_tasks(table, app._paused, app.policy),
+                sync_tasks=frozenset(name for name, task in table.items() if not task.is_async),
+            )
+        # The dispatcher keeps `_sentinel` open: the kernel closes it when the dispatcher exits.
+        run_from_payload(payload)
+        code = 0
+    except BaseException:  # noqa: BLE001  # nothing may unwind into the template's frames
+        with contextlib.suppress(Exception):
+            import traceback
+
+            traceback.print_exc()
+    finally:
+        logging.shutdown()  # its records to the main process, as a spawned one exiting
+        _flush_std_streams()
+        os._exit(code)
 
 
 def _fork_worker(

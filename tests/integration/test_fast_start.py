@@ -1,5 +1,6 @@
-"""`start_method="forkserver"` (the default): workers forked from a template of the main process
-register nothing again, and the dispatcher imports only what the schedule needs."""
+"""`start_method="forkserver"` (the default): workers and the dispatcher forked from a template
+of the main process register nothing again and import nothing; with "spawn", the dispatcher
+imports only what the schedule needs."""
 
 import asyncio
 import contextlib
@@ -103,8 +104,10 @@ def test_workers_forked_from_the_template_register_the_tasks_only_once(
         assert {run["registered"] for run in runs} == {2}
 
 
-async def test_the_dispatcher_imports_neither_fast_depends_nor_the_apps_task_modules(events):
-    app = AioClock(workers=1)
+async def test_a_spawned_dispatcher_imports_neither_fast_depends_nor_the_apps_task_modules(
+    events,
+):
+    app = AioClock(workers=1, start_method="spawn")
     app.task(trigger=ReportingImports())(tasks.probe)
     serving = asyncio.create_task(app.serve())
     try:
@@ -116,6 +119,36 @@ async def test_the_dispatcher_imports_neither_fast_depends_nor_the_apps_task_mod
             await asyncio.wait_for(serving, HANG_GUARD)
     (report,) = [e for e in events.named("imports") if e["pid"] == dispatcher_pid]
     assert report["loaded"] == []  # this process (pytest) has all of them
+
+
+async def test_the_dispatcher_is_forked_from_the_template_and_so_is_its_replacement(events):
+    app = AioClock(workers=1)
+    app.task(trigger=Every(seconds=0.02))(tasks.probe)
+    serving = asyncio.create_task(app.serve())
+    try:
+        await events.wait_for(lambda e: len(e) >= 2)
+        runtime = app._runtime
+        template = runtime._template.pid
+        first = runtime._dispatcher.pid
+        assert parent_of(first) == template  # it imported nothing: it holds the app's modules
+        os.kill(first, signal.SIGKILL)
+        await wait_for_condition(lambda: runtime._dispatcher.pid != first)
+        moment = time.time()
+        await events.wait_for(lambda e: len([x for x in e if x["time"] > moment]) >= 2)
+        second = runtime._dispatcher.pid
+        assert parent_of(second) == template
+    finally:
+        serving.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.wait_for(serving, HANG_GUARD)
+    assert wait_until_gone({template, second}, timeout=5) == set()
+
+
+async def wait_for_condition(condition):
+    deadline = time.monotonic() + HANG_GUARD
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.01)
 
 
 async def test_a_worker_started_from_the_template_runs_at_once_and_is_replaced_from_it(events):

@@ -362,7 +362,7 @@ MAIN_SCRIPT = textwrap.dedent(
         deadline: float = 0.0
 
 
-    app = AioClock(workers=1)
+    app = AioClock(workers=1, start_method={start_method!r})
     trigger = {trigger}
     app.task(trigger=trigger)(tasks.probe)
 
@@ -382,17 +382,21 @@ MAIN_SCRIPT = textwrap.dedent(
 
 
 @pytest.mark.parametrize(
-    ("trigger", "dispatcher_imports_main"),
+    ("trigger", "start_method", "dispatcher_imports_main"),
     [
-        ("Every(seconds=0.02, max_loop_count=3)", False),
-        ("ThreeTimes(deadline=__import__('time').time() + 3)", True),
+        ("Every(seconds=0.02, max_loop_count=3)", "spawn", False),
+        ("ThreeTimes(deadline=__import__('time').time() + 3)", "spawn", True),
+        # Forked from the template, it holds the main script already: it imports nothing.
+        ("ThreeTimes(deadline=__import__('time').time() + 3)", "forkserver", False),
     ],
 )
 async def test_the_dispatcher_imports_the_main_script_only_for_a_trigger_defined_there(
-    events, tmp_path, trigger, dispatcher_imports_main
+    events, tmp_path, trigger, start_method, dispatcher_imports_main
 ):
     script = tmp_path / "main_app.py"
-    script.write_text(MAIN_SCRIPT.format(root=REPOSITORY_ROOT, trigger=trigger))
+    script.write_text(
+        MAIN_SCRIPT.format(root=REPOSITORY_ROOT, trigger=trigger, start_method=start_method)
+    )
     command = [sys.executable, str(script)]  # run() kills it if it outlives the guard
     result = await asyncio.to_thread(
         subprocess.run, command, capture_output=True, timeout=HANG_GUARD

@@ -65,3 +65,52 @@ def a_job(): ...
 
 
 def another_job(): ...
+
+
+def test_the_schedule_built_from_the_inherited_tasks_is_the_schedule_and_shares_the_rules():
+    from aioclock import AioClock, Policy
+    from aioclock.dispatcher.engine import schedule_of
+    from aioclock.dispatcher.payload import schedule_of_tasks
+
+    app = AioClock(workers=1, policy=Policy(misfire_grace=5))
+
+    async def plain():
+        pass
+
+    async def allowed():
+        pass
+
+    async def paused():
+        pass
+
+    app.task(trigger=Every(seconds=1))(plain)
+    app.task(trigger=Every(seconds=2), max_instances=3)(allowed)
+    app.task(trigger=Every(seconds=3))(paused)
+    table = app._task_table()
+    names = {task.func.__name__: name for name, task in table.items()}
+    built = schedule_of_tasks(table, {names["paused"]}, app.policy)
+    assert built == schedule_of(table, {names["paused"]}, app.policy)
+    assert unpack_schedule(built) is built  # a schedule built here is used as it is
+    by_function = dict(zip(names, built, strict=True))
+    assert by_function["plain"].rules is by_function["paused"].rules  # one object, resolved once
+    assert by_function["allowed"].rules.limit == 3
+    assert by_function["plain"].rules.misfire_grace == 5.0
+    assert [spec.paused for spec in built] == [False, False, True]
+
+
+def test_tasks_declared_without_a_policy_share_one_policy_object():
+    from aioclock import AioClock
+
+    app = AioClock()
+
+    async def one():
+        pass
+
+    async def two():
+        pass
+
+    app.task(trigger=Every(seconds=1))(one)
+    app.task(trigger=Every(seconds=1))(two)
+    first, second = app._tasks
+    assert first.policy is second.policy
+    assert (first.max_instances, second.max_instances) == (1, 1)
