@@ -35,7 +35,9 @@ SLOW_TO_IMPORT = textwrap.dedent(
         open({marker!r}, "w").close()
         time.sleep(3)
 
-    app = AioClock(workers=1, shutdown_timeout=1)
+    # spawn: a worker imports this script (forked from the template, it would not), so it
+    # is still starting when the signal comes
+    app = AioClock(workers=1, shutdown_timeout=1, start_method="spawn")
     app.task(trigger=Every(seconds=0.2))(tasks.probe)
     app.task(trigger=OnShutDown())(tasks.shutdown)
 
@@ -71,7 +73,8 @@ def test_a_signal_to_the_whole_process_group_stops_cleanly_and_runs_shutdown(
     )
     try:
         deadline = time.monotonic() + HANG_GUARD
-        while not marker.exists() and time.monotonic() < deadline:
+        while not marker.exists():
+            assert time.monotonic() < deadline, "no worker imported the script"
             time.sleep(0.02)
         if when == "serving":
             while not events.read() and time.monotonic() < deadline:
