@@ -15,7 +15,8 @@ batch. The script places a fire that nobody claimed yet:
   hashing of the task over the live nodes: tasks spread evenly, and few move when a node joins
   or leaves), or, if its overlap policy is "allow", each to a node chosen by the fire's hash;
 
-and gives it a fencing token, one more than the task's previous one. The answer for a fire
+and gives it a fencing token: the fire's nominal due in microseconds, so that tokens grow with
+the fires of a task whatever the order in which their claims reach Redis. The answer for a fire
 already placed is its owner's: every node learns the same verdict, so a fire runs at most once.
 
 A node says it is alive every HEARTBEAT seconds (a key that expires after NODE_TTL). Another
@@ -28,9 +29,10 @@ not by wall-clock windows: a node whose clock is off names the same fires as the
 
 The keys, under `PREFIX:`: `epoch` (when the cluster first served), `members` (set),
 `node:ID` (alive while it exists), `free` and `placed` (hashes per node), `fire:TASK:DUE`
-(owner|token, expires), `task:TASK` (hash: token, owner), `open:TASK` (fires placed and not
-ended), `claims:ID` (fires placed on a node, not started), `runs:ID` (its runs in flight),
-`lost` (hash per task), `reaped` (a list of what was reaped, the last REAPED_KEEP entries).
+(owner|token, expires), `task:TASK` (hash: the owner of its last fire), `open:TASK` (fires
+placed and not ended), `claims:ID` (fires placed on a node, not started), `runs:ID` (its runs
+in flight), `lost` (hash per task), `reaped` (a list of what was reaped, the last REAPED_KEEP
+entries), `counted` and `counts:ID` (each node's counts), `control` (the channel of verbs).
 """
 
 from __future__ import annotations
@@ -85,10 +87,6 @@ for _, m in ipairs(redis.call('SMEMBERS', p .. ':members')) do
     score[m] = free - placed
   end
 end
--- A task's first token is the server's time in microseconds: the tokens of a cluster whose
--- Redis restarted empty go on growing (as long as the server's clock does).
-local now = redis.call('TIME')
-local first_token = string.format('%.0f', tonumber(now[1]) * 1000000 + tonumber(now[2]))
 local out = {}
 local i = 4
 while i <= #ARGV do
@@ -139,8 +137,10 @@ while i <= #ARGV do
       end
       owner = best[(hash % #best) + 1]
     end
-    redis.call('HSETNX', tk, 'token', first_token)
-    local token = redis.call('HINCRBY', tk, 'token', 1)
+    -- The fencing token is the fire's nominal due in microseconds: it grows with the dues of
+    -- the task, whatever the order in which the claims reach Redis (after a pause, commands
+    -- sent before it are executed in no particular order) and across an empty restart.
+    local token = math.max(1, math.floor(tonumber(due) * 1000000 + 0.5))
     local text = string.format('%.0f', token)  -- (concatenated, a number loses digits)
     redis.call('HSET', tk, 'owner', owner)
     redis.call('SET', fk, owner .. '|' .. text, 'PX', ttl)
