@@ -175,30 +175,28 @@ async def _of_the_cluster(
 
 
 def _metadata(task: Task, stats: TaskStats | None, paused: set[str]) -> TaskMetadata:
-    metadata = TaskMetadata(
-        id=task.id,
-        trigger=task.trigger,
-        task_name=getattr(task.func, "__name__", task.name),
-        name=task.name,
-        paused=task.name in paused,
-    )
-    if stats is None:
-        return metadata
-    next_due = None
-    if stats.next_due is not None:
-        next_due = datetime.fromtimestamp(stats.next_due, timezone.utc)
-    return metadata.model_copy(
-        update={
-            "next_due": next_due,
-            "runs": stats.runs,
-            "failures": stats.failures,
-            "timeouts": stats.timeouts,
-            "missed": stats.missed,
-            "lost": stats.lost,
-            "last_error": stats.last_error,
-            "lateness_p50": stats.lateness_p50,
-            "lateness_p99": stats.lateness_p99,
-            "lateness_max": stats.lateness_max,
-            "paused": stats.paused,
-        }
-    )
+    # Built without validation (`model_construct`, several times faster): every value comes
+    # from the app itself, and 100,000 tasks must be listed within a second.
+    fields: dict[str, Any] = {
+        "id": task.id,
+        "trigger": task.trigger,
+        "task_name": getattr(task.func, "__name__", task.name),
+        "name": task.name,
+        "paused": task.name in paused,
+    }
+    if stats is not None:
+        next_due = stats.next_due
+        fields.update(
+            next_due=None if next_due is None else datetime.fromtimestamp(next_due, timezone.utc),
+            runs=stats.runs,
+            failures=stats.failures,
+            timeouts=stats.timeouts,
+            missed=stats.missed,
+            lost=stats.lost,
+            last_error=stats.last_error,
+            lateness_p50=stats.lateness_p50,
+            lateness_p99=stats.lateness_p99,
+            lateness_max=stats.lateness_max,
+            paused=stats.paused,
+        )
+    return TaskMetadata.model_construct(**fields)

@@ -105,6 +105,7 @@ def scale(result: RunResult, config: dict[str, Any]) -> Summary:
     metrics["startup_s"] = min(markers) - result.launched if markers else None
     metrics["import_register_s"] = meta["t_registered"] - meta["t_import"]
     metrics["launch_to_import_s"] = meta["t_import"] - result.launched
+    metrics["stats_s"] = meta.get("stats_s")  # (None where the system has no such call)
     return metrics, raw
 
 

@@ -15,7 +15,8 @@ from ._machine import machine_info
 from ._report import Column
 
 METRICS = (
-    "startup_s", "launch_to_import_s", "import_register_s", "first_run_s", "runs", "missed",
+    "startup_s", "launch_to_import_s", "import_register_s", "first_run_s", "stats_s", "runs",
+    "missed",
     "late_p50_ms", "late_p99_ms", "late_max_ms", "cpu_s", "max_rss_mb", "tree_rss_peak_mb",
     "tree_pss_peak_mb",
     "procs_peak", "orphans",
@@ -26,6 +27,7 @@ COLUMNS = (
     Column("start-up s", "startup_s", "{:.2f}"),
     Column("1st run s", "first_run_s", "{:.2f}"),
     Column("import+reg s", "import_register_s", "{:.2f}"),
+    Column("stats s", "stats_s", "{:.2f}"),
     Column("runs", "runs", "{:.0f}"),
     Column("missed", "missed", "{:.0f}"),
     Column("p50 ms", "late_p50_ms", "{:.3f}"),
@@ -42,7 +44,9 @@ LEGEND = (
     "tasks: registered idle tasks (Every(idle period), first run after one period) plus one "
     "probe and a Once() marker registered last; start-up s: process launch to the marker's "
     "run; 1st run s: serve() to the probe's first run; import+reg s: library import and "
-    "registration in the main process; p50..max: the "
+    "registration in the main process; stats s: the run statistics of every task, asked "
+    "once after the window (from the dispatcher, with workers; this project only); "
+    "p50..max: the "
     "probe's start lateness over the measured seconds after the marker; CPU s: whole tree, "
     "start-up included; RSS MB: largest process; tree MB: whole tree's resident memory, "
     "sampled (pages shared by forked processes count once per process); tree PSS MB: the "
