@@ -410,17 +410,11 @@ def _fork_dispatcher(
 ) -> int:
     """Fork the dispatcher: it holds the modules the app imported already (it imports none),
     runs no code of the app's, and reads the rest of its payload from a pipe."""
-    pid = os.fork()
+    pid = _fork(fds, template_fds)
     if pid != 0:
-        for fd in fds:  # the dispatcher holds them now; the sentinel must close when it exits
-            os.close(fd)
         return pid
     code = 1
     try:
-        for fd in template_fds:
-            os.close(fd)
-        signal.set_wakeup_fd(-1)
-        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         control, _sentinel, payload_fd, sink, *ends = fds
         with os.fdopen(payload_fd, "rb") as stream:
             payload: DispatcherPayload = pickle.loads(stream.read())
@@ -449,6 +443,30 @@ def _fork_dispatcher(
         os._exit(code)
 
 
+def _fork(fds: list[int], template_fds: list[int]) -> int:
+    """Fork a child of the template. In the template: its descriptors `fds` are closed (the
+    child holds them now; the sentinel must close when the child exits) and its pid returned.
+    In the child (0): the template's own descriptors are closed and its signal handling undone;
+    a failure there ends the child (nothing may unwind into the template's frames)."""
+    pid = os.fork()
+    if pid != 0:
+        for fd in fds:
+            os.close(fd)
+        return pid
+    try:
+        for fd in template_fds:
+            os.close(fd)
+        signal.set_wakeup_fd(-1)
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    except BaseException:  # noqa: BLE001
+        with contextlib.suppress(Exception):
+            import traceback
+
+            traceback.print_exc()
+        os._exit(1)
+    return 0
+
+
 def _fork_worker(
     app: AioClock,
     prepared: PreparedTasks | None,
@@ -459,17 +477,11 @@ def _fork_worker(
 ) -> int:
     _, index, settings = pickle.loads(data)
     fire, done, lifeline, stacks, _sentinel, sink = fds
-    pid = os.fork()
+    pid = _fork(fds, template_fds)
     if pid != 0:
-        for fd in fds:  # the worker holds them now; the sentinel must close when it exits
-            os.close(fd)
         return pid
     code = 1
     try:
-        for fd in template_fds:
-            os.close(fd)
-        signal.set_wakeup_fd(-1)
-        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         name = f"aioclock-worker-{index}"
         multiprocessing.current_process().name = name  # for log records
         settings = replace(settings, logs=replace(settings.logs, sink=sink), beats=beats)
