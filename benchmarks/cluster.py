@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import signal
 import sys
 import tempfile
 import time
@@ -445,7 +446,14 @@ def capacity_line(rows: Sequence[dict[str, Any]]) -> str:
     )
 
 
+def _stop(signum: int, _frame: object) -> None:
+    """SIGTERM ends the command as Ctrl-C does: each case's `finally` stops its nodes and its
+    Redis server (killed without it, the command left them running)."""
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    signal.signal(signal.SIGTERM, _stop)
     args = build_parser().parse_args(argv)
     if args.quick:
         _quick(args)
