@@ -61,6 +61,7 @@ from aioclock._protocol import (
     Stats,
     StatsRequest,
     Stop,
+    TaskStats,
     WorkerGone,
     WorkerJoined,
 )
@@ -196,6 +197,10 @@ _STOPPING = (Phase.DRAINING, Phase.SHUTDOWN, Phase.FINISHED)
 #: A checkpoint frame carries the progress of at most this many tasks (a frame stays small).
 CHECKPOINT_PAGE = 500
 
+#: The statistics of this many tasks are gathered in one step (a few ms): an answer for more
+#: tasks is gathered over several steps, with the fires that fall due in between.
+STATS_CHUNK = 2000
+
 
 @dataclass(frozen=True)
 class Resume:
@@ -286,6 +291,9 @@ class ControlCore:
         # Sync runs replaced (overlap "replace"): seq -> their worker, which takes no fire
         # while it exits to end the thread (it takes them again if the run ended first).
         self._retiring: dict[int, int] = {}
+        # Statistics being gathered, a chunk per step: (request, task ids left, gathered).
+        self._stats_jobs: deque[tuple[int, list[str], list[TaskStats]]] = deque()
+        self._stats_step = 0.0  # when the last chunk was gathered
         # Events noted since the last `handle` or `tick`, sent at its end as one `Events`;
         # None while nobody listens (`want_events`): then none is noted at all.
         self._events: list[EventItem] | None = None
@@ -344,6 +352,8 @@ class ControlCore:
         if self._answer_by:
             last_chance = min(self._answer_by.values())
             wakeup = last_chance if wakeup is None else min(wakeup, last_chance)
+        if self._stats_jobs:  # at once, after what is due
+            return self._stats_step if wakeup is None else min(wakeup, self._stats_step)
         return wakeup
 
     def tick(self, now: float) -> list[Send]:
@@ -357,6 +367,8 @@ class ControlCore:
             sends += self._cancel_overdue(now)
         if self._answer_by:
             sends += self._give_up_silent_runs(now)
+        if self._stats_jobs:
+            sends += self._gather_stats(now)
         if self._events:
             self._with_events(sends)
         if self.engine.phase is Phase.FINISHED:
@@ -376,7 +388,8 @@ class ControlCore:
         elif isinstance(event, RunNow):
             sends = self._on_run_now(event, now)
         elif isinstance(event, StatsRequest):
-            sends = [ToControl(Stats(event.request, self.engine.stats()))]
+            self._stats_jobs.append((event.request, list(self.engine.task_ids), []))
+            sends = self._gather_stats(now)
         elif isinstance(event, WorkerGone):
             sends = self._on_worker_gone(event, now)
         elif isinstance(event, WorkerJoined):
@@ -421,6 +434,19 @@ class ControlCore:
         if asks:
             sends.append(ToControl(Claims(asks)))
         engine.give_up_unclaimed(now)
+
+    def _gather_stats(self, now: float) -> list[Send]:
+        """One chunk of the oldest statistics request; its answer once every task is in."""
+        self._stats_step = now  # (the next step is due at once)
+        request, left, gathered = self._stats_jobs[0]
+        chunk = left[-STATS_CHUNK:]
+        del left[-STATS_CHUNK:]
+        gathered += self.engine.stats(reversed(chunk))
+        if left:
+            return []
+        self._stats_jobs.popleft()
+        gathered.reverse()  # (gathered from the end: in the order of the tasks)
+        return [ToControl(Stats(request, gathered))]
 
     def _on_clock_set(self, seconds: float) -> None:
         """Intervals keep their length when the wall clock is set: the grids of `Every` and the

@@ -1111,8 +1111,12 @@ class DeadlineEngine:
 
     # -- reporting ----------------------------------------------------------------------------
 
-    def stats(self) -> list[TaskStats]:
-        return [_snapshot(state) for state in self._states.values()]
+    def stats(self, task_ids: Iterable[str] | None = None) -> list[TaskStats]:
+        """The statistics of every task (or of `task_ids`, those still known)."""
+        if task_ids is None:
+            return [_snapshot(state) for state in self._states.values()]
+        states = self._states
+        return [_snapshot(states[task_id]) for task_id in task_ids if task_id in states]
 
     def in_flight(self) -> dict[int, tuple[str, float]]:
         """Runs fired and not yet done: sequence number -> (task id, due time)."""

@@ -519,3 +519,19 @@ def test_a_wall_clock_set_moves_the_grid_of_an_every_inside_an_or_trigger(jump):
     core.handle(102.1 + jump, done(second, 102.1 + jump))
     assert core.next_wakeup() == 103.0 + jump  # the grid goes on from there
     assert core.engine.stats()[0].missed == 0
+
+
+def test_the_statistics_of_many_tasks_are_gathered_between_fires(monkeypatch):
+    from aioclock.dispatcher import core as core_module
+
+    monkeypatch.setattr(core_module, "STATS_CHUNK", 2)
+    many = [ScheduledTask(f"m:t{i}", Every(hours=1)) for i in range(5)]
+    core = core_with(TICK, *many)
+    core.handle(100.0, Ready(0, 1))
+    assert to_control(core.handle(100.5, StatsRequest(7))) == []  # 6 tasks: 3 steps
+    assert core.next_wakeup() == 100.5  # the next step at once
+    assert [f.due for f in fires(core.tick(101.0))] == [101.0]  # a fire due meanwhile goes
+    (answer,) = [frame for frame in to_control(core.tick(101.0)) if isinstance(frame, Stats)]
+    assert answer.request == 7
+    assert [entry.task for entry in answer.tasks] == ["m:tick", *(f"m:t{i}" for i in range(5))]
+    assert core.next_wakeup() == 102.0
