@@ -167,6 +167,7 @@ async def _of_the_cluster(
         total = totals.get(name)
         if total is not None:
             runs, failures, timeouts, missed, lost = total
+            lost += entry.lost  # (and those of this node's workers that died)
             entry = msgspec.structs.replace(
                 entry, runs=runs, failures=failures, timeouts=timeouts, missed=missed, lost=lost
             )

@@ -53,12 +53,13 @@ class ClusterPlan:
 class ClaimBook:
     """What a node asked for and was answered, per fire (task, nominal due)."""
 
-    __slots__ = ("horizon", "wait", "_asks", "_verdicts", "_held", "_expiries")
+    __slots__ = ("horizon", "wait", "_asks", "_urgent", "_verdicts", "_held", "_expiries")
 
     def __init__(self, horizon: float = CLAIM_HORIZON, wait: float = CLAIM_WAIT) -> None:
         self.horizon = horizon
         self.wait = wait
         self._asks: list[tuple[float, str, float, int]] = []  # (ask at, task, due, armed seq)
+        self._urgent: list[tuple[str, float]] = []  # held fires to ask for at once
         self._verdicts: dict[tuple[str, float], int] = {}
         # Fires whose deadline came before their answer: (task, due) -> planned time.
         self._held: dict[tuple[str, float], float] = {}
@@ -70,11 +71,15 @@ class ClaimBook:
 
     def next_time(self) -> float | None:
         """When the book next has something to do: an ask, or a held fire to give up."""
-        first = self._asks[0][0] if self._asks else None
+        first = self._asks[0][0] if self._asks else None  # (urgent asks go in the same step)
         if self._expiries:
             expiry = self._expiries[0][0]
             first = expiry if first is None else min(first, expiry)
         return first
+
+    def ask_now(self, task: str, due: float) -> None:
+        """Ask for (task, due) at the next `take_asks`, armed or not (a held fire)."""
+        self._urgent.append((task, due))
 
     def take_asks(
         self, now: float, still_armed: Callable[[str, float, int], bool]
@@ -82,6 +87,8 @@ class ClaimBook:
         """The fires to ask for now (those no longer armed are dropped)."""
         asks = self._asks
         taken: list[tuple[str, float]] = []
+        if self._urgent:
+            taken, self._urgent = self._urgent, []
         while asks and asks[0][0] <= now:
             _, task, due, armed = heapq.heappop(asks)
             if still_armed(task, due, armed):

@@ -197,6 +197,9 @@ _STOPPING = (Phase.DRAINING, Phase.SHUTDOWN, Phase.FINISHED)
 #: A checkpoint frame carries the progress of at most this many tasks (a frame stays small).
 CHECKPOINT_PAGE = 500
 
+#: A `Claims` frame asks for this many fires at most (a frame stays far below its limit).
+CLAIMS_PAGE = 2000
+
 #: The statistics of this many tasks are gathered in one step (a few ms): an answer for more
 #: tasks is gathered over several steps, with the fires that fall due in between.
 STATS_CHUNK = 2000
@@ -360,6 +363,8 @@ class ControlCore:
         """Fire every occurrence due by `now`; cancel the runs whose grace is over."""
         sends: list[Send] = []
         if self._started:
+            if self._cluster:  # before the fires: an ask due with its fire is not dropped
+                self._ask_claims(sends, now)
             sends += self._fires(self.engine.pop_due(now), now)
             if self._cluster:
                 self._ask_claims(sends, now)
@@ -431,8 +436,9 @@ class ControlCore:
         up the fires whose claim was not answered in time."""
         engine = self.engine
         asks = engine.take_asks(now)
-        if asks:
-            sends.append(ToControl(Claims(asks)))
+        # (every grid of a cluster is anchored at one epoch: many fires may come at once)
+        pages = range(0, len(asks), CLAIMS_PAGE)
+        sends.extend(ToControl(Claims(asks[start : start + CLAIMS_PAGE])) for start in pages)
         engine.give_up_unclaimed(now)
 
     def _gather_stats(self, now: float) -> list[Send]:

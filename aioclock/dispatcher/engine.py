@@ -903,7 +903,8 @@ class DeadlineEngine:
             if planned is not None:
                 if self.phase is not Phase.RUNNING or state.paused or state.ended:
                     why = "the task stopped before its claim was answered"
-                    self._on_verdict(state, due, planned, min(verdict, 0), now, why)
+                    held = 0 if verdict == 0 else -1  # (ours, or unknown: missed)
+                    self._on_verdict(state, due, planned, held, now, why)
                     continue
                 fire = self._on_verdict(state, due, planned, verdict, now)
                 if fire is not None:
@@ -929,8 +930,9 @@ class DeadlineEngine:
         assert claims is not None
         task_id = state.spec.task_id
         verdict = claims.verdict_of(task_id, due)
-        if verdict is None:  # asked too late, or the store is slow: wait for the answer
+        if verdict is None:  # asked late, never asked (a catch-up), or the store is slow
             claims.hold(task_id, due, planned)
+            claims.ask_now(task_id, due)  # (asking twice is harmless: a claim is once)
             return None
         return self._on_verdict(state, due, planned, verdict, now)
 

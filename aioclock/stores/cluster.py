@@ -25,7 +25,8 @@ the node and the fencing token), the fires placed on it and not started are repo
 and no fire is placed on it again. When Redis does not answer, the claims asked are answered
 "could not claim" (the node fails closed: runs nothing it has not claimed), the outage is
 logged once, and the node goes on by itself when Redis answers again. Claims are by fire id,
-not by wall-clock windows: a node whose clock is off names the same fires as the others.
+not by wall-clock windows: a node whose clock is off names the same fires as the others (a
+claim is kept CLAIM_TTL: a node more than that behind would ask after it expired).
 
 The keys, under `PREFIX:`: `epoch` (when the cluster first served), `members` (set),
 `node:ID` (alive while it exists), `free` and `placed` (hashes per node), `fire:TASK:DUE`
@@ -44,7 +45,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from aioclock._protocol import ClaimVerdicts
@@ -65,8 +66,11 @@ NODE_TTL = 1.5
 CLAIM_TTL = 600.0
 #: How many reaped runs `reaped` keeps.
 REAPED_KEEP = 1000
-#: A fire this node claimed and never started is closed this long after its due (seconds).
-UNSTARTED_CLOSE = 5.0
+#: A fire this node claimed and never started is closed this long after its due (seconds):
+#: long enough for a fire that waits behind its task's run (`queue_one`) or for a worker.
+UNSTARTED_CLOSE = 120.0
+#: At most this many fires per script call (each call blocks Redis for a few ms at most).
+CLAIM_BATCH = 2000
 #: How long `close` waits for the thread's last reports.
 CLOSE_WAIT = 3.0
 
@@ -143,9 +147,11 @@ while i <= #ARGV do
     local token = math.max(1, math.floor(tonumber(due) * 1000000 + 0.5))
     local text = string.format('%.0f', token)  -- (concatenated, a number loses digits)
     redis.call('HSET', tk, 'owner', owner)
+    redis.call('PEXPIRE', tk, ttl)
     redis.call('SET', fk, owner .. '|' .. text, 'PX', ttl)
     local name = task .. '\\31' .. due .. '\\31' .. text
     redis.call('ZADD', ok, due, name .. '\\31' .. owner)
+    redis.call('PEXPIRE', ok, ttl)
     redis.call('ZADD', p .. ':claims:' .. owner, due, name)
     if cpu then
       redis.call('HINCRBY', p .. ':placed', owner, 1)
@@ -158,14 +164,17 @@ return out
 """
 
 _REAP = """
-local p, dead = ARGV[1], ARGV[2]
+-- ARGV: prefix, the node, now (text), how many reaped entries to keep, '1' if it leaves
+local p, dead, now, keep, leaving = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]), ARGV[5]
 if redis.call('EXISTS', p .. ':node:' .. dead) == 1 then return false end
-if redis.call('SREM', p .. ':members', dead) == 0 then return false end
+if redis.call('SREM', p .. ':members', dead) == 0 and leaving ~= '1' then return false end
 local claims = redis.call('ZRANGE', p .. ':claims:' .. dead, 0, -1)
 local runs = redis.call('HKEYS', p .. ':runs:' .. dead)
 redis.call('DEL', p .. ':claims:' .. dead, p .. ':runs:' .. dead)
 redis.call('HDEL', p .. ':free', dead)
 redis.call('HDEL', p .. ':placed', dead)
+local running = {}
+for _, name in ipairs(runs) do running[name] = true end
 local closed = {}
 for _, list in ipairs({claims, runs}) do
   for _, name in ipairs(list) do
@@ -173,9 +182,36 @@ for _, list in ipairs({claims, runs}) do
       closed[name] = true
       local task = string.sub(name, 1, string.find(name, '\\31', 1, true) - 1)
       redis.call('ZREM', p .. ':open:' .. task, name .. '\\31' .. dead)
+      if leaving ~= '1' then  -- the reports, in the same step: none is lost
+        local what = running[name] and 'lost' or 'missed'
+        redis.call('HINCRBY', p .. ':' .. what, task, 1)
+        local entry = what .. '\\31' .. dead .. '\\31' .. name .. '\\31' .. now
+        redis.call('LPUSH', p .. ':reaped', entry)
+      end
     end
   end
 end
+redis.call('LTRIM', p .. ':reaped', 0, keep - 1)
+-- its counts join those of the nodes gone before (one hash, not one per node ever started)
+local counts = redis.call('HGETALL', p .. ':counts:' .. dead)
+for i = 1, #counts, 2 do
+  local total = {0, 0, 0, 0}
+  local before = redis.call('HGET', p .. ':counts:gone', counts[i])
+  local k = 1
+  if before then
+    for value in string.gmatch(before, '%d+') do total[k] = tonumber(value); k = k + 1 end
+  end
+  k = 1
+  for value in string.gmatch(counts[i + 1], '%d+') do
+    total[k] = total[k] + tonumber(value)
+    k = k + 1
+  end
+  local text = string.format('%d,%d,%d,%d', total[1], total[2], total[3], total[4])
+  redis.call('HSET', p .. ':counts:gone', counts[i], text)
+end
+redis.call('DEL', p .. ':counts:' .. dead)
+redis.call('SREM', p .. ':counted', dead)
+redis.call('SADD', p .. ':counted', 'gone')
 return {claims, runs}
 """
 
@@ -184,6 +220,15 @@ return {claims, runs}
 _COUNTED = frozenset(
     ("run_succeeded", "run_failed", "run_timed_out", "run_cancelled", "run_missed")
 )
+
+
+def _call(answer: Callable[[list[Verdict]], None], verdicts: list[Verdict]) -> None:
+    """Hand verdicts over; a loop that closed meanwhile (the app stops) must not end the
+    thread."""
+    try:
+        answer(verdicts)
+    except RuntimeError as error:
+        logger.debug("claim verdicts not delivered: %r", error)
 
 
 def _fire_name(task: str, due: float, token: int) -> str:
@@ -213,12 +258,14 @@ class ClusterMember:
         sticky: Iterable[str] = (),
         cpu_bound: Iterable[str] = (),
         node: str | None = None,
+        options: Mapping[str, Any] | None = None,
     ) -> None:
         self.url = url
         self.prefix = prefix
         self.workers = max(1, workers)
         self.sticky = set(sticky)
         self.cpu_bound = set(cpu_bound)
+        self.options = dict(options or {})  # for redis-py (TLS, credentials): the store's
         self.node = node or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self._cond = threading.Condition()
         self._asks: list[tuple[list[tuple[str, float]], Callable[[list[Verdict]], None]]] = []
@@ -234,6 +281,7 @@ class ClusterMember:
         self._on_control: Callable[[str, str, bytes], None] | None = None
         self._listener: threading.Thread | None = None
         self._beating: threading.Thread | None = None
+        self._wake_beat = threading.Event()  # set when the node leaves
         self._stopping = False
         self._thread: threading.Thread | None = None
         self._failing: str | None = None  # the outage being lived through, logged once
@@ -255,9 +303,9 @@ class ClusterMember:
         nodes serve already."""
         import redis
 
-        timeouts = {"socket_timeout": 0.5, "socket_connect_timeout": 0.5}
-        self._redis = redis.Redis.from_url(self.url, decode_responses=True, **timeouts)
-        self._bytes = redis.Redis.from_url(self.url, **timeouts)
+        options = {**self.options, "socket_timeout": 0.5, "socket_connect_timeout": 0.5}
+        self._redis = redis.Redis.from_url(self.url, **options, decode_responses=True)
+        self._bytes = redis.Redis.from_url(self.url, **options)
         self._claim = self._redis.register_script(_CLAIM)
         self._reap = self._redis.register_script(_REAP)
         self._loop = asyncio.get_running_loop()
@@ -380,6 +428,8 @@ class ClusterMember:
                     total[index] += value
         for task, lost in self._redis.hgetall(self._key("lost")).items():
             totals.setdefault(task, [0, 0, 0, 0, 0])[4] = int(lost)
+        for task, missed in self._redis.hgetall(self._key("missed")).items():  # (reaped)
+            totals.setdefault(task, [0, 0, 0, 0, 0])[3] += int(missed)
         return {task: (t[0], t[1], t[2], t[3], t[4]) for task, t in totals.items()}
 
     def _write_counts(self) -> None:
@@ -412,7 +462,13 @@ class ClusterMember:
                     message = pubsub.get_message(timeout=0.2)
                     if message is None:
                         continue
-                    node, verb, task, data = pickle.loads(message["data"])
+                    try:
+                        node, verb, task, data = pickle.loads(message["data"])
+                    except Exception as error:  # not ours: skipped, the subscription stays
+                        logger.warning(
+                            "cluster %s: a control message skipped: %r", self.prefix, error
+                        )
+                        continue
                     if node != self.node and self._on_control is not None:
                         self._on_control(verb, task, data)
             except Exception as error:
@@ -432,6 +488,7 @@ class ClusterMember:
         with self._cond:
             self._stopping = True
             self._cond.notify_all()
+        self._wake_beat.set()
         for thread in (self._beating, self._thread, self._listener):
             if thread is not None:
                 await asyncio.to_thread(thread.join, CLOSE_WAIT)
@@ -459,6 +516,8 @@ class ClusterMember:
         with self._cond:
             free = self.workers - self._running
         pipe = self._redis.pipeline(transaction=False)
+        if self.plan is not None:  # (Redis restarted empty: the cluster keeps its grids)
+            pipe.set(self._key("epoch"), repr(self.plan.epoch), nx=True)
         pipe.sadd(self._key("members"), self.node)
         pipe.set(self._key(f"node:{self.node}"), "1", px=int(NODE_TTL * 1000))
         pipe.hset(self._key("free"), self.node, free)
@@ -514,9 +573,8 @@ class ClusterMember:
                 self._answered()
             except Exception as error:
                 self._fail(error, [], [])
-            with self._cond:
-                if not self._stopping:
-                    self._cond.wait(max(0.0, beat_at - time.monotonic()))
+            # (its own event: the claims and reports that wake the other thread do not wake it)
+            self._wake_beat.wait(max(0.0, beat_at - time.monotonic()))
 
     def _answered(self) -> None:
         """Redis answered: an outage, if there was one, is over."""
@@ -547,7 +605,7 @@ class ClusterMember:
                 self._failing,
             )
         for fires, answer in asks:
-            answer([(task, due, -1) for task, due in fires])
+            _call(answer, [(task, due, -1) for task, due in fires])
         with self._cond:  # reports are kept for when Redis answers again
             self._reports[:0] = reports
         time.sleep(min(HEARTBEAT, 0.1))  # do not spin while it is down
@@ -555,13 +613,17 @@ class ClusterMember:
     def _answer(
         self, asks: list[tuple[list[tuple[str, float]], Callable[[list[Verdict]], None]]]
     ) -> None:
-        args: list[Any] = [self.prefix, self.node, int(CLAIM_TTL * 1000)]
+        head: list[Any] = [self.prefix, self.node, int(CLAIM_TTL * 1000)]
         cpu = self.cpu_bound
+        fires_args: list[Any] = []
         for fires, _ in asks:
             for task, due in fires:
                 flags = ("s" if task in self.sticky else "") + ("c" if task in cpu else "")
-                args += (task, repr(due), flags or "-")
-        tokens = self._claim(args=args)
+                fires_args += (task, repr(due), flags or "-")
+        tokens: list[Any] = []
+        step = 3 * CLAIM_BATCH
+        for start in range(0, len(fires_args), step):  # a script call blocks Redis: keep it short
+            tokens += self._claim(args=head + fires_args[start : start + step])
         index = 0
         for fires, answer in asks:
             verdicts: list[Verdict] = []
@@ -572,7 +634,7 @@ class ClusterMember:
                     if token > 0:
                         self._owned[(task, due)] = token
                     verdicts.append((task, due, token))
-            answer(verdicts)
+            _call(answer, verdicts)
 
     def _report(self, reports: list[tuple[str, str, float, int]]) -> None:
         pipe = self._redis.pipeline(transaction=False)
@@ -607,13 +669,10 @@ class ClusterMember:
         if reports:
             self._report(reports)
         self._write_counts()
-        pipe = self._redis.pipeline(transaction=False)
-        pipe.srem(self._key("members"), self.node)
-        pipe.delete(self._key(f"node:{self.node}"), self._key(f"runs:{self.node}"))
-        pipe.delete(self._key(f"claims:{self.node}"))
-        pipe.hdel(self._key("free"), self.node)
-        pipe.hdel(self._key("placed"), self.node)
-        pipe.execute()
+        self._redis.delete(self._key(f"node:{self.node}"))
+        # Its claims, runs and open fires go, and its counts join those of the nodes gone.
+        now = repr(time.time())
+        self._reap(args=[self.prefix, self.node, now, REAPED_KEEP, "1"])
 
     def _reap_the_dead(self) -> None:
         """Nodes that stopped saying they are alive: their runs are reported lost, their
@@ -622,7 +681,8 @@ class ClusterMember:
         for member in r.smembers(self._key("members")):
             if member == self.node or r.exists(self._key(f"node:{member}")):
                 continue
-            reaped = self._reap(args=[self.prefix, member])
+            now = repr(time.time())
+            reaped = self._reap(args=[self.prefix, member, now, REAPED_KEEP, "0"])
             if not reaped:
                 continue  # another node reaped it first, or it came back
             claims, runs = reaped
@@ -639,15 +699,11 @@ class ClusterMember:
             len(runs),
             len(unstarted),
         )
-        pipe = self._redis.pipeline(transaction=False)
-        now = repr(time.time())
-        for name in runs:
+        for name in runs:  # (counted and listed by the reaping script)
             task, due, token = _parse_name(name)
             logger.error(
                 "run of %s due %.3f lost with node %s (fencing token %d)", task, due, member, token
             )
-            pipe.hincrby(self._key("lost"), task, 1)
-            pipe.lpush(self._key("reaped"), f"lost{_SEP}{member}{_SEP}{name}{_SEP}{now}")
         for task, due, token in unstarted:
             logger.warning(
                 "fire of %s due %.3f missed: its node %s died before running it (fencing token %d)",
@@ -656,9 +712,5 @@ class ClusterMember:
                 member,
                 token,
             )
-            name = _fire_name(task, due, token)
-            pipe.lpush(self._key("reaped"), f"missed{_SEP}{member}{_SEP}{name}{_SEP}{now}")
-        pipe.ltrim(self._key("reaped"), 0, REAPED_KEEP - 1)
-        pipe.execute()
         self.reaped_lost += len(runs)
         self.reaped_missed += len(unstarted)

@@ -190,6 +190,7 @@ class RedisStore(Store):
         self.client_url = url
         self.prefix = prefix
         self.cluster = cluster
+        self._given_options = options  # (the cluster's member connects with them too)
         query = "&".join(
             ([] if prefix == "aioclock" else [f"prefix={prefix}"])
             + ([] if cluster else ["mode=single"])
@@ -343,6 +344,7 @@ class RedisStore(Store):
             sticky=sticky,
             cpu_bound=cpu_bound,
             node=node,
+            options=self._given_options,
         )
 
     def close(self) -> None:

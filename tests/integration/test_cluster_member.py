@@ -270,3 +270,57 @@ async def test_a_task_added_on_one_node_is_added_on_every_node(redis_url):
         for task in serving:
             task.cancel()
         await asyncio.gather(*serving, return_exceptions=True)
+
+
+async def test_a_large_batch_of_claims_is_split_and_every_fire_answered(redis_prefix, monkeypatch):
+    monkeypatch.setattr(cluster, "CLAIM_BATCH", 7)
+    (node,) = await members(redis_prefix, 1)
+    try:
+        fires = [(LIGHT, 100.0 + step) for step in range(50)]
+        assert claim(node, fires) == [round(due * 10**6) for _, due in fires]
+    finally:
+        await node.close()
+
+
+async def test_the_epoch_survives_an_empty_restart_of_redis(redis_prefix):
+    (node,) = await members(redis_prefix, 1)
+    try:
+        client = redis.Redis.from_url(LOCAL_URL, decode_responses=True)
+        client.delete(f"{redis_prefix}:epoch")  # as after a restart that kept nothing
+        node._beat()
+        assert float(client.get(f"{redis_prefix}:epoch")) == node.plan.epoch
+        client.close()
+    finally:
+        await node.close()
+
+
+async def test_a_node_that_leaves_takes_its_open_fires_and_keeps_its_counts(redis_prefix):
+    first, second = await members(redis_prefix, 2)
+    tokens = claim(first, [(LIGHT, 5.0)])
+    first.record(Event("run_succeeded", CPU, due=1.0, start=1.0, end=1.1, outcome="ok"))
+    owner = first if tokens[0] > 0 else second
+    await owner.close()
+    other = second if owner is first else first
+    client = redis.Redis.from_url(LOCAL_URL, decode_responses=True)
+    try:
+        assert client.zcard(f"{redis_prefix}:open:{LIGHT}") == 0
+        assert not client.exists(f"{redis_prefix}:claims:{owner.node}")
+        if owner is first:
+            assert (await other.stats())[CPU][0] == 1  # its run still counts
+    finally:
+        client.close()
+        await other.close()
+
+
+async def test_a_flood_of_claims_does_not_wake_the_heartbeat(redis_prefix, monkeypatch):
+    (node,) = await members(redis_prefix, 1)
+    beats = []
+    real_beat = node._beat
+    monkeypatch.setattr(node, "_beat", lambda: (beats.append(1), real_beat()))
+    try:
+        for step in range(100):
+            claim(node, [(LIGHT, 200.0 + step)])
+        await asyncio.sleep(0.3)
+        assert len(beats) <= 3  # every HEARTBEAT (0.5 s), not at each ask
+    finally:
+        await node.close()

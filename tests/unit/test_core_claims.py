@@ -156,3 +156,31 @@ def test_the_node_that_ran_a_fire_writes_the_progress_of_its_task() -> None:
     core.tick(101.5)
     (checkpoint,) = core.checkpoints()
     assert list(pickle.loads(checkpoint.progress)) == ["m:tick"]
+
+
+def test_many_fires_at_once_are_asked_in_frames_of_a_bounded_size(monkeypatch) -> None:
+    from aioclock.dispatcher import core as core_module
+
+    monkeypatch.setattr(core_module, "CLAIMS_PAGE", 2)
+    tasks = [ScheduledTask(f"m:t{i}", Every(seconds=1)) for i in range(5)]
+    core = started(node(*tasks))
+    frames = [s.frame for s in core.tick(100.25) if isinstance(s, ToControl)]
+    assert [len(frame.fires) for frame in frames] == [2, 2, 1]  # (all five on one grid)
+
+
+def test_a_fire_whose_ask_and_deadline_pass_in_one_step_is_still_asked() -> None:
+    core = started(node())
+    sends = core.tick(100.52)  # the loop woke late: the ask (100.25) and the fire (100.5)
+    assert ("m:tick", 100.5) in asked(sends)  # asked at once, not dropped
+    (fire,) = fires(core.handle(100.53, ClaimVerdicts([("m:tick", 100.5, 5)])))
+    assert fire.due == 100.5
+
+
+def test_a_held_fire_of_a_task_paused_meanwhile_is_missed_if_it_was_ours() -> None:
+    core = started(node())
+    core.tick(100.25)
+    core.tick(100.5)  # held: no verdict yet
+    core.handle(100.51, PauseTask(1, "m:tick"))
+    core.handle(100.52, ClaimVerdicts([("m:tick", 100.5, 5)]))
+    task = stats(core)
+    assert (task.dues, task.missed, task.runs) == (1, 1, 0)
