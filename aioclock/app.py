@@ -444,6 +444,7 @@ class AioClock:
                 self._adding.discard(new.name)
             member = self._member
             if member is not None:
+                member.task_added(new.name)  # (its fires may be placed here from now on)
                 if new.policy.over(self.policy).rules().overlap != "allow":
                     member.sticky.add(new.name)  # its fires follow an open run of its own
                 if not new.is_async:
@@ -747,7 +748,7 @@ class AioClock:
         ]
         cpu_bound = [name for name, task in tasks.items() if not task.is_async]
         node = None if self._keeper is None else self._keeper.owner  # one name per instance
-        member = store.cluster_member(max(1, self.workers), sticky, cpu_bound, node)
+        member = store.cluster_member(max(1, self.workers), sticky, cpu_bound, node, list(tasks))
         await member.start()
         self._sinks.append(member.record)  # its runs' starts and ends are reported
         self._member = member

@@ -146,6 +146,7 @@ class Store(abc.ABC):
         sticky: Iterable[str],
         cpu_bound: Iterable[str] = (),
         node: str | None = None,
+        tasks: Iterable[str] | None = None,
     ) -> ClusterMember:
         """This node's member of the cluster the store serves (a `cluster` store only; see
         `aioclock.stores.cluster.ClusterMember` for the arguments)."""

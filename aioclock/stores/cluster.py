@@ -15,8 +15,9 @@ batch. The script places a fire that nobody claimed yet:
   hashing of the task over the live nodes: tasks spread evenly, and few move when a node joins
   or leaves), or, if its overlap policy is "allow", each to a node chosen by the fire's hash;
 
-and gives it a fencing token: the fire's nominal due in microseconds, so that tokens grow with
-the fires of a task whatever the order in which their claims reach Redis. The answer for a fire
+always among the live nodes that serve its task (each node says which: `tasks:ID`), and gives
+it a fencing token: the fire's nominal due in microseconds, so that tokens grow with the fires
+of a task whatever the order in which their claims reach Redis. The answer for a fire
 already placed is its owner's: every node learns the same verdict, so a fire runs at most once.
 
 A node says it is alive every HEARTBEAT seconds (a key that expires after NODE_TTL). Another
@@ -106,32 +107,46 @@ while i <= #ARGV do
     else
       out[#out + 1] = 0
     end
-  elseif #live == 0 then
-    out[#out + 1] = -1
   else
+    -- the live nodes that serve this task (the one asking does): a node deployed without
+    -- it, or that failed to add it, must not be given its fires
+    local eligible, can = {}, {}
+    for _, m in ipairs(live) do
+      local tasks = p .. ':tasks:' .. m  -- (a node that did not say serves any task)
+      if m == me or redis.call('SISMEMBER', tasks, task) == 1
+          or redis.call('EXISTS', tasks) == 0 then
+        eligible[#eligible + 1] = m
+        can[m] = true
+      end
+    end
+    if #eligible == 0 then
+      table.insert(eligible, me)  -- (its own heartbeat lapsed: it asks, so it serves the task)
+      can[me] = true
+      if score[me] == nil then score[me] = 0 end
+    end
     local tk = p .. ':task:' .. task
     local ok = p .. ':open:' .. task
     local owner = nil
     local sticky = string.find(flags, 's', 1, true)
     if sticky and redis.call('ZCARD', ok) > 0 then
       local last = redis.call('HGET', tk, 'owner')
-      if last and score[last] ~= nil then owner = last end
+      if last and can[last] then owner = last end
     end
     local hash = tonumber(string.sub(redis.sha1hex(fk), 1, 7), 16)
     if owner == nil and not cpu and sticky then
       -- the task's own node (rendezvous hashing): its fires stay there, so no run of it
       -- overlaps another on another node, and few tasks move when a node joins or leaves
       local top = nil
-      for _, m in ipairs(live) do
+      for _, m in ipairs(eligible) do
         local weight = redis.sha1hex(task .. '\\31' .. m)
         if top == nil or weight > top then owner, top = m, weight end
       end
     elseif owner == nil and not cpu then
-      owner = live[(hash % #live) + 1]
+      owner = eligible[(hash % #eligible) + 1]
     end
     if owner == nil then
       local best, top = {}, nil
-      for _, m in ipairs(live) do
+      for _, m in ipairs(eligible) do
         local s = score[m]
         if top == nil or s > top then
           best, top = {m}, s
@@ -170,7 +185,7 @@ if redis.call('EXISTS', p .. ':node:' .. dead) == 1 then return false end
 if redis.call('SREM', p .. ':members', dead) == 0 and leaving ~= '1' then return false end
 local claims = redis.call('ZRANGE', p .. ':claims:' .. dead, 0, -1)
 local runs = redis.call('HKEYS', p .. ':runs:' .. dead)
-redis.call('DEL', p .. ':claims:' .. dead, p .. ':runs:' .. dead)
+redis.call('DEL', p .. ':claims:' .. dead, p .. ':runs:' .. dead, p .. ':tasks:' .. dead)
 redis.call('HDEL', p .. ':free', dead)
 redis.call('HDEL', p .. ':placed', dead)
 local running = {}
@@ -259,12 +274,15 @@ class ClusterMember:
         cpu_bound: Iterable[str] = (),
         node: str | None = None,
         options: Mapping[str, Any] | None = None,
+        tasks: Iterable[str] | None = None,
     ) -> None:
         self.url = url
         self.prefix = prefix
         self.workers = max(1, workers)
         self.sticky = set(sticky)
         self.cpu_bound = set(cpu_bound)
+        # The tasks this node serves: only their fires are placed on it (None: any task).
+        self.tasks = None if tasks is None else set(tasks)
         self.options = dict(options or {})  # for redis-py (TLS, credentials): the store's
         self.node = node or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self._cond = threading.Condition()
@@ -273,6 +291,7 @@ class ClusterMember:
         self._owned: dict[tuple[str, float], int] = {}  # fires claimed here, not yet started
         self._started: dict[tuple[str, float], int] = {}  # ... started, not yet ended
         self._running = 0
+        self._tasks_changed = False
         # This node's counts per task (runs, failures, timeouts, missed), and the tasks whose
         # counts changed since they were last written (`stats` sums every node's).
         self._counts: dict[str, list[int]] = {}
@@ -511,10 +530,33 @@ class ClusterMember:
         self._beat()
         return ClusterPlan(epoch=epoch, joining=bool(alive))
 
+    def _write_tasks(self) -> None:
+        """Say which tasks this node serves (their fires may be placed on it)."""
+        key = self._key(f"tasks:{self.node}")
+        with self._cond:
+            tasks = sorted(self.tasks) if self.tasks is not None else []
+        pipe = self._redis.pipeline(transaction=True)  # (never seen half written)
+        pipe.delete(key)
+        for start in range(0, len(tasks), 10_000):
+            pipe.sadd(key, *tasks[start : start + 10_000])
+        pipe.execute()
+
+    def task_added(self, task: str) -> None:
+        """This node serves `task` from now on (written at the next heartbeat)."""
+        with self._cond:
+            if self.tasks is not None:
+                self.tasks.add(task)
+                self._tasks_changed = True
+
     def _beat(self) -> None:
         """Say this node is alive, and how many workers it has free."""
         with self._cond:
             free = self.workers - self._running
+            rewrite, self._tasks_changed = self._tasks_changed, False
+        if self.tasks is not None and (
+            rewrite or not self._redis.exists(self._key(f"tasks:{self.node}"))
+        ):  # (changed, or Redis restarted empty)
+            self._write_tasks()
         pipe = self._redis.pipeline(transaction=False)
         if self.plan is not None:  # (Redis restarted empty: the cluster keeps its grids)
             pipe.set(self._key("epoch"), repr(self.plan.epoch), nx=True)

@@ -332,9 +332,10 @@ class RedisStore(Store):
         sticky: Iterable[str],
         cpu_bound: Iterable[str] = (),
         node: str | None = None,
+        tasks: Iterable[str] | None = None,
     ) -> ClusterMember:
         if not self.cluster:
-            return super().cluster_member(workers, sticky, cpu_bound, node)
+            return super().cluster_member(workers, sticky, cpu_bound, node, tasks)
         from aioclock.stores.cluster import ClusterMember
 
         return ClusterMember(
@@ -345,6 +346,7 @@ class RedisStore(Store):
             cpu_bound=cpu_bound,
             node=node,
             options=self._given_options,
+            tasks=tasks,
         )
 
     def close(self) -> None:

@@ -324,3 +324,21 @@ async def test_a_flood_of_claims_does_not_wake_the_heartbeat(redis_prefix, monke
         assert len(beats) <= 3  # every HEARTBEAT (0.5 s), not at each ask
     finally:
         await node.close()
+
+
+async def test_a_node_without_a_task_is_given_none_of_its_fires(redis_prefix):
+    # A blue/green deploy: the new node serves a task the old one does not have yet.
+    old = ClusterMember(LOCAL_URL, redis_prefix, workers=2, node="old", tasks=[CPU])
+    new = ClusterMember(LOCAL_URL, redis_prefix, workers=2, node="new", tasks=[CPU, LIGHT])
+    await old.start()
+    await new.start()
+    try:
+        fires = [(LIGHT, 300.0 + step) for step in range(20)]
+        assert all(token > 0 for token in claim(new, fires))  # none placed on "old"
+        old.task_added(LIGHT)  # deployed there too (or added while serving)
+        old._beat()
+        later = [(LIGHT, 400.0 + step) for step in range(20)]
+        assert claim(old, later).count(0) > 0  # some now go to "new" (an even spread)
+    finally:
+        await old.close()
+        await new.close()
