@@ -165,24 +165,26 @@ class Fleet:
         """Ask every node to stop (the ``stop`` file), wait up to ``timeout`` s, then SIGTERM
         and SIGKILL what is left, and kill what a node left behind in its session."""
         (self.folder / "stop").touch()
-        deadline = time.monotonic() + timeout
         live = [n for n in self.nodes.values() if n.proc.returncode is None]
-        while live and time.monotonic() < deadline:
-            live = [n for n in live if not self._collect(n, wait=False)]
-            time.sleep(POLL_S)
+        live = self._still_running(live, timeout)
         for node in live:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(node.proc.pid, signal.SIGTERM)
-        deadline = time.monotonic() + STOP_GRACE_S
-        while live and time.monotonic() < deadline:
-            live = [n for n in live if not self._collect(n, wait=False)]
-            time.sleep(POLL_S)
+        live = self._still_running(live, STOP_GRACE_S)
         for node in live:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(node.proc.pid, signal.SIGKILL)
             self._collect(node, wait=True)
         for node in self.nodes.values():
             self.orphans += _kill_session(node.proc.pid)
+
+    def _still_running(self, live: list[Node], seconds: float) -> list[Node]:
+        """Those of `live` that have not exited within `seconds` (the others are collected)."""
+        deadline = time.monotonic() + seconds
+        while live and time.monotonic() < deadline:
+            live = [n for n in live if not self._collect(n, wait=False)]
+            time.sleep(POLL_S)
+        return live
 
     def _collect(self, node: Node, wait: bool) -> bool:
         """Reap the node's process if it has exited: its CPU time and exit code."""

@@ -46,14 +46,7 @@ def _pss(pid: str) -> int | None:
     Resident memory counts every page a process maps, so forked processes that share pages
     with their parent count them again each; summed over a tree, PSS counts each page once.
     """
-    try:
-        with open(f"/proc/{pid}/smaps_rollup", encoding="ascii", errors="replace") as fh:
-            for line in fh:
-                if line.startswith("Pss:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError):
-        pass
-    return None
+    return _proc_bytes(f"/proc/{pid}/smaps_rollup", "Pss:")
 
 
 def _peak_rss(pid: str) -> int:
@@ -61,14 +54,19 @@ def _peak_rss(pid: str) -> int:
 
     (``ru_maxrss`` of an exec'd child would instead start from the launching process's RSS.)
     """
+    return _proc_bytes(f"/proc/{pid}/status", "VmHWM:") or 0
+
+
+def _proc_bytes(path: str, field: str) -> int | None:
+    """A "FIELD: N kB" line of a /proc file, in bytes; None if it cannot be read."""
     try:
-        with open(f"/proc/{pid}/status", encoding="ascii", errors="replace") as fh:
+        with open(path, encoding="ascii", errors="replace") as fh:
             for line in fh:
-                if line.startswith("VmHWM:"):
+                if line.startswith(field):
                     return int(line.split()[1]) * 1024
     except (OSError, ValueError):
         pass
-    return 0
+    return None
 
 
 def child_pids(parent: int) -> set[int]:

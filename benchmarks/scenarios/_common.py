@@ -152,3 +152,14 @@ def write_meta(**fields: Any) -> None:
     path = os.path.join(CONFIG["out_dir"], "meta.json")
     with open(path, "w", encoding="utf-8") as fh:
         json.dump(fields, fh)
+
+
+async def until_stopped(serving: asyncio.Future[Any], what: str) -> None:
+    """Wait until the harness asks for a stop (its ``stop`` file); `serving` ending first is an
+    error (its own, or a RuntimeError naming `what`)."""
+    stop = os.path.join(CONFIG["out_dir"], "stop")
+    while not os.path.exists(stop) and not serving.done():  # noqa: ASYNC110, ASYNC240
+        await asyncio.sleep(0.05)
+    if serving.done():
+        serving.result()
+        raise RuntimeError(f"{what} returned before the harness stopped it")

@@ -111,13 +111,8 @@ async def _serve_until_stopped() -> None:
         handle_signals=False,
         poll_delay=CONFIG["arq_poll_delay"],
     )
-    stop = os.path.join(CONFIG["out_dir"], "stop")
     serving = asyncio.ensure_future(worker.async_run())
-    while not os.path.exists(stop) and not serving.done():  # noqa: ASYNC110, ASYNC240
-        await asyncio.sleep(0.05)
-    if serving.done():
-        serving.result()
-        raise RuntimeError("the arq worker returned before the harness stopped it")
+    await _common.until_stopped(serving, "the arq worker")
     serving.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await serving

@@ -131,13 +131,8 @@ def _write_json(path: str, data: dict[str, Any]) -> None:
 
 
 async def _serve_until_stopped() -> None:
-    stop = os.path.join(CONFIG["out_dir"], "stop")
     serving = asyncio.ensure_future(app.serve())
-    while not os.path.exists(stop) and not serving.done():  # noqa: ASYNC110, ASYNC240
-        await asyncio.sleep(0.05)
-    if serving.done():
-        serving.result()
-        raise RuntimeError("serve() returned before the harness stopped the node")
+    await _common.until_stopped(serving, "serve()")
     stats: dict[str, Any] = {}
     with contextlib.suppress(Exception):
         stats = await _stats()

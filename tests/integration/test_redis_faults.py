@@ -12,8 +12,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import time
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -62,13 +65,25 @@ def test_a_killed_server_stops_the_instance_which_says_so_once(tmp_path, own_red
         kill_all(process)
 
 
-def test_a_standby_serves_once_a_killed_server_is_back(tmp_path, own_redis: RedisServer):
+@contextlib.contextmanager
+def holder_and_standby(own_redis: RedisServer, tmp_path) -> Iterator[tuple[Any, Any]]:
+    """Two instances on one store: the first serves (it has beaten), the second stands by;
+    both are ended on the way out."""
     first = start(single(own_redis), tmp_path, "first")
     second = None
     try:
         wait_for_beats(tmp_path, first, 3)
         second = start(single(own_redis), tmp_path, "second")
         time.sleep(1.0)  # it stands by meanwhile
+        yield first, second
+    finally:
+        if own_redis._process is not None and own_redis._process.poll() is None:
+            own_redis.resume()  # (a paused server would hold the instances' last writes)
+        kill_all(first, second)
+
+
+def test_a_standby_serves_once_a_killed_server_is_back(tmp_path, own_redis: RedisServer):
+    with holder_and_standby(own_redis, tmp_path) as (first, second):
         own_redis.kill()
         code, err = finish(first, signal.SIGCONT)
         assert code != 0 and "LeaseLostError" in err
@@ -81,17 +96,10 @@ def test_a_standby_serves_once_a_killed_server_is_back(tmp_path, own_redis: Redi
         assert code == 0, err[-3000:]
         assert err.count(f"store {single(own_redis)}: ConnectionError") == 1, err[-3000:]
         assert "took over the lease" in err
-    finally:
-        kill_all(first, second)
 
 
 def test_a_paused_server_moves_the_lease_to_the_standby(tmp_path, own_redis: RedisServer):
-    first = start(single(own_redis), tmp_path, "first")
-    second = None
-    try:
-        wait_for_beats(tmp_path, first, 3)
-        second = start(single(own_redis), tmp_path, "second")
-        time.sleep(1.0)  # it stands by meanwhile
+    with holder_and_standby(own_redis, tmp_path) as (first, second):
         own_redis.pause()
         paused_at = time.time()
         time.sleep(2.0)
@@ -107,7 +115,3 @@ def test_a_paused_server_moves_the_lease_to_the_standby(tmp_path, own_redis: Red
         code, err = finish(second)
         assert code == 0, err[-3000:]
         assert "took over the lease" in err
-    finally:
-        if own_redis._process is not None and own_redis._process.poll() is None:
-            own_redis.resume()
-        kill_all(first, second)
