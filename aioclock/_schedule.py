@@ -12,6 +12,7 @@ their state must cost no more than an attribute access.
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
@@ -94,7 +95,7 @@ class Schedule:
         >>> copy.advance(200.0)
         130.0
         """
-        return tuple(getattr(self, name) for name in _moving(type(self)))
+        return _read_moving(type(self))(self)
 
     def restore(self, progress: tuple[Any, ...]) -> None:
         """Continue from `progress` (see `progress`); ValueError if it is another kind's."""
@@ -197,7 +198,7 @@ class Earliest(Schedule):
         )
 
     def progress(self) -> tuple[Any, ...]:
-        base = tuple(getattr(self, name) for name in _moving(Schedule))
+        base = _read_moving(Schedule)(self)
         inners = tuple(inner.progress() for inner in self.inners)
         return (*base, tuple(self.pending), inners)
 
@@ -247,3 +248,20 @@ def _moving(cls: type) -> list[str]:
 
 
 _MOVING: dict[type, list[str]] = {}
+
+
+def _read_moving(cls: type) -> Callable[[Any], tuple[Any, ...]]:
+    """What reads the moving slots of a `cls` schedule as a tuple (a checkpoint takes one per
+    fired task: an attrgetter is 4x faster than a generator over the names)."""
+    reader = _READERS.get(cls)
+    if reader is None:
+        names = _moving(cls)
+        if len(names) == 1:  # (attrgetter of one name returns the value, not a tuple)
+            name = names[0]
+            reader = _READERS[cls] = lambda schedule: (getattr(schedule, name),)
+        else:
+            reader = _READERS[cls] = operator.attrgetter(*names)
+    return reader
+
+
+_READERS: dict[type, Callable[[Any], tuple[Any, ...]]] = {}

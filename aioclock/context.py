@@ -15,14 +15,18 @@ older than one it has seen. Outside a cluster it is 0.
 from __future__ import annotations
 
 from contextvars import ContextVar
-from typing import NamedTuple, Union
+from typing import TYPE_CHECKING, NamedTuple, Union
+
+if TYPE_CHECKING:
+    from aioclock._protocol import Fire
 
 __all__ = ["CurrentRun", "current_run"]
 
 
 class CurrentRun(NamedTuple):
-    """The run a task is in: its task id, nominal due (None for a run-now or a lifecycle
-    task), its run number in this app, and its fencing token (0 outside a cluster)."""
+    """The run a task is in: its task id, nominal due (for a run-now or a lifecycle task, the
+    time it was asked for), its run number in this app, and its fencing token (0 outside a
+    cluster)."""
 
     task: str
     due: Union[float, None]
@@ -30,12 +34,14 @@ class CurrentRun(NamedTuple):
     token: int
 
 
-_current: ContextVar[Union[CurrentRun, None]] = ContextVar("aioclock_current_run", default=None)
+#: The fire of the run being executed (the runner sets it per run: no object is built for a
+#: task that does not ask for it).
+_current: ContextVar[Union[Fire, None]] = ContextVar("aioclock_current_run", default=None)
 
 
 def current_run() -> CurrentRun:
     """The run being executed, for `Depends(current_run)`; LookupError outside a run."""
-    run = _current.get()
-    if run is None:
+    fire = _current.get()
+    if fire is None:
         raise LookupError("current_run() is only known inside a run of a task")
-    return run
+    return CurrentRun(fire.task, fire.due, fire.seq, fire.token)

@@ -336,10 +336,13 @@ class ControlCore:
         engine = self.engine
         frames: list[Checkpoint] = []
         while engine.has_progress() and (pages is None or len(frames) < pages):
-            progress = engine.take_progress(CHECKPOINT_PAGE)
-            running = engine.phase is not Phase.STARTUP
-            frames.append(Checkpoint(engine.last_seq, running, pickle.dumps(progress, protocol=5)))
+            frames.append(self._checkpoint(engine.take_progress(CHECKPOINT_PAGE)))
         return frames
+
+    def _checkpoint(self, progress: dict[str, tuple[Any, ...]]) -> Checkpoint:
+        engine = self.engine
+        running = engine.phase is not Phase.STARTUP
+        return Checkpoint(engine.last_seq, running, pickle.dumps(progress, protocol=5))
 
     @property
     def finished(self) -> bool:
@@ -599,13 +602,8 @@ class ControlCore:
         other tasks' go behind the fires, as always)."""
         if not self._checkpointing:
             return []
-        engine = self.engine
-        progress = engine.take_progress(only=task_id)
-        if not progress:
-            return []
-        running = engine.phase is not Phase.STARTUP
-        data = pickle.dumps(progress, protocol=5)
-        return [ToControl(Checkpoint(engine.last_seq, running, data))]
+        progress = self.engine.take_progress(only=task_id)
+        return [ToControl(self._checkpoint(progress))] if progress else []
 
     def _refusal(self, event: Control, task_id: str, verb: str) -> tuple[Refusal, str] | None:
         engine = self.engine

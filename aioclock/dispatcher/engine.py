@@ -317,9 +317,7 @@ class DeadlineEngine:
         if self._restarted:  # from a store: each task where the instance that ended left it
             self._restarted = False
             self._count_lost_there(now, "lost with the instance that ended (it did not finish)")
-            for state in self._states.values():
-                if state.scheduled and not state.paused and not state.ended:
-                    self._rearm_restored(state, now)
+            self._rearm_all_restored(now)
             return self._advance_phase(now)
         for state in self._states.values():
             if state.scheduled and not state.paused and not state.ended:
@@ -984,8 +982,9 @@ class DeadlineEngine:
         else:
             taken = [changed.pop() for _ in range(limit)]
         running: dict[str, list[int]] = {}
-        for seq, (task_id, _) in self._in_flight.items():
-            running.setdefault(task_id, []).append(seq)
+        if any(states[task_id].running for task_id in taken):  # (which runs: rarely needed)
+            for seq, (task_id, _) in self._in_flight.items():
+                running.setdefault(task_id, []).append(seq)
         last = self._seq
         return {
             task_id: _progress_of(states[task_id], last, tuple(running.get(task_id, ())))
@@ -1072,9 +1071,7 @@ class DeadlineEngine:
         task's policy at the next tick, as after any stall."""
         self.phase = Phase.RUNNING
         self._count_lost_there(now)
-        for state in self._states.values():
-            if state.scheduled and not state.paused and not state.ended:
-                self._rearm_restored(state, now)
+        self._rearm_all_restored(now)
         self._started_there.clear()
         self._dues_run_there.clear()
         return self._advance_phase(now)
@@ -1093,6 +1090,11 @@ class DeadlineEngine:
                     continue
                 self._recounted.add(seq)
                 self._record(state, Done(task_id, seq, now, now, "crashed", error), None)
+
+    def _rearm_all_restored(self, now: float) -> None:
+        for state in self._states.values():
+            if state.scheduled and not state.paused and not state.ended:
+                self._rearm_restored(state, now)
 
     def _rearm_restored(self, state: _TaskState, now: float) -> None:
         due = state.next_due  # armed, not yet fired when the checkpoint was taken

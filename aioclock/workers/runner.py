@@ -23,7 +23,7 @@ from fast_depends import Provider, inject
 
 from aioclock._protocol import CANCEL_ANSWER_WAIT, Done, Fire, Outcome
 from aioclock._task import Task
-from aioclock.context import CurrentRun, _current
+from aioclock.context import _current
 from aioclock.exceptions import TaskTimeoutError
 
 logger = logging.getLogger("aioclock")
@@ -155,7 +155,7 @@ class TaskRunner:
             if task is None:
                 raise LookupError(f"no task with id {fire.task!r} is registered in this process")
             # (this run's own context: `_run` is a task of its own)
-            _current.set(CurrentRun(fire.task, fire.due, fire.seq, fire.token))
+            _current.set(fire)
             if not task.is_async:
                 self._sync_runs.add(fire.seq)
             if task.timeout is not None and task.is_async:
