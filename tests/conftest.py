@@ -23,12 +23,13 @@ def redis_prefix() -> Iterator[str]:
 
 
 def store_threads_alive(timeout: float = 5.0) -> list[str]:
-    """The store threads (`StoreKeeper`'s) still running after `timeout` seconds."""
+    """The threads of stores and cluster members still running after `timeout` seconds."""
     deadline = time.monotonic() + timeout
+    ours = ("aioclock-store", "aioclock-cluster")  # (a cluster member's threads: 3)
     for thread in threading.enumerate():
-        if thread.name == "aioclock-store":
+        if thread.name.startswith(ours):
             thread.join(max(0.0, deadline - time.monotonic()))
-    return [t.name for t in threading.enumerate() if t.name == "aioclock-store" and t.is_alive()]
+    return [t.name for t in threading.enumerate() if t.name.startswith(ours) and t.is_alive()]
 
 
 @pytest.fixture

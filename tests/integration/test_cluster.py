@@ -4,6 +4,7 @@ grow with the dues, every run the dead node had going is reported, and the runs 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -75,16 +76,22 @@ def children_of(pid: int) -> list[int]:
 
 def test_three_nodes_run_each_fire_once_through_a_node_kill_and_a_redis_pause(own_redis, tmp_path):
     logs = [tmp_path / f"node{index}.log" for index in range(3)]
-    nodes = [start_node(own_redis, log) for log in logs]
+    nodes: list[subprocess.Popen[bytes]] = []
+    victim_children: list[int] = []
     try:
+        nodes += [start_node(own_redis, log) for log in logs]
         wait_until(lambda: all(any(e[0] == "start" for e in lines(log)) for log in logs))
         wait_until(lambda: going(logs[0]))  # killed while it runs something
         victim = nodes[0]
-        victim_children = children_of(victim.pid)
+        victim_children += children_of(victim.pid)
         victim.kill()  # SIGKILL of the node's main process: its children follow by the lifeline
         victim.wait()
         killed_at = time.time()
-        time.sleep(2.5)  # its heartbeat expires (1.5 s), another node reaps it
+        reaped = redis.Redis.from_url(own_redis.url)
+        try:  # its heartbeat expires (1.5 s), another node reaps it
+            wait_until(lambda: reaped.llen(f"{PREFIX}:reaped") > 0)
+        finally:
+            reaped.close()
         own_redis.pause()
         time.sleep(2.0)
         own_redis.resume()
@@ -99,6 +106,10 @@ def test_three_nodes_run_each_fire_once_through_a_node_kill_and_a_redis_pause(ow
             if node.poll() is None:
                 node.kill()
                 node.wait()
+        if not wait_until_gone(victim_children):  # (their lifeline failed: the test says so)
+            for pid in victim_children:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
 
     runs = [(index, *entry) for index, log in enumerate(logs) for entry in lines(log)]
     starts = [run for run in runs if run[1] == "start"]
@@ -130,8 +141,18 @@ def test_three_nodes_run_each_fire_once_through_a_node_kill_and_a_redis_pause(ow
     # The runs spread over the nodes; the killed node's children are gone.
     sleepy = "tests.integration.cluster_app:sleepy"  # (crunch has too few runs to tell)
     assert len({i for i, _, name, *_ in starts if name == sleepy and i > 0}) == 2
-    wait_until(lambda: not any(_alive(pid) for pid in victim_children), guard=10)
+    assert wait_until_gone(victim_children), "the killed node's children outlived it"
     assert any(run[6] > killed_at for run in starts)
+
+
+def wait_until_gone(pids: list[int], guard: float = 10.0) -> bool:
+    """Whether every one of `pids` has exited within `guard` seconds."""
+    deadline = time.monotonic() + guard
+    while any(_alive(pid) for pid in pids):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
 
 
 def _alive(pid: int) -> bool:

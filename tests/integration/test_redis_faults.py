@@ -27,6 +27,7 @@ from tests.integration.test_stores import (
     finish,
     start,
     wait_for_beats,
+    wait_for_log,
 )
 from tests.redis_server import RedisServer
 
@@ -74,7 +75,7 @@ def holder_and_standby(own_redis: RedisServer, tmp_path) -> Iterator[tuple[Any, 
     try:
         wait_for_beats(tmp_path, first, 3)
         second = start(single(own_redis), tmp_path, "second")
-        time.sleep(1.0)  # it stands by meanwhile
+        wait_for_log(second, "standing by")
         yield first, second
     finally:
         if own_redis._process is not None and own_redis._process.poll() is None:

@@ -44,16 +44,32 @@ def start(
         STORE_TEST_TAG=tag,
         **env_vars,
     )
-    process = subprocess.Popen(
-        [sys.executable, "-m", "tests.integration.store_app"],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    log = tmp_path / f"{tag}.err"
+    with open(log, "wb") as errors:  # (a file: the test reads it while the process runs)
+        process = subprocess.Popen(
+            [sys.executable, "-m", "tests.integration.store_app"],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=errors,
+        )
     process.tag = tag  # type: ignore[attr-defined]
+    process.log = log  # type: ignore[attr-defined]
     return process
+
+
+def log_of(process: subprocess.Popen) -> str:
+    return process.log.read_text(errors="replace")  # type: ignore[attr-defined]
+
+
+def wait_for_log(process: subprocess.Popen, text: str) -> None:
+    """Until the process has logged `text` (a standby: "standing by")."""
+    deadline = time.monotonic() + HANG_GUARD
+    while text not in log_of(process):
+        if process.poll() is not None:
+            raise AssertionError(f"exited {process.returncode}: {log_of(process)[-3000:]}")
+        assert time.monotonic() < deadline, f"pid {process.pid} did not log {text!r}"
+        time.sleep(0.02)
 
 
 def beats(tmp_path: Path) -> list[tuple[str, float]]:
@@ -75,7 +91,7 @@ def wait_for_beats(tmp_path: Path, process: subprocess.Popen, count: int) -> lis
         if len(mine) >= count:
             return mine
         if process.poll() is not None:
-            raise AssertionError(f"exited {process.returncode}: {process.stderr.read()[-3000:]}")
+            raise AssertionError(f"exited {process.returncode}: {log_of(process)[-3000:]}")
         time.sleep(0.02)
     raise AssertionError(f"pid {process.pid} did not beat {count} times")
 
@@ -83,8 +99,8 @@ def wait_for_beats(tmp_path: Path, process: subprocess.Popen, count: int) -> lis
 def finish(process: subprocess.Popen, signum: int = signal.SIGTERM) -> tuple[int, str]:
     if process.poll() is None:
         process.send_signal(signum)
-    _, err = process.communicate(timeout=HANG_GUARD)
-    return process.returncode, err
+    process.wait(timeout=HANG_GUARD)
+    return process.returncode, log_of(process)
 
 
 def saved(store_url: str) -> tuple:
@@ -118,7 +134,7 @@ def test_a_standby_takes_over_after_a_sigkill_and_the_two_never_both_fire(tmp_pa
     try:
         wait_for_beats(tmp_path, first, 3)
         second = start(store_url, tmp_path, "second")
-        time.sleep(1.0)  # it stands by meanwhile
+        wait_for_log(second, "standing by")
         assert second.poll() is None
         assert not [at for tag, at in beats(tmp_path) if tag == second.tag]
         killed_at = time.time()

@@ -292,7 +292,10 @@ async def test_a_sync_listener_that_blocks_is_logged(caplog, monkeypatch):
     hub._listeners.add(lambda event: release.wait(5))
     with caplog.at_level(logging.WARNING, logger="aioclock.events"):
         hub.publish(Event("task_paused", "m:x"))
-        await asyncio.sleep(0.3)
+        for _ in range(500):  # (until the watch has logged it: 5 s at most)
+            if "has been running for" in caplog.text:
+                break
+            await asyncio.sleep(0.01)
         release.set()
         await hub.close()
     assert any("has been running for" in r.getMessage() for r in caplog.records)
