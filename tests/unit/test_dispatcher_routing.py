@@ -170,7 +170,9 @@ def test_the_dispatcher_keeps_a_fixed_rate_when_the_wall_clock_is_set_back_or_fo
             runs(3)  # an hour's stall blocks here (the test's timeout fails it)
             assert time.monotonic() - set_at < 5  # hang guard
         (stats,) = dispatcher.core.engine.stats()
-        assert stats.missed == 0
+        # Set forward, the grid would have skipped an hour: 72,000 occurrences. (A loaded
+        # machine that stalls this thread past a period may skip a few, counted.)
+        assert stats.missed < 20
     finally:
         supervisor_end.close()  # the dispatcher reads end of file and returns
         loop.join(10)
