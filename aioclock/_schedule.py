@@ -12,6 +12,7 @@ their state must cost no more than an attribute access.
 
 from __future__ import annotations
 
+import math
 import operator
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
@@ -160,6 +161,24 @@ class FixedRate(Schedule):
         if self.previous is not None:
             self.previous += seconds
 
+    def skip_to(self, now: float) -> float | None:
+        """Consume the occurrences before `now` (counted, not fired) and return the first from
+        `now` on; None if `max_loop_count` ends it first. (A node joining a cluster: the grid
+        is the cluster's, the occurrences before it joined were the others'.)"""
+        assert self.anchor is not None and self.period > 0
+        previous = self.previous if self.previous is not None else self.anchor
+        steps = math.ceil((now - previous) / self.period - COINCIDENT)
+        if steps <= 0:  # the last one consumed is from `now` on already
+            return previous
+        limit = self.limit
+        if limit is not None and self.count + steps > limit:
+            self.ended = True
+            return None
+        self.step += steps
+        self.count += steps
+        due = self.previous = self.anchor + self.step * self.period
+        return due
+
     def _next(self, now: float) -> float | None:
         period = self.period
         if period == 0:
@@ -217,6 +236,23 @@ class Earliest(Schedule):
             for inner, due in zip(self.inners, self.pending, strict=True)
         ]
         return min((due for due in dues if due is not None), default=None)
+
+    def shift_inner_grids(self, seconds: float, armed: float | None) -> bool:
+        """The wall clock was set: move the grids of its `Every` schedules (and the dues they
+        have pending) with it; whether the armed due, if it came from one, moves too."""
+        moves = False
+        for index, inner in enumerate(self.inners):
+            if not isinstance(inner, FixedRate) or inner.period <= 0:
+                continue
+            if armed is not None and inner.previous is not None:
+                moves = moves or abs(inner.previous - armed) <= COINCIDENT  # (this grid's)
+            inner.shift(seconds)
+            pending = self.pending[index]
+            if pending is not None:
+                self.pending[index] = pending + seconds
+        if moves and self.previous is not None:
+            self.previous += seconds
+        return moves
 
     def _consume(self, now: float, due: float) -> None:
         pending = self.pending

@@ -23,7 +23,6 @@ from __future__ import annotations
 import enum
 import heapq
 import logging
-import math
 from collections import deque
 from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, replace
@@ -357,7 +356,7 @@ class DeadlineEngine:
                 schedule.shift(seconds)
                 moves = True
             elif isinstance(schedule, Earliest):
-                moves = _shift_inner_grids(schedule, state.next_due, seconds)
+                moves = schedule.shift_inner_grids(seconds, state.next_due)
             else:
                 continue
             self._changed.add(task_id)
@@ -456,18 +455,7 @@ class DeadlineEngine:
         if schedule.period <= 0:
             return schedule.advance(now)
         due = schedule.advance(epoch if start is None or epoch >= start else start)
-        if due is None or due >= now:
-            return due
-        steps = math.ceil((now - due) / schedule.period - COINCIDENT)
-        limit = schedule.limit
-        if limit is not None and schedule.count + steps > limit:
-            schedule.ended = True
-            return None
-        schedule.step += steps
-        schedule.count += steps
-        assert schedule.anchor is not None
-        due = schedule.previous = schedule.anchor + schedule.step * schedule.period
-        return due
+        return due if due is None or due >= now else schedule.skip_to(now)
 
     def _planned_time(self, state: _TaskState, due: float) -> float:
         jitter = state.rules.jitter
@@ -1129,28 +1117,6 @@ class DeadlineEngine:
     def flight(self, seq: int) -> tuple[str, float] | None:
         """(task id, due time) of run `seq` while it is in flight, else None."""
         return self._in_flight.get(seq)
-
-
-def _shift_inner_grids(schedule: Earliest, armed: float | None, seconds: float) -> bool:
-    """The wall clock was set: move the grids of the `Every` inside an `OrTrigger` (and the
-    dues they have pending) with it; whether the armed due, if it came from one, moves too."""
-    moves = False
-    for index, inner in enumerate(schedule.inners):
-        if not isinstance(inner, FixedRate) or inner.period <= 0:
-            continue
-        if (
-            armed is not None
-            and inner.previous is not None
-            and abs(inner.previous - armed) <= COINCIDENT
-        ):
-            moves = True  # the armed occurrence is this grid's
-        inner.shift(seconds)
-        pending = schedule.pending[index]
-        if pending is not None:
-            schedule.pending[index] = pending + seconds
-    if moves and schedule.previous is not None:
-        schedule.previous += seconds
-    return moves
 
 
 def joining_progress(progress: Mapping[str, tuple[Any, ...]]) -> dict[str, tuple[Any, ...]]:
