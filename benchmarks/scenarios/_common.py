@@ -155,10 +155,16 @@ def write_meta(**fields: Any) -> None:
 
 
 async def until_stopped(serving: asyncio.Future[Any], what: str) -> None:
-    """Wait until the harness asks for a stop (its ``stop`` file); `serving` ending first is an
-    error (its own, or a RuntimeError naming `what`)."""
+    """Wait until the harness asks for a stop (its ``stop`` file), or is gone (a node runs in a
+    session of its own: nothing else would end it); `serving` ending first is an error (its
+    own, or a RuntimeError naming `what`)."""
     stop = os.path.join(CONFIG["out_dir"], "stop")
-    while not os.path.exists(stop) and not serving.done():  # noqa: ASYNC110, ASYNC240
+    harness = os.getppid()
+    while (  # noqa: ASYNC110
+        not os.path.exists(stop)  # noqa: ASYNC240
+        and os.getppid() == harness
+        and not serving.done()
+    ):
         await asyncio.sleep(0.05)
     if serving.done():
         serving.result()
